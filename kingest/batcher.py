@@ -1,0 +1,173 @@
+"""Per topic-partition buffers of raw records, and the rules that say when one is due.
+
+The hot path: for every polled chunk, extend a few Python lists with the records' raw fields. Nothing is
+decoded here; the encoder turns a whole buffer into Arrow columns at once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+TopicPartition = tuple[str, int]
+
+
+class Record(NamedTuple):
+    """The fields kingest reads from a consumed record (kafka-python's ConsumerRecord has them all)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]]
+
+
+@dataclass
+class Batch:
+    """Raw records of one topic-partition, in offset order, not yet written."""
+
+    topic: str
+    partition: int
+    offsets: list[int] = field(default_factory=list)
+    timestamps: list[int] = field(default_factory=list)
+    keys: list[bytes | None] = field(default_factory=list)
+    values: list[bytes | None] = field(default_factory=list)
+    headers: list[Any] = field(default_factory=list)
+    nbytes: int = 0
+    started: float | None = None  # monotonic time of the first append
+
+    @property
+    def tp(self) -> TopicPartition:
+        return (self.topic, self.partition)
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    @property
+    def first_offset(self) -> int:
+        return self.offsets[0]
+
+    @property
+    def last_offset(self) -> int:
+        return self.offsets[-1]
+
+    @property
+    def next_offset(self) -> int:
+        """The offset to resume from once this batch is saved."""
+        return self.offsets[-1] + 1
+
+    def extend(self, records: Sequence[Any]) -> None:
+        """Append a polled chunk. Offsets at or below the last one held are replays and are refused."""
+        if not records:
+            return
+        if self.offsets and records[0].offset <= self.offsets[-1]:
+            last = self.offsets[-1]
+            records = [r for r in records if r.offset > last]
+            if not records:
+                return
+        if self.started is None:
+            self.started = time.monotonic()
+        self.offsets.extend([r.offset for r in records])
+        self.timestamps.extend([r.timestamp for r in records])
+        self.keys.extend([r.key for r in records])
+        self.values.extend([r.value for r in records])
+        self.headers.extend([r.headers for r in records])
+        self.nbytes += sum([len(v) for v in self.values[-len(records) :] if v is not None]) + 40 * len(records)
+
+    def take_before(self, offset: int) -> Batch:
+        """Split off the records below ``offset`` as a new batch (used to save the good part of a batch)."""
+        cut = 0
+        while cut < len(self.offsets) and self.offsets[cut] < offset:
+            cut += 1
+        head = Batch(
+            self.topic,
+            self.partition,
+            self.offsets[:cut],
+            self.timestamps[:cut],
+            self.keys[:cut],
+            self.values[:cut],
+            self.headers[:cut],
+            started=self.started,
+        )
+        head.nbytes = sum(len(v) for v in head.values if v is not None) + 40 * cut
+        return head
+
+    def age(self, now: float) -> float:
+        return 0.0 if self.started is None else now - self.started
+
+
+class Batcher:
+    """Holds one Batch per topic-partition and decides which are due to be flushed.
+
+    A batch is due when it holds ``max_records`` records, or when its oldest record is ``max_age`` old
+    (checked on every loop turn, so it fires even when no new records arrive). ``max_bytes`` bounds the
+    memory of all buffers together: when the sum reaches it, every non-empty batch is due.
+    """
+
+    def __init__(self, max_records: int, max_bytes: int, max_age: float) -> None:
+        self.max_records = max_records
+        self.max_bytes = max_bytes
+        self.max_age = max_age
+        self.batches: dict[TopicPartition, Batch] = {}
+
+    def add(self, tp: TopicPartition, records: Sequence[Any]) -> None:
+        batch = self.batches.get(tp)
+        if batch is None:
+            batch = self.batches[tp] = Batch(tp[0], tp[1])
+        batch.extend(records)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.nbytes for b in self.batches.values())
+
+    @property
+    def nrecords(self) -> int:
+        return sum(len(b) for b in self.batches.values())
+
+    def due(self, now: float | None = None, everything: bool = False) -> list[TopicPartition]:
+        now = time.monotonic() if now is None else now
+        nonempty = [tp for tp, b in self.batches.items() if len(b)]
+        if everything or self.nbytes >= self.max_bytes:
+            return nonempty
+        return [
+            tp
+            for tp in nonempty
+            if len(self.batches[tp]) >= self.max_records or self.batches[tp].age(now) >= self.max_age
+        ]
+
+    def seconds_until_due(self, now: float | None = None) -> float:
+        """How long the poll may block before the oldest batch becomes due by age."""
+        now = time.monotonic() if now is None else now
+        ages = [b.age(now) for b in self.batches.values() if len(b)]
+        return max(0.0, self.max_age - max(ages)) if ages else self.max_age
+
+    def pop(self, tps: Iterable[TopicPartition]) -> list[Batch]:
+        return [self.batches.pop(tp) for tp in tps if tp in self.batches and len(self.batches[tp])]
+
+    def drop(self, tps: Iterable[TopicPartition]) -> None:
+        for tp in tps:
+            self.batches.pop(tp, None)
+
+    def split(self, batch: Batch) -> list[Batch]:
+        """Cut a batch polled past ``max_records`` into batches of at most ``max_records``."""
+        if len(batch) <= self.max_records:
+            return [batch]
+        parts = []
+        for start in range(0, len(batch), self.max_records):
+            end = start + self.max_records
+            part = Batch(
+                batch.topic,
+                batch.partition,
+                batch.offsets[start:end],
+                batch.timestamps[start:end],
+                batch.keys[start:end],
+                batch.values[start:end],
+                batch.headers[start:end],
+                started=batch.started,
+            )
+            parts.append(part)
+        return parts

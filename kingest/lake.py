@@ -1,0 +1,258 @@
+"""The lake: local disk, S3 or memory, through one fsspec code path. The one module that imports fsspec.
+
+Two ways to put an object, both all-or-nothing:
+
+- ``put``: replace. On S3 a single PUT is atomic. On local disk, a hidden temporary file in the same folder is
+  written, fsynced and renamed over the name, then the folder is fsynced; a reader never sees half a file.
+- ``create``: exclusive create, for the offsets manifest. On S3 a PUT with ``If-None-Match: *``; on local disk
+  the fsynced temporary file is hard-linked to the name (``link`` fails when the name exists). Two writers
+  racing for one name: exactly one wins.
+
+Transient store errors (connection refused or reset, timeouts, 5xx) are retried with exponential backoff for up
+to ``retry_seconds``; errors that retrying cannot fix (missing bucket, access denied) are raised at once.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
+
+import fsspec
+
+from . import crash
+from .errors import LakeUnavailable, SetupError
+
+T = TypeVar("T")
+_PERMANENT = (FileNotFoundError, PermissionError, FileExistsError, IsADirectoryError, NotADirectoryError)
+
+
+class Lake:
+    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None, retry_seconds: float = 300.0):
+        self.url = url.rstrip("/")
+        try:
+            self.fs, root = fsspec.core.url_to_fs(self.url, **dict(storage_options or {}))
+        except (ImportError, ValueError, TypeError) as exc:
+            raise SetupError(
+                f"lake.path {url!r} cannot be opened: {exc}",
+                "Use a local folder or s3://bucket/prefix; check lake.storage_options.",
+            ) from None
+        self.root = root.rstrip("/")
+        protocol = self.fs.protocol
+        self.protocol = protocol if isinstance(protocol, str) else protocol[0]
+        self.local = self.protocol in ("file", "local")
+        if self.local:
+            self.root = os.path.abspath(self.root)
+        self.retry_seconds = retry_seconds
+
+    def __repr__(self) -> str:
+        return f"Lake({self.url!r})"
+
+    def full(self, rel: str) -> str:
+        return f"{self.root}/{rel}" if rel else self.root
+
+    def display(self, rel: str = "") -> str:
+        """A path as a user would write it (no credentials ever: those live in storage_options)."""
+        return f"{self.url}/{rel}" if rel else self.url
+
+    # ---------------------------------------------------------------------------------- retries
+
+    def _retry(self, what: str, call: Callable[[], T]) -> T:
+        delay, deadline = 0.2, time.monotonic() + self.retry_seconds
+        while True:
+            try:
+                return call()
+            except _PERMANENT:
+                raise
+            except OSError as exc:
+                if _is_precondition_failed(exc) or getattr(exc, "errno", None) in (errno.EACCES, errno.EROFS):
+                    raise
+                if time.monotonic() + delay > deadline:
+                    raise LakeUnavailable(
+                        f"the lake at {self.display()} did not answer for {self.retry_seconds:.0f}s ({what}): {exc}",
+                        "Check that the store is up and reachable (lake.storage_options endpoint_url).",
+                    ) from None
+            except Exception as exc:  # botocore/aiohttp connection errors are not all OSErrors
+                if not _looks_transient(exc) or time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    # ---------------------------------------------------------------------------------- writing
+
+    def put(self, rel: str, data: bytes, *, crash_midway: bool = False) -> None:
+        """Write ``data`` under ``rel``, replacing any object there, all or nothing."""
+        if self.local:
+            path = self.full(rel)
+            tmp = self._write_tmp(path, data, crash_midway)
+            os.replace(tmp, path)
+            _fsync_dir(os.path.dirname(path))
+            return
+        if crash_midway:
+            crash.point("mid-write")
+        self._retry(f"writing {rel}", lambda: self.fs.pipe_file(self.full(rel), data))
+
+    def create(self, rel: str, data: bytes, *, crash_point: str | None = None) -> bool:
+        """Create ``rel`` holding ``data`` only if nothing is there yet. False when the name was taken."""
+        if self.local:
+            path = self.full(rel)
+            tmp = self._write_tmp(path, data, False)
+            if crash_point:
+                crash.point(crash_point)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            finally:
+                os.unlink(tmp)
+            _fsync_dir(os.path.dirname(path))
+            return True
+        if crash_point:
+            crash.point(crash_point)
+        attempts = 0
+
+        def create_once() -> bool:
+            nonlocal attempts
+            attempts += 1
+            try:
+                self.fs.pipe_file(self.full(rel), data, mode="create")
+                return True
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                if not _is_precondition_failed(exc):
+                    raise
+            # Taken. If an earlier attempt of ours went through before its answer was lost, the object is ours.
+            return attempts > 1 and self.read(rel) == data
+
+        return self._retry(f"creating {rel}", create_once)
+
+    def _write_tmp(self, path: str, data: bytes, crash_midway: bool) -> str:
+        folder, name = os.path.split(path)
+        os.makedirs(folder, exist_ok=True)
+        # Hidden (leading dot) and not ending in .parquet: pyarrow, DuckDB and Spark all skip it.
+        tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}.tmp")
+        with open(tmp, "wb") as handle:
+            if crash_midway:
+                half = len(data) // 2
+                handle.write(data[:half])
+                handle.flush()
+                os.fsync(handle.fileno())
+                crash.point("mid-write")
+                handle.write(data[half:])
+            else:
+                handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        return tmp
+
+    # ---------------------------------------------------------------------------------- reading
+
+    def read(self, rel: str) -> bytes | None:
+        try:
+            return self._retry(f"reading {rel}", lambda: self.fs.cat_file(self.full(rel)))
+        except FileNotFoundError:
+            return None
+
+    def read_many(self, rels: Iterable[str]) -> dict[str, bytes]:
+        """Read several objects at once (concurrently on S3). Missing ones are left out."""
+        rels = list(rels)
+        if not rels:
+            return {}
+        paths = [self.full(r) for r in rels]
+        got = self._retry("reading state", lambda: self.fs.cat(paths, on_error="omit"))
+        by_path = {self.fs._strip_protocol(p): v for p, v in got.items()}
+        out = {}
+        for rel, path in zip(rels, paths, strict=True):
+            value = by_path.get(self.fs._strip_protocol(path))
+            if value is not None:
+                out[rel] = value
+        return out
+
+    def listdir(self, rel: str) -> dict[str, int]:
+        """Names (not paths) of the files directly under folder ``rel``, with their sizes. Missing: empty."""
+        try:
+            entries = self._retry(f"listing {rel}", lambda: self.fs.ls(self.full(rel), detail=True, refresh=True))
+        except FileNotFoundError:
+            return {}
+        return {
+            e["name"].rstrip("/").rsplit("/", 1)[-1]: int(e.get("size") or 0) for e in entries if e["type"] == "file"
+        }
+
+    def find(self, rel: str = "") -> dict[str, int]:
+        """Every file below folder ``rel``, as paths relative to the lake root, with sizes."""
+        base = self.fs._strip_protocol(self.full(rel)).rstrip("/")
+        root = self.fs._strip_protocol(self.root).rstrip("/")
+        try:
+            found = self._retry(f"listing {rel or 'the lake'}", lambda: self.fs.find(base, detail=True))
+        except FileNotFoundError:
+            return {}
+        return {name[len(root) + 1 :]: int(info.get("size") or 0) for name, info in found.items()}
+
+    def delete(self, rels: Iterable[str]) -> None:
+        for rel in rels:
+            path = self.full(rel)
+            try:
+                self._retry(f"deleting {rel}", lambda: self.fs.rm_file(path))  # noqa: B023 (called at once)
+            except FileNotFoundError:
+                pass
+
+    # ---------------------------------------------------------------------------------- checks
+
+    def probe(self) -> bool:
+        """Check the lake is writable before anything is consumed: write, read and delete a probe object.
+        Returns whether the store enforces exclusive create (required for exactly-once)."""
+        rel = f"_kingest/probe-{uuid.uuid4().hex}"
+        saved, self.retry_seconds = self.retry_seconds, min(self.retry_seconds, 10.0)
+        try:
+            if self.local:
+                os.makedirs(self.root, exist_ok=True)
+            self.put(rel, b"probe")
+            exclusive = not self.create(rel, b"probe-again")
+            self.delete([rel])
+            return exclusive
+        except LakeUnavailable:
+            raise
+        except Exception as exc:
+            raise SetupError(
+                f"the lake at {self.display()} is not writable: {_describe(exc)}",
+                _hint_for(self, exc),
+            ) from None
+        finally:
+            self.retry_seconds = saved
+
+
+def _is_precondition_failed(exc: BaseException) -> bool:
+    text = str(exc)
+    return "PreconditionFailed" in text or "Precondition Failed" in text or "At least one of the pre-conditions" in text
+
+
+def _looks_transient(exc: BaseException) -> bool:
+    name = type(exc).__name__
+    return any(word in name for word in ("Connection", "Timeout", "ServerDisconnected", "EndpointConnection"))
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
+
+
+def _hint_for(lake: Lake, exc: BaseException) -> str:
+    if lake.local:
+        return f"Check that {lake.root} can be created and written by this user, or choose another lake.path."
+    if isinstance(exc, FileNotFoundError) or "NoSuchBucket" in str(exc) or "does not exist" in str(exc):
+        return "Create the bucket first, or fix the bucket name in lake.path."
+    if isinstance(exc, PermissionError) or "AccessDenied" in str(exc) or "Forbidden" in str(exc):
+        return "Check the credentials (lake.storage_options key/secret, or the AWS environment)."
+    return "Check lake.path and lake.storage_options (endpoint_url, key, secret)."
+
+
+def _fsync_dir(folder: str) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

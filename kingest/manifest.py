@@ -1,0 +1,279 @@
+"""The offsets manifest: exactly-once's source of truth for "how far", kept in the lake beside the data.
+
+Layout, under ``<lake>/_kingest/<pipeline>/`` (the leading underscore hides it from dataset readers)::
+
+    manifest/topic=<t>/partition=<p>/<version:020d>.json      one file per committed version
+    checkpoints/topic=<t>/partition=<p>/<version:020d>.json   the whole state at a version (every 25th)
+    pending/topic=<t>/partition=<p>/<writer>.json             data files a writer is about to commit
+
+Each topic-partition has its own sequence of versions, so that instances owning different partitions never
+contend. A version is committed by exclusive create of ``<version+1>.json`` (``If-None-Match: *`` on S3,
+``link`` on local disk): of two writers racing for one version exactly one wins, and the loser is a zombie for
+that partition. A writer claims a partition (commits a ``claim`` version) before touching it, which fences
+any earlier owner. The state of a partition is its latest checkpoint plus the versions after it.
+
+A version holds the next offset to consume and the data files it adds and removes; the format is documented
+in docs/manifest.md and carries ``format_version``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from .errors import ManifestConflict, StateError
+from .lake import Lake
+
+FORMAT_VERSION = 1
+CHECKPOINT_EVERY = 25
+_NAME_DIGITS = 20
+
+
+def new_writer_id() -> str:
+    """Who is writing: host, pid and a random part (a restarted process is a new writer)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class PartitionState:
+    """A topic-partition as the manifest sees it at ``version`` (0: nothing committed yet)."""
+
+    topic: str
+    partition: int
+    version: int = 0
+    next_offset: int | None = None
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    owner: str | None = None
+    committed_at: str | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def rows(self) -> int:
+        return sum(int(f.get("rows", 0)) for f in self.files.values())
+
+    @property
+    def bytes(self) -> int:
+        return sum(int(f.get("bytes", 0)) for f in self.files.values())
+
+    def apply(self, doc: dict[str, Any]) -> None:
+        self.version = int(doc["version"])
+        self.next_offset = doc.get("next_offset")
+        for path in doc.get("remove", ()):
+            self.files.pop(path, None)
+        for entry in doc.get("add", ()):
+            self.files[entry["path"]] = entry
+        self.owner = doc.get("owner")
+        self.committed_at = doc.get("committed_at")
+        if doc.get("operation") == "rewind":
+            self.history.append(
+                {k: doc.get(k) for k in ("version", "committed_at", "previous_next_offset", "next_offset")}
+            )
+
+    def copy(self) -> PartitionState:
+        return PartitionState(
+            self.topic,
+            self.partition,
+            self.version,
+            self.next_offset,
+            dict(self.files),
+            self.owner,
+            self.committed_at,
+            list(self.history),
+        )
+
+
+class ManifestStore:
+    def __init__(self, lake: Lake, pipeline: str) -> None:
+        self.lake = lake
+        self.pipeline = pipeline
+        self.prefix = f"_kingest/{pipeline}"
+
+    def _folder(self, kind: str, topic: str, partition: int) -> str:
+        return f"{self.prefix}/{kind}/topic={topic}/partition={partition}"
+
+    def version_path(self, topic: str, partition: int, version: int) -> str:
+        return f"{self._folder('manifest', topic, partition)}/{version:0{_NAME_DIGITS}d}.json"
+
+    # ------------------------------------------------------------------------------------------ reading
+
+    def load(self, topic: str, partition: int) -> PartitionState:
+        """The latest committed state of a topic-partition."""
+        versions = _numbered(self.lake.listdir(self._folder("manifest", topic, partition)))
+        state = PartitionState(topic, partition)
+        if not versions:
+            return state
+        latest = versions[-1]
+        checkpoints = [
+            v for v in _numbered(self.lake.listdir(self._folder("checkpoints", topic, partition))) if v <= latest
+        ]
+        if checkpoints:
+            rel = f"{self._folder('checkpoints', topic, partition)}/{checkpoints[-1]:0{_NAME_DIGITS}d}.json"
+            doc = self._parse(rel, self.lake.read(rel))
+            state.version = int(doc["version"])
+            state.next_offset = doc.get("next_offset")
+            state.files = {e["path"]: e for e in doc.get("files", [])}
+            state.owner = doc.get("owner")
+            state.committed_at = doc.get("committed_at")
+            state.history = list(doc.get("history", []))
+        wanted = [v for v in versions if v > state.version]
+        if wanted and wanted != list(range(state.version + 1, latest + 1)):
+            missing = sorted(set(range(state.version + 1, latest + 1)) - set(wanted))
+            raise StateError(
+                f"offsets manifest of {topic}[{partition}] is missing version(s) {missing[:5]} "
+                f"under {self.lake.display(self._folder('manifest', topic, partition))}",
+                "Restore the missing files from a backup; kingest will not guess the partition's state.",
+            )
+        rels = [self.version_path(topic, partition, v) for v in wanted]
+        contents = self.lake.read_many(rels)
+        for rel in rels:
+            state.apply(self._parse(rel, contents.get(rel)))
+        return state
+
+    def load_many(self, tps: Iterable[tuple[str, int]]) -> dict[tuple[str, int], PartitionState]:
+        return {(t, p): self.load(t, p) for t, p in tps}
+
+    def partitions(self) -> list[tuple[str, int]]:
+        """Every topic-partition that has a manifest."""
+        found = set()
+        for rel in self.lake.find(f"{self.prefix}/manifest"):
+            parts = rel.split("/")
+            try:
+                topic = next(p for p in parts if p.startswith("topic="))[6:]
+                partition = int(next(p for p in parts if p.startswith("partition="))[10:])
+            except (StopIteration, ValueError):
+                continue
+            found.add((topic, partition))
+        return sorted(found)
+
+    def _parse(self, rel: str, data: bytes | None) -> dict[str, Any]:
+        where = self.lake.display(rel)
+        if data is None:
+            raise StateError(f"offsets manifest file {where} vanished while being read", "Run the command again.")
+        try:
+            doc = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise StateError(
+                f"offsets manifest file {where} is corrupted (not JSON: {exc})",
+                "Restore it from a backup. Do not delete it: the exactly-once state depends on it.",
+            ) from None
+        if not isinstance(doc, dict) or "format_version" not in doc or "version" not in doc:
+            raise StateError(f"offsets manifest file {where} is not a kingest manifest (no format_version)")
+        if doc["format_version"] != FORMAT_VERSION:
+            raise StateError(
+                f"offsets manifest file {where} has format_version {doc['format_version']}; "
+                f"this kingest reads format_version {FORMAT_VERSION}",
+                "Upgrade kingest to the version that wrote this lake.",
+            )
+        return doc
+
+    # ------------------------------------------------------------------------------------------ writing
+
+    def commit(
+        self,
+        state: PartitionState,
+        *,
+        operation: str,
+        owner: str,
+        next_offset: int | None,
+        add: Sequence[dict[str, Any]] = (),
+        remove: Sequence[str] = (),
+        extra: dict[str, Any] | None = None,
+    ) -> PartitionState:
+        """Commit version ``state.version + 1``. Raises ManifestConflict when another writer took it."""
+        version = state.version + 1
+        doc = {
+            "format": "kingest-manifest",
+            "format_version": FORMAT_VERSION,
+            "pipeline": self.pipeline,
+            "topic": state.topic,
+            "partition": state.partition,
+            "version": version,
+            "operation": operation,
+            "next_offset": next_offset,
+            "add": list(add),
+            "remove": list(remove),
+            "owner": owner,
+            "committed_at": now_iso(),
+            **(extra or {}),
+        }
+        data = json.dumps(doc, indent=1).encode()
+        rel = self.version_path(state.topic, state.partition, version)
+        if not self.lake.create(rel, data, crash_point="mid-manifest"):
+            raise ManifestConflict(state.topic, state.partition, version)
+        new = state.copy()
+        new.apply(doc)
+        if version % CHECKPOINT_EVERY == 0:
+            self._checkpoint(new)
+        return new
+
+    def _checkpoint(self, state: PartitionState) -> None:
+        """The whole state at this version, so that loading reads at most CHECKPOINT_EVERY versions. Derived
+        data: written by plain replace, and a crash before it only makes the next load read more versions."""
+        doc = {
+            "format": "kingest-manifest-checkpoint",
+            "format_version": FORMAT_VERSION,
+            "pipeline": self.pipeline,
+            "topic": state.topic,
+            "partition": state.partition,
+            "version": state.version,
+            "next_offset": state.next_offset,
+            "files": list(state.files.values()),
+            "owner": state.owner,
+            "committed_at": state.committed_at,
+            "history": state.history,
+        }
+        rel = f"{self._folder('checkpoints', state.topic, state.partition)}/{state.version:0{_NAME_DIGITS}d}.json"
+        self.lake.put(rel, json.dumps(doc).encode())
+
+    def claim(self, topic: str, partition: int, owner: str, attempts: int = 5) -> PartitionState:
+        """Take ownership of a partition: commit a ``claim`` version on top of the latest state. This fences
+        every earlier owner: their next commit would need the version just taken."""
+        for _ in range(attempts):
+            state = self.load(topic, partition)
+            try:
+                return self.commit(state, operation="claim", owner=owner, next_offset=state.next_offset)
+            except ManifestConflict:
+                continue  # a zombie committed meanwhile: its commit is valid; claim on top of it
+        raise ManifestConflict(topic, partition, state.version + 1)
+
+    # ------------------------------------------------------------------------------------------ recovery
+
+    def _pending_rel(self, topic: str, partition: int, owner: str) -> str:
+        return f"{self._folder('pending', topic, partition)}/{owner}.json"
+
+    def write_pending(self, topic: str, partition: int, owner: str, paths: Sequence[str]) -> None:
+        """Record, before writing them, the data files this writer is about to commit, so that recovery can
+        find them if the commit never happens."""
+        body = {"format_version": FORMAT_VERSION, "owner": owner, "paths": list(paths), "written_at": now_iso()}
+        self.lake.put(self._pending_rel(topic, partition, owner), json.dumps(body).encode())
+
+    def recover(self, state: PartitionState, owner: str) -> list[str]:
+        """Delete data files that writers announced but never committed. Call right after ``claim``: the claim
+        fences every other writer, so no announced file can be committed any more. Returns what was removed."""
+        folder = self._folder("pending", state.topic, state.partition)
+        names = [n for n in self.lake.listdir(folder) if n.endswith(".json")]
+        rels = [f"{folder}/{n}" for n in names if n != f"{owner}.json"]
+        orphans: list[str] = []
+        for data in self.lake.read_many(rels).values():
+            try:
+                paths = json.loads(data).get("paths", [])
+            except (ValueError, AttributeError):
+                paths = []
+            orphans += [p for p in paths if p not in state.files]
+        self.lake.delete(orphans)
+        self.lake.delete(rels)
+        return orphans
+
+
+def _numbered(names: Iterable[str]) -> list[int]:
+    return sorted(int(n[:_NAME_DIGITS]) for n in names if n.endswith(".json") and n[:_NAME_DIGITS].isdigit())

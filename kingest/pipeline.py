@@ -1,0 +1,309 @@
+"""The poll loop, and the one place where the order of "write the data" and "save the offsets" is decided.
+
+    config ─► source (Kafka) ─► batcher ─► encoder (Arrow/Parquet) ─► lake (fsspec) ─► offsets
+                                                                                      (Kafka group | manifest)
+
+``Pipeline._save`` holds the three semantics side by side. Everything a crash can interrupt is ordered so
+that the promise of the chosen semantics holds whichever line the process dies on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import crash
+from .batcher import Batch, Batcher, TopicPartition
+from .config import Config
+from .encoder import EncodedFile, Encoder
+from .errors import BadRecord, CommitFailed, KingestError, ManifestConflict, SetupError
+from .lake import Lake
+from .manifest import ManifestStore, PartitionState, new_writer_id
+from .source import KafkaSource, Source
+
+log = logging.getLogger("kingest.pipeline")
+
+
+@dataclass
+class Stats:
+    consumed: int = 0
+    written: int = 0
+    files: int = 0
+    bytes: int = 0
+    commits: int = 0
+    fenced: int = 0
+    started: float = field(default_factory=time.monotonic)
+    lag: dict[TopicPartition, int] = field(default_factory=dict)
+
+    @property
+    def seconds(self) -> float:
+        return time.monotonic() - self.started
+
+    def summary(self) -> str:
+        secs = self.seconds
+        rate = self.written / secs if secs > 0 else 0.0
+        return (
+            f"{self.written} records in {self.files} files ({_human(self.bytes)}) in {secs:.1f}s "
+            f"({rate:,.0f} records/s), {self.commits} commits"
+        )
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+class Pipeline:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        source: Source | None = None,
+        lake: Lake | None = None,
+        until_caught_up: bool = False,
+        on_progress: Callable[[Stats], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.semantics = config.semantics
+        self.lake = lake or Lake(config.lake.path, config.lake.storage_options)
+        self.source: Source = source or KafkaSource(config.kafka)
+        self.until_caught_up = until_caught_up
+        self.on_progress = on_progress
+        batch = config.batch
+        self.batcher = Batcher(batch.max_records, batch.max_bytes, batch.max_age)
+        self.writer = new_writer_id()
+        self.encoder = Encoder(
+            config.records.format,
+            schema=config.records.schema,
+            compression=config.lake.compression,
+            partition_by=config.lake.partition_by,
+            lineage={"kingest.pipeline": config.pipeline, "kingest.semantics": config.semantics},
+            file_tag=self.writer.rsplit("-", 1)[-1] if self.semantics == "exactly-once" else None,
+        )
+        self.manifests = ManifestStore(self.lake, config.pipeline) if self.semantics == "exactly-once" else None
+        self.owned: dict[TopicPartition, PartitionState] = {}  # exactly-once: partitions claimed in the manifest
+        self.fenced: set[TopicPartition] = set()  # partitions lost to another writer until the next assignment
+        self.targets: dict[TopicPartition, int] = {}  # --until-caught-up: log end offsets seen at assignment
+        self.stats = Stats()
+        self.stop_requested = False
+        self._callback_error: BaseException | None = None
+
+    # ------------------------------------------------------------------------------------------ loop
+
+    def run(self) -> Stats:
+        crash.arm()
+        exclusive = self.lake.probe()  # a clear error before anything is consumed
+        if self.semantics == "exactly-once" and not exclusive:
+            raise SetupError(
+                f"the store at {self.lake.display()} does not enforce exclusive create; "
+                "exactly-once would be unsafe there",
+                "Use a store that honours If-None-Match: * (AWS S3, SeaweedFS, local disk), or another semantics.",
+            )
+        self.source.open(self._on_assigned, self._on_revoked)
+        try:
+            while not self.stop_requested:
+                polled = self.source.poll(min(1.0, self.batcher.seconds_until_due()))
+                self._raise_callback_error()
+                if polled:
+                    crash.point("after-poll")
+                    for tp, records in polled.items():
+                        if records and tp not in self.fenced:
+                            self.batcher.add(tp, records)
+                            self.stats.consumed += len(records)
+                # The age check runs on every turn, records or not: an idle topic still gets its batch written.
+                due = self.batcher.due()
+                if due:
+                    self._flush(due)
+                if self.until_caught_up and self._caught_up():
+                    break
+            self._flush(self.batcher.due(everything=True))
+        finally:
+            self.source.close()
+        return self.stats
+
+    def request_stop(self) -> None:
+        """Finish the current turn, write and commit what is buffered, then return from run()."""
+        self.stop_requested = True
+
+    def _caught_up(self) -> bool:
+        assigned = self.source.assignment() - self.fenced
+        if not assigned or any(tp not in self.targets for tp in assigned):
+            return False
+        return all(self.source.position(tp) >= self.targets[tp] for tp in assigned)
+
+    # ------------------------------------------------------------------------------------------ flushing
+
+    def _flush(self, tps: list[TopicPartition]) -> None:
+        batches = [part for batch in self.batcher.pop(tps) for part in self.batcher.split(batch)]
+        if not batches:
+            return
+        # Decode everything before saving anything: a bad record must stop the run before any offset past it
+        # is committed, whatever the semantics. The good records before it are still saved.
+        encoded: list[tuple[Batch, list[EncodedFile]]] = []
+        bad: BadRecord | None = None
+        bad_tp: TopicPartition | None = None
+        for batch in batches:
+            if bad is not None and batch.tp == bad_tp:
+                continue
+            try:
+                encoded.append((batch, self.encoder.encode(batch)))
+            except BadRecord as err:
+                bad, bad_tp = err, batch.tp
+                good = batch.take_before(err.offset)
+                if len(good):
+                    encoded.append((good, self.encoder.encode(good)))
+        self._save(encoded)
+        if self.on_progress is not None:
+            self.on_progress(self.stats)
+        if bad is not None:
+            raise bad
+
+    def _save(self, encoded: list[tuple[Batch, list[EncodedFile]]]) -> None:
+        """Write the batches and save their offsets, in the order the semantics promises."""
+        if not encoded:
+            return
+        offsets = {batch.tp: batch.next_offset for batch, _ in encoded}
+
+        if self.semantics == "at-most-once":
+            # Offsets first. A crash after the commit loses these records; none is ever written twice.
+            if not self._commit_kafka(offsets):
+                return  # the partitions moved to another instance, which resumes from the old offsets
+            crash.point("after-commit")
+            self._write(encoded)
+
+        elif self.semantics == "at-least-once":
+            # Data first. A crash before the commit replays these records; none is ever lost.
+            self._write(encoded)
+            crash.point("after-write")
+            self._commit_kafka(offsets)
+
+        else:
+            # exactly-once, per partition: announce the files, write them, then commit the manifest version
+            # that names them and the next offset, by exclusive create. Until that create succeeds the files
+            # are not part of the lake (recovery removes them); after it, replay starts past them.
+            assert self.manifests is not None
+            committed = {}
+            for batch, files in encoded:
+                state = self.owned.get(batch.tp)
+                if state is None or batch.tp in self.fenced:
+                    continue  # no longer ours: drop, the new owner resumes from the manifest
+                self.manifests.write_pending(batch.topic, batch.partition, self.writer, [f.path for f in files])
+                self._write([(batch, files)])
+                crash.point("after-write")
+                try:
+                    self.owned[batch.tp] = self.manifests.commit(
+                        state,
+                        operation="write",
+                        owner=self.writer,
+                        next_offset=batch.next_offset,
+                        add=[f.entry() for f in files],
+                    )
+                except ManifestConflict as conflict:
+                    self._fence(batch.tp, files, conflict)
+                    continue
+                self.stats.commits += 1
+                committed[batch.tp] = batch.next_offset
+            # Kafka's committed offsets follow the manifest, for lag tools only; they are never read back.
+            self._commit_kafka(committed, count=False)
+
+    def _write(self, encoded: list[tuple[Batch, list[EncodedFile]]]) -> None:
+        for _, files in encoded:
+            for f in files:
+                self.lake.put(f.path, f.data, crash_midway=True)
+                self.stats.files += 1
+                self.stats.bytes += len(f.data)
+                self.stats.written += f.rows
+
+    def _commit_kafka(self, offsets: dict[TopicPartition, int], count: bool = True) -> bool:
+        if not offsets:
+            return True
+        try:
+            self.source.commit(offsets)
+        except CommitFailed as exc:
+            # A rebalance took the partitions away: drop what is buffered for them, do not crash.
+            log.warning("%s", exc)
+            self.batcher.drop(offsets)
+            return False
+        if count:
+            self.stats.commits += 1
+        return True
+
+    def _fence(self, tp: TopicPartition, files: list[EncodedFile], conflict: ManifestConflict) -> None:
+        """Another writer owns this partition now (we are a zombie for it): stop touching it."""
+        log.warning("%s; dropping its buffer", conflict)
+        self.stats.fenced += 1
+        self.fenced.add(tp)
+        self.owned.pop(tp, None)
+        self.batcher.drop([tp])
+        self.lake.delete([f.path for f in files])  # ours alone: exactly-once file names carry our writer id
+        self.source.pause([tp])
+
+    # ------------------------------------------------------------------------------------------ rebalance
+
+    def _on_assigned(self, tps: list[TopicPartition]) -> None:
+        # kafka-python swallows exceptions raised in rebalance callbacks: keep them for the loop to raise.
+        try:
+            self.fenced.difference_update(tps)
+            if self.manifests is not None:
+                for topic, partition in tps:
+                    state = self.manifests.claim(topic, partition, self.writer)
+                    removed = self.manifests.recover(state, self.writer)
+                    if removed:
+                        log.info("%s[%d]: removed %d uncommitted file(s)", topic, partition, len(removed))
+                    self.owned[(topic, partition)] = state
+                    # The manifest, not the consumer group, says where to resume.
+                    if state.next_offset is not None:
+                        self.source.seek((topic, partition), state.next_offset)
+                    elif self.config.kafka.auto_offset_reset == "earliest":
+                        self.source.seek_to_beginning((topic, partition))
+                    else:
+                        self.source.seek_to_end((topic, partition))
+            if self.until_caught_up:
+                new = [tp for tp in tps if tp not in self.targets]
+                if new:
+                    self.targets.update(self.source.end_offsets(new))
+        except BaseException as exc:
+            self._callback_error = self._callback_error or exc
+            self.fenced.update(tps)
+
+    def _on_revoked(self, tps: list[TopicPartition]) -> None:
+        try:
+            # Still the owner until this returns: save what is buffered for these partitions.
+            self._flush([tp for tp in tps if tp in self.batcher.batches])
+        except BaseException as exc:
+            self._callback_error = self._callback_error or exc
+        finally:
+            self.batcher.drop(tps)
+            for tp in tps:
+                self.owned.pop(tp, None)
+
+    def _raise_callback_error(self) -> None:
+        if self._callback_error is not None:
+            error, self._callback_error = self._callback_error, None
+            raise error
+
+
+def install_signal_handlers(pipeline: Pipeline, notify: Callable[[str], Any] | None = None) -> None:
+    """SIGTERM or a first Ctrl-C: stop cleanly (write and commit what is buffered). A second Ctrl-C: exit at
+    once, which is a crash as far as the data is concerned, and every semantics is built to survive one."""
+
+    def stop(signum: int, frame: Any) -> None:
+        if pipeline.stop_requested and signum == signal.SIGINT:
+            os._exit(130)
+        pipeline.request_stop()
+        if notify is not None:
+            notify("stopping: writing and committing what is buffered (Ctrl-C again to exit at once)")
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+
+__all__ = ["Pipeline", "Stats", "install_signal_handlers", "KingestError"]
