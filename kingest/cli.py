@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -32,13 +32,13 @@ app = typer.Typer(
 T = TypeVar("T")
 
 
-class Semantics(str, Enum):
+class Semantics(StrEnum):
     at_most_once = "at-most-once"
     at_least_once = "at-least-once"
     exactly_once = "exactly-once"
 
 
-class LogFormat(str, Enum):
+class LogFormat(StrEnum):
     text = "text"
     json = "json"
 

@@ -107,7 +107,7 @@ class Pipeline:
                 "exactly-once would be unsafe there",
                 "Use a store that honours If-None-Match: * (AWS S3, SeaweedFS, local disk), or another semantics.",
             )
-        self.source.open(self._on_assigned, self._on_revoked)
+        self.source.open(self._on_assigned, self._on_revoked, self._on_lost)
         try:
             while not self.stop_requested:
                 polled = self.source.poll(min(1.0, self.batcher.seconds_until_due()))
@@ -284,6 +284,14 @@ class Pipeline:
             self.batcher.drop(tps)
             for tp in tps:
                 self.owned.pop(tp, None)
+
+    def _on_lost(self, tps: list[TopicPartition]) -> None:
+        """The group moved on without us (we were too slow or frozen): another member already owns these
+        partitions, so nothing of them may be committed. Drop what is buffered."""
+        log.warning("lost partitions %s to the group; dropping their buffers", ", ".join(f"{t}[{p}]" for t, p in tps))
+        self.batcher.drop(tps)
+        for tp in tps:
+            self.owned.pop(tp, None)
 
     def _raise_callback_error(self) -> None:
         if self._callback_error is not None:

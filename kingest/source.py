@@ -8,6 +8,7 @@ TopicPartition is a namedtuple, so the two compare and hash alike).
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
@@ -23,7 +24,7 @@ Listener = Callable[[list[TopicPartition]], None]
 class Source(Protocol):
     """What the pipeline needs from Kafka."""
 
-    def open(self, on_assigned: Listener, on_revoked: Listener) -> None: ...
+    def open(self, on_assigned: Listener, on_revoked: Listener, on_lost: Listener) -> None: ...
     def poll(self, timeout: float) -> dict[TopicPartition, Sequence[Any]]: ...
     def commit(self, offsets: dict[TopicPartition, int]) -> None: ...
     def seek(self, tp: TopicPartition, offset: int) -> None: ...
@@ -48,7 +49,7 @@ class KafkaSource:
         self.config = config
         self.consumer: Any = None
 
-    def open(self, on_assigned: Listener, on_revoked: Listener) -> None:
+    def open(self, on_assigned: Listener, on_revoked: Listener, on_lost: Listener) -> None:
         import kafka
         from kafka import errors as kafka_errors
 
@@ -80,12 +81,39 @@ class KafkaSource:
                 "Create the topic, or fix kafka.topics in the config.",
             )
 
-        class Rebalance(kafka.ConsumerRebalanceListener):
-            def on_partitions_revoked(self, revoked: Any) -> None:
-                on_revoked([(tp.topic, tp.partition) for tp in revoked])
+        net = self.consumer._net  # kafka-python's IO loop, to wait on without blocking it
 
-            def on_partitions_assigned(self, assigned: Any) -> None:
-                on_assigned([(tp.topic, tp.partition) for tp in assigned])
+        async def in_worker(callback: Listener, partitions: Any) -> None:
+            # kafka-python 3 runs rebalance listeners on its IO thread, where a blocking consumer call (commit,
+            # end_offsets) would deadlock; and blocking there would also stop heartbeats. So the work runs on a
+            # worker thread while this coroutine yields to the loop. The main thread is inside poll() meanwhile,
+            # so the pipeline's state is not touched concurrently.
+            tps = sorted((tp.topic, tp.partition) for tp in partitions)
+            failure: list[BaseException] = []
+
+            def work() -> None:
+                try:
+                    callback(tps)
+                except BaseException as exc:  # re-raised from poll() by kafka-python
+                    failure.append(exc)
+
+            worker = threading.Thread(target=work, name="kingest-rebalance", daemon=True)
+            worker.start()
+            while worker.is_alive():
+                await net.sleep(0.01)
+            if failure:
+                raise failure[0]
+
+        class Rebalance(kafka.AsyncConsumerRebalanceListener):
+            async def on_partitions_revoked(self, revoked: Any) -> None:
+                await in_worker(on_revoked, revoked)
+
+            async def on_partitions_assigned(self, assigned: Any) -> None:
+                await in_worker(on_assigned, assigned)
+
+            async def on_partitions_lost(self, lost: Any) -> None:
+                # Already owned by another member: nothing may be committed for them.
+                await in_worker(on_lost, lost)
 
         self.consumer.subscribe(list(self.config.topics), listener=Rebalance())
 
@@ -181,7 +209,7 @@ class MemorySource:
         self.commits: list[dict[TopicPartition, int]] = []
         self._revoke: Listener | None = None
 
-    def open(self, on_assigned: Listener, on_revoked: Listener) -> None:
+    def open(self, on_assigned: Listener, on_revoked: Listener, on_lost: Listener) -> None:
         tps = [(t, p) for t, parts in self.topics.items() for p in range(len(parts))]
         for tp in tps:
             self.positions[tp] = self.group.get(tp, self._reset_offset(tp))
