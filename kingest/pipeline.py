@@ -110,6 +110,8 @@ class Pipeline:
         self.source.open(self._on_assigned, self._on_revoked, self._on_lost)
         try:
             while not self.stop_requested:
+                if self.until_caught_up and self._caught_up():
+                    break
                 polled = self.source.poll(min(1.0, self.batcher.seconds_until_due()))
                 self._raise_callback_error()
                 if polled:
@@ -122,8 +124,6 @@ class Pipeline:
                 due = self.batcher.due()
                 if due:
                     self._flush(due)
-                if self.until_caught_up and self._caught_up():
-                    break
             self._flush(self.batcher.due(everything=True))
         finally:
             self.source.close()

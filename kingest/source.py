@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
@@ -233,6 +234,8 @@ class MemorySource:
                 out[tp] = records
                 self.positions[tp] = records[-1].offset + 1
                 budget -= len(records)
+        if not out:
+            time.sleep(timeout)  # like Kafka: an empty poll waits for its timeout
         return out
 
     def commit(self, offsets: dict[TopicPartition, int]) -> None:

@@ -1,0 +1,53 @@
+"""The command line's promises that need no services: help for every command, version, light imports."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from kingest import __version__
+from kingest.cli import app
+
+runner = CliRunner()
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"kingest {__version__}"
+
+
+def test_every_command_has_help_text():
+    commands = app.registered_commands
+    assert {c.name or c.callback.__name__ for c in commands} >= {"run"}
+    for command in commands:
+        name = command.name or command.callback.__name__
+        assert command.callback.__doc__, f"`kingest {name}` has no help text"
+        result = runner.invoke(app, [name, "--help"])
+        assert result.exit_code == 0, result.output
+        assert command.callback.__doc__.split("\n")[0].strip()[:40] in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("args", [["--help"], ["run", "--help"]])
+def test_help_does_not_import_heavy_libraries(args):
+    code = (
+        "import sys\nfrom kingest.cli import app\n"
+        f"try:\n    app({args!r})\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('kafka', 'pyarrow', 'fsspec', 's3fs', 'botocore') if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "HEAVY []" in out
+
+
+def test_missing_config_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("KINGEST_CONFIG", raising=False)
+    result = runner.invoke(app, ["run"])
+    assert result.exit_code == 2
+    assert "config file kingest.yaml not found" in result.output
+    assert "kingest init" in result.output
+    assert "Traceback" not in result.output

@@ -1,0 +1,206 @@
+"""The pipeline's semantics on the in-memory source and an fsspec memory:// lake (fast; no services).
+
+The same behaviours are tested against the real broker and S3 server in tests/integration/test_run.py.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pyarrow.dataset as ds
+import pytest
+
+from kingest import config as config_module
+from kingest.batcher import Record
+from kingest.errors import BadRecord
+from kingest.lake import Lake
+from kingest.manifest import ManifestStore
+from kingest.pipeline import Pipeline
+from kingest.source import MemorySource
+
+SEMANTICS = ["at-most-once", "at-least-once", "exactly-once"]
+
+
+def make_config(lake_url: str, semantics: str, **batch: object) -> config_module.Config:
+    batch_yaml = ", ".join(f"{k}: {v}" for k, v in ({"max_records": 300} | batch).items())
+    return config_module.parse(
+        f"""
+pipeline: orders
+kafka: {{bootstrap_servers: "unused:9092", topics: [orders]}}
+lake: {{path: "{lake_url}"}}
+batch: {{{batch_yaml}}}
+semantics: {semantics}
+"""
+    )
+
+
+def topic(partitions: int = 3, records: int = 1000, value=None) -> dict[str, list[list[Record]]]:
+    value = value or (lambda p, o: json.dumps({"id": o, "p": p, "amount": o * 1.5}).encode())
+    return {
+        "orders": [
+            [Record("orders", p, o, 1_700_000_000_000 + o, f"k{o}".encode(), value(p, o), []) for o in range(records)]
+            for p in range(partitions)
+        ]
+    }
+
+
+def lake_offsets(lake: Lake, paths: list[str] | None = None) -> dict[int, list[int]]:
+    if paths is None:
+        paths = [p for p in lake.find() if p.endswith(".parquet") and not p.startswith("_")]
+    table = ds.dataset([lake.full(p) for p in paths], filesystem=lake.fs, format="parquet").to_table(
+        columns=["kafka_partition", "kafka_offset"]
+    )
+    out: dict[int, list[int]] = {}
+    for p, o in zip(table.column(0).to_pylist(), table.column(1).to_pylist(), strict=True):
+        out.setdefault(p, []).append(o)
+    return {p: sorted(v) for p, v in out.items()}
+
+
+@pytest.fixture
+def lake_url(tmp_path) -> str:
+    return str(tmp_path / "lake")
+
+
+@pytest.mark.parametrize("semantics", SEMANTICS)
+@pytest.mark.parametrize("where", ["memory", "local"])
+def test_every_offset_lands_once_and_offsets_are_committed(semantics, where, lake_url):
+    url = f"memory://lake-{uuid.uuid4().hex}" if where == "memory" else lake_url
+    data, group = topic(), {}
+    stats = Pipeline(make_config(url, semantics), source=MemorySource(data, group), until_caught_up=True).run()
+    lake = Lake(url)
+    assert stats.written == 3000
+    assert lake_offsets(lake) == {p: list(range(1000)) for p in range(3)}
+    assert group == {("orders", p): 1000 for p in range(3)}
+    if semantics == "exactly-once":
+        store = ManifestStore(lake, "orders")
+        for p in range(3):
+            state = store.load("orders", p)
+            assert state.next_offset == 1000
+            assert sorted(lake_offsets(lake, list(state.files))[p]) == list(range(1000))
+
+    again = Pipeline(make_config(url, semantics), source=MemorySource(data, group), until_caught_up=True).run()
+    assert again.written == 0
+    assert lake_offsets(lake) == {p: list(range(1000)) for p in range(3)}
+
+
+def test_at_most_once_commits_before_writing(lake_url):
+    source = MemorySource(topic(partitions=1, records=10), {})
+    order: list[str] = []
+    pipeline = Pipeline(make_config(lake_url, "at-most-once"), source=source, until_caught_up=True)
+    commit, put = source.commit, pipeline.lake.put
+    source.commit = lambda offsets: (order.append("commit"), commit(offsets))[1]  # type: ignore[method-assign]
+    pipeline.lake.put = lambda path, *a, **k: (  # type: ignore[method-assign]
+        order.append("write") if path.endswith(".parquet") else None,
+        put(path, *a, **k),
+    )[1]
+    pipeline.run()
+    assert order[:2] == ["commit", "write"]
+
+
+def test_at_least_once_writes_before_committing(lake_url):
+    source = MemorySource(topic(partitions=1, records=10), {})
+    order: list[str] = []
+    pipeline = Pipeline(make_config(lake_url, "at-least-once"), source=source, until_caught_up=True)
+    commit, put = source.commit, pipeline.lake.put
+    source.commit = lambda offsets: (order.append("commit"), commit(offsets))[1]  # type: ignore[method-assign]
+    pipeline.lake.put = lambda path, *a, **k: (  # type: ignore[method-assign]
+        order.append("write") if path.endswith(".parquet") else None,
+        put(path, *a, **k),
+    )[1]
+    pipeline.run()
+    assert order[:2] == ["write", "commit"]
+
+
+@pytest.mark.parametrize("semantics", SEMANTICS)
+def test_bad_json_stops_with_its_offset_and_commits_only_before_it(semantics, lake_url):
+    def value(p, o):
+        return b"{not json" if (p, o) == (1, 137) else json.dumps({"id": o}).encode()
+
+    group: dict = {}
+    pipeline = Pipeline(
+        make_config(lake_url, semantics, max_records=1000),
+        source=MemorySource(topic(records=400, value=value), group),
+        until_caught_up=True,
+    )
+    with pytest.raises(BadRecord) as caught:
+        pipeline.run()
+    assert (caught.value.topic, caught.value.partition, caught.value.offset) == ("orders", 1, 137)
+    assert "orders[1]@137" in str(caught.value)
+    assert group[("orders", 1)] == 137  # the good records before it are saved, nothing at or after it
+    assert lake_offsets(Lake(lake_url))[1] == list(range(137))
+    if semantics == "exactly-once":
+        assert ManifestStore(Lake(lake_url), "orders").load("orders", 1).next_offset == 137
+
+
+def test_age_flush_fires_without_new_records(lake_url):
+    data = topic(partitions=1, records=5)
+    source = MemorySource(data, {})
+    pipeline = Pipeline(make_config(lake_url, "at-least-once", max_records=1000, max_age="200ms"), source=source)
+    polls = 0
+    poll = source.poll
+
+    def counting_poll(timeout):
+        nonlocal polls
+        polls += 1
+        if source.group.get(("orders", 0)) == 5:
+            pipeline.request_stop()
+        if polls > 200:
+            pytest.fail("the age flush never fired")
+        return poll(timeout)
+
+    source.poll = counting_poll  # type: ignore[method-assign]
+    pipeline.run()
+    assert source.commits == [{("orders", 0): 5}]  # committed by age, before the stop's final flush
+    assert lake_offsets(Lake(lake_url)) == {0: [0, 1, 2, 3, 4]}
+
+
+def test_max_bytes_bounds_all_buffers_together(lake_url):
+    big = topic(partitions=3, records=100, value=lambda p, o: json.dumps({"pad": "x" * 1000}).encode())
+    source = MemorySource(big, {}, max_poll_records=30)
+    Pipeline(
+        make_config(lake_url, "at-least-once", max_records=10_000, max_bytes="20KB", max_age="1h"),
+        source=source,
+        until_caught_up=True,
+    ).run()
+    assert len(source.commits) > 3  # flushed by size long before the end
+    assert lake_offsets(Lake(lake_url)) == {p: list(range(100)) for p in range(3)}
+
+
+def test_exactly_once_resumes_from_the_manifest_not_the_group(lake_url):
+    data = topic(partitions=1, records=100)
+    cfg = make_config(lake_url, "exactly-once", max_records=40)
+    Pipeline(cfg, source=MemorySource(data, {}), until_caught_up=True).run()
+    # A consumer group that lies (reset to 0, or ahead) must not change where exactly-once resumes.
+    for lying_group in ({("orders", 0): 0}, {("orders", 0): 90}):
+        stats = Pipeline(cfg, source=MemorySource(data, lying_group), until_caught_up=True).run()
+        assert stats.written == 0
+    assert lake_offsets(Lake(lake_url)) == {0: list(range(100))}
+
+
+def test_exactly_once_recovery_removes_uncommitted_files(lake_url):
+    data = topic(partitions=1, records=100)
+    cfg = make_config(lake_url, "exactly-once", max_records=50)
+    lake = Lake(lake_url)
+    # A crashed attempt: announced and wrote a file, never committed the manifest version.
+    store = ManifestStore(lake, "orders")
+    store.write_pending("orders", 0, "crashed-writer", ["topic=orders/partition=0/orphan.parquet"])
+    lake.put("topic=orders/partition=0/orphan.parquet", b"half a batch")
+    Pipeline(cfg, source=MemorySource(data, {}), until_caught_up=True).run()
+    assert "topic=orders/partition=0/orphan.parquet" not in lake.find()
+    assert lake_offsets(lake) == {0: list(range(100))}
+
+
+def test_headers_keys_and_tombstones_are_kept(lake_url):
+    records = [
+        Record("orders", 0, 0, 1_700_000_000_000, b"k0", b'{"a": 1}', [("trace", b"abc"), ("n", b"")]),
+        Record("orders", 0, 1, 1_700_000_000_001, None, None, []),
+    ]
+    Pipeline(
+        make_config(lake_url, "at-least-once"), source=MemorySource({"orders": [records]}, {}), until_caught_up=True
+    ).run()
+    table = ds.dataset(lake_url, format="parquet").to_table()
+    rows = table.to_pylist()
+    assert rows[0]["kafka_headers"] == [{"key": "trace", "value": b"abc"}, {"key": "n", "value": b""}]
+    assert rows[0]["kafka_key"] == b"k0" and rows[0]["a"] == 1
+    assert rows[1]["kafka_key"] is None and rows[1]["a"] is None and rows[1]["kafka_headers"] == []
