@@ -89,6 +89,7 @@ class Pipeline:
             file_tag=self.writer.rsplit("-", 1)[-1] if self.semantics == "exactly-once" else None,
         )
         self.manifests = ManifestStore(self.lake, config.pipeline) if self.semantics == "exactly-once" else None
+        self.loaded: dict[TopicPartition, PartitionState] = {}  # exactly-once: manifest state at assignment
         self.owned: dict[TopicPartition, PartitionState] = {}  # exactly-once: partitions claimed in the manifest
         self.fenced: set[TopicPartition] = set()  # partitions lost to another writer until the next assignment
         self.targets: dict[TopicPartition, int] = {}  # --until-caught-up: log end offsets seen at assignment
@@ -192,9 +193,20 @@ class Pipeline:
             assert self.manifests is not None
             committed = {}
             for batch, files in encoded:
-                state = self.owned.get(batch.tp)
-                if state is None or batch.tp in self.fenced:
-                    continue  # no longer ours: drop, the new owner resumes from the manifest
+                state = self._claim(batch.tp)
+                if state is None:
+                    continue  # not ours (any more): drop, the owner resumes from the manifest
+                if state.next_offset is not None and batch.first_offset < state.next_offset:
+                    # Never commit an offset twice: only a bug could get here, and refusing is the safe answer.
+                    log.error(
+                        "%s[%d]: batch starts at %d, below the manifest's %d; dropped",
+                        *batch.tp,
+                        batch.first_offset,
+                        state.next_offset,
+                    )
+                    self.batcher.drop([batch.tp])
+                    self.source.seek(batch.tp, state.next_offset)
+                    continue
                 self.manifests.write_pending(batch.topic, batch.partition, self.writer, [f.path for f in files])
                 self._write([(batch, files)])
                 crash.point("after-write")
@@ -253,19 +265,12 @@ class Pipeline:
         try:
             self.fenced.difference_update(tps)
             if self.manifests is not None:
-                for topic, partition in tps:
-                    state = self.manifests.claim(topic, partition, self.writer)
-                    removed = self.manifests.recover(state, self.writer)
-                    if removed:
-                        log.info("%s[%d]: removed %d uncommitted file(s)", topic, partition, len(removed))
-                    self.owned[(topic, partition)] = state
-                    # The manifest, not the consumer group, says where to resume.
-                    if state.next_offset is not None:
-                        self.source.seek((topic, partition), state.next_offset)
-                    elif self.config.kafka.auto_offset_reset == "earliest":
-                        self.source.seek_to_beginning((topic, partition))
-                    else:
-                        self.source.seek_to_end((topic, partition))
+                for tp in tps:
+                    # The manifest, not the consumer group, says where to resume. The partition is claimed in
+                    # the manifest only when there is something to commit (see _claim): a run with nothing new
+                    # to write writes nothing.
+                    state = self.loaded[tp] = self.manifests.load(*tp)
+                    self._seek_to(tp, state)
             if self.until_caught_up:
                 new = [tp for tp in tps if tp not in self.targets]
                 if new:
@@ -273,6 +278,37 @@ class Pipeline:
         except BaseException as exc:
             self._callback_error = self._callback_error or exc
             self.fenced.update(tps)
+
+    def _seek_to(self, tp: TopicPartition, state: PartitionState) -> None:
+        if state.next_offset is not None:
+            self.source.seek(tp, state.next_offset)
+        elif self.config.kafka.auto_offset_reset == "earliest":
+            self.source.seek_to_beginning(tp)
+        else:
+            self.source.seek_to_end(tp)
+
+    def _claim(self, tp: TopicPartition) -> PartitionState | None:
+        """exactly-once: the partition's manifest state, claimed for this writer at its first commit since the
+        assignment. The claim (an exclusive create of the next version) fences every earlier owner, and only
+        then are files they announced but never committed deleted: none of them can be committed any more."""
+        if tp in self.fenced or tp not in self.loaded:
+            return None
+        if tp in self.owned:
+            return self.owned[tp]
+        assert self.manifests is not None
+        state = self.manifests.claim(tp[0], tp[1], self.writer)
+        removed = self.manifests.recover(state, self.writer)
+        if removed:
+            log.info("%s[%d]: removed %d uncommitted file(s) of a crashed or fenced writer", *tp, len(removed))
+        self.owned[tp] = state
+        if state.next_offset != self.loaded[tp].next_offset:
+            # Another writer committed after we loaded the state: what we buffered starts at a stale offset.
+            log.warning("%s[%d]: the manifest moved on since assignment; resuming from %s", *tp, state.next_offset)
+            self.loaded[tp] = state
+            self.batcher.drop([tp])
+            self._seek_to(tp, state)
+            return None
+        return state
 
     def _on_revoked(self, tps: list[TopicPartition]) -> None:
         try:
@@ -284,6 +320,7 @@ class Pipeline:
             self.batcher.drop(tps)
             for tp in tps:
                 self.owned.pop(tp, None)
+                self.loaded.pop(tp, None)
 
     def _on_lost(self, tps: list[TopicPartition]) -> None:
         """The group moved on without us (we were too slow or frozen): another member already owns these
@@ -292,6 +329,7 @@ class Pipeline:
         self.batcher.drop(tps)
         for tp in tps:
             self.owned.pop(tp, None)
+            self.loaded.pop(tp, None)
 
     def _raise_callback_error(self) -> None:
         if self._callback_error is not None:
