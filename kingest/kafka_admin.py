@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from .batcher import TopicPartition
@@ -53,7 +54,7 @@ def inspection_consumer(config: Config, **extra: Any) -> Iterator[Any]:
             **_connection_settings(config),
             **extra,
         )
-    except kafka_errors.NoBrokersAvailable:
+    except (kafka_errors.KafkaTimeoutError, *_no_brokers(kafka_errors)):
         raise SourceUnavailable(
             f"no Kafka broker answered at {_where(config)}",
             "Check kafka.bootstrap_servers and that the broker is running (for the dev broker: make up).",
@@ -73,7 +74,7 @@ def admin_client(config: Config) -> Iterator[Any]:
 
     try:
         admin = KafkaAdminClient(**_connection_settings(config))
-    except kafka_errors.NoBrokersAvailable:
+    except (kafka_errors.KafkaTimeoutError, *_no_brokers(kafka_errors)):
         raise SourceUnavailable(
             f"no Kafka broker answered at {_where(config)}",
             "Check kafka.bootstrap_servers and that the broker is running (for the dev broker: make up).",
@@ -148,5 +149,131 @@ def scan_offsets(
     return found
 
 
+def committed_offsets(config: Config, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int | None]:
+    """The pipeline's consumer group's committed offset of each partition (None: nothing committed)."""
+    from kafka import TopicPartition as KafkaTP
+    from kafka import errors as kafka_errors
+
+    group = config.kafka.group_id
+    wanted = [KafkaTP(t, p) for t, p in tps]
+    with admin_client(config) as admin:
+        try:
+            got = admin.list_group_offsets({group: wanted}).get(group, {})
+        except kafka_errors.KafkaError as exc:
+            raise SourceUnavailable(
+                f"cannot read the committed offsets of consumer group {group} from {_where(config)}: {exc}"
+            ) from None
+    out: dict[TopicPartition, int | None] = {}
+    for ktp in wanted:
+        meta = got.get(ktp)
+        offset = None if meta is None else int(meta.offset)
+        out[(ktp.topic, ktp.partition)] = offset if offset is not None and offset >= 0 else None
+    return out
+
+
 def setup_error(exc: BaseException, config: Config) -> SetupError:
     return SourceUnavailable(f"Kafka at {_where(config)}: {type(exc).__name__}: {exc}")
+
+
+def _no_brokers(kafka_errors: Any) -> tuple[type[BaseException], ...]:
+    """kafka-python 2 raised NoBrokersAvailable when bootstrap failed; 3.x raises KafkaTimeoutError."""
+    error = getattr(kafka_errors, "NoBrokersAvailable", None)
+    return (error,) if error is not None else ()
+
+
+# ---------------------------------------------------------------------------------------------- status, rewind
+
+
+@dataclass(frozen=True)
+class GroupMember:
+    """A member of the consumer group, as the group coordinator describes it."""
+
+    member_id: str
+    client_id: str
+    host: str
+    group_instance_id: str | None
+    partitions: tuple[TopicPartition, ...]
+
+    def describe(self) -> str:
+        return f"client {self.client_id} on {self.host} (member {self.member_id})"
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    """The group's state as Kafka names it (Empty, Stable, PreparingRebalance, CompletingRebalance, Dead: Dead
+    also when the group does not exist) and its members."""
+
+    group_id: str
+    state: str
+    members: tuple[GroupMember, ...]
+
+
+def describe_group(config: Config) -> GroupInfo:
+    """The pipeline's consumer group: state and members with their assigned partitions."""
+    from kafka import errors as kafka_errors
+
+    group = config.kafka.group_id
+    with admin_client(config) as admin:
+        try:
+            got = admin.describe_groups([group]).get(group) or {}
+        except kafka_errors.KafkaError as exc:
+            raise SourceUnavailable(f"cannot describe consumer group {group} on {_where(config)}: {exc}") from None
+    error = got.get("error")
+    if error and "GroupIdNotFound" not in error:
+        raise SourceUnavailable(f"cannot describe consumer group {group} on {_where(config)}: {error}")
+    members = []
+    for member in got.get("members") or []:
+        assignment = member.get("member_assignment")
+        assigned = assignment.get("assigned_partitions", []) if isinstance(assignment, dict) else []
+        members.append(
+            GroupMember(
+                member_id=str(member.get("member_id") or ""),
+                client_id=str(member.get("client_id") or ""),
+                host=str(member.get("client_host") or "").lstrip("/"),
+                group_instance_id=member.get("group_instance_id"),
+                partitions=tuple(sorted((a["topic"], int(p)) for a in assigned for p in a.get("partitions", []))),
+            )
+        )
+    return GroupInfo(group, str(got.get("group_state") or "Dead"), tuple(members))
+
+
+def set_group_offsets(config: Config, offsets: dict[TopicPartition, int]) -> None:
+    """Set the group's committed offsets, as Kafka's `consumer-groups --reset-offsets --execute` does. The broker
+    refuses while the group has active members; the error names the partitions it refused."""
+    from kafka import OffsetAndMetadata
+    from kafka import TopicPartition as KafkaTP
+    from kafka import errors as kafka_errors
+
+    if not offsets:
+        return
+    group = config.kafka.group_id
+    wanted = {KafkaTP(t, p): OffsetAndMetadata(o, "", None) for (t, p), o in offsets.items()}
+    with admin_client(config) as admin:
+        try:
+            results = admin.alter_group_offsets(group, wanted)
+        except kafka_errors.KafkaError as exc:
+            raise SourceUnavailable(
+                f"cannot set the offsets of consumer group {group} on {_where(config)}: {exc}"
+            ) from None
+    refused = {
+        f"{ktp.topic}[{ktp.partition}]": error.__name__
+        for ktp, error in results.items()
+        if error is not kafka_errors.NoError
+    }
+    if refused:
+        raise SetupError(
+            f"Kafka refused to set the committed offsets of consumer group {group}: "
+            + ", ".join(f"{tp} ({why})" for tp, why in sorted(refused.items())),
+            "The group must have no active member: stop every `kingest run` of this pipeline, then try again.",
+        )
+
+
+def offsets_for_times(
+    consumer: Any, tps: Iterable[TopicPartition], timestamp_ms: int
+) -> dict[TopicPartition, int | None]:
+    """The earliest offset of each partition whose record timestamp is at or after ``timestamp_ms`` (Kafka's
+    ListOffsets by timestamp). None where no record is that recent."""
+    from kafka import TopicPartition as KafkaTP
+
+    found = consumer.offsets_for_times({KafkaTP(t, p): timestamp_ms for t, p in tps})
+    return {(ktp.topic, ktp.partition): (None if got is None else int(got.offset)) for ktp, got in found.items()}

@@ -210,11 +210,21 @@ class Lake:
         try:
             if self.local:
                 os.makedirs(self.root, exist_ok=True)
+            elif self.protocol in ("s3", "s3a", "gcs", "gs", "abfs", "az"):
+                # Some stores (SeaweedFS, MinIO in some modes) create a missing bucket on the first PUT; real S3
+                # refuses. Either way a missing bucket is a mistake in lake.path, so say so before writing.
+                bucket = self.root.split("/", 1)[0]
+                self.fs.invalidate_cache()
+                if not self._retry("checking the bucket", lambda: self.fs.exists(bucket)):
+                    raise SetupError(
+                        f"the lake at {self.display()} is not writable: bucket {bucket!r} does not exist",
+                        "Create the bucket first, or fix the bucket name in lake.path.",
+                    )
             self.put(rel, b"probe")
             exclusive = not self.create(rel, b"probe-again")
             self.delete([rel])
             return exclusive
-        except LakeUnavailable:
+        except (LakeUnavailable, SetupError):
             raise
         except Exception as exc:
             raise SetupError(

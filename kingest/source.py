@@ -60,7 +60,7 @@ class KafkaSource:
         where = ", ".join(self.config.bootstrap_servers)
         try:
             self.consumer = kafka.KafkaConsumer(**settings)
-        except kafka_errors.NoBrokersAvailable:
+        except (kafka_errors.KafkaTimeoutError, *_no_brokers(kafka_errors)):
             raise SourceUnavailable(
                 f"no Kafka broker answered at {where}",
                 "Check kafka.bootstrap_servers and that the broker is running (for the dev broker: make up).",
@@ -269,3 +269,9 @@ class MemorySource:
 
     def close(self) -> None:
         self._revoke = None
+
+
+def _no_brokers(kafka_errors: Any) -> tuple[type[BaseException], ...]:
+    """kafka-python 2 raised NoBrokersAvailable when bootstrap failed; 3.x raises KafkaTimeoutError."""
+    error = getattr(kafka_errors, "NoBrokersAvailable", None)
+    return (error,) if error is not None else ()
