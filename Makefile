@@ -1,0 +1,73 @@
+# kingest development tasks. `make` (or `make help`) lists them.
+# Overridable: make test PYTEST_ARGS='-k s3 -x'   make venv PYTHON=python3.12   make up SERVICE=kafka
+
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV ?= .venv
+VENV_PY := $(VENV)/bin/python
+DEV_DIR ?= $(or $(KINGEST_DEV_DIR),.kingest-dev)
+# devservices.py is stdlib-only: it runs with the venv's python when there is one (it finds `weed` next to it),
+# else with the bare interpreter (decided when the command runs, so `make test` uses the venv it just made)
+DEVSERVICES ?= "$$(test -x $(VENV_PY) && echo $(VENV_PY) || echo $(PYTHON))" services/devservices.py
+SERVICE ?= all
+PYTEST_ARGS ?=
+BENCH_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help venv up down status clean lint test demo bench
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-7s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+# The stamp is newer than pyproject.toml once `pip install -e .[dev]` succeeded: re-run only when it changes.
+$(VENV)/.installed: pyproject.toml
+	@test -x $(VENV_PY) || $(PYTHON) -m venv $(VENV)
+	$(VENV_PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(VENV)/.installed ## create .venv (python3.11, or PYTHON=...) and pip install -e '.[dev]' (again when pyproject.toml changes)
+
+up: ## start Kafka and S3 on 127.0.0.1 (SERVICE=kafka|s3|all), reusing running ones
+	@$(DEVSERVICES) up $(SERVICE)
+
+down: ## stop the dev services (SERVICE=kafka|s3|all)
+	@$(DEVSERVICES) down $(SERVICE)
+
+status: ## show what runs where
+	@$(DEVSERVICES) status
+
+clean: ## stop the services and delete .kingest-dev/ (keeps the downloaded Kafka jars)
+	@$(DEVSERVICES) clean
+
+lint: venv ## ruff check, ruff format --check, mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy services/devservices.py services/produce_sample.py tests/conftest.py
+
+# Starts what is not running yet, runs pytest, then stops only what this run started (services that were up
+# before `make test` stay up). The recipe exits with pytest's exit code; GNU make itself then exits with 2 on any
+# failure (.ci/run passes pytest's code on). Exit code 5 (no tests collected) fails with a message.
+test: venv ## start the services, run pytest (PYTEST_ARGS=...), stop what this run started
+	@trap true INT TERM; started="$(DEV_DIR)/make-test.$$$$.started"; \
+	$(DEVSERVICES) up all --record "$$started" || { rc=$$?; $(DEVSERVICES) down --started-by "$$started"; exit $$rc; }; \
+	$(VENV_PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	$(DEVSERVICES) down --started-by "$$started"; \
+	echo $$rc > "$(DEV_DIR)/last-test-exit-code"; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit code 5): failing on purpose; check PYTEST_ARGS='$(PYTEST_ARGS)'" >&2; \
+	elif [ $$rc -ne 0 ]; then echo "make test: pytest exit code $$rc" >&2; fi; \
+	exit $$rc
+
+demo: venv ## start Kafka, produce the sample orders topic if missing, run kingest.demo (when it exists)
+	@$(DEVSERVICES) up kafka
+	@eval "$$($(DEVSERVICES) env)"; \
+	$(VENV_PY) services/produce_sample.py --skip-if-present && \
+	if $(VENV_PY) -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("kingest.demo") is None)' 2>/dev/null; then \
+		$(VENV_PY) -m kingest.demo; \
+	fi
+
+bench: venv ## run benchmarks/bench.py (BENCH_ARGS=...) if it exists
+	@if [ -f benchmarks/bench.py ]; then \
+		$(VENV_PY) benchmarks/bench.py $(BENCH_ARGS); \
+	else \
+		echo "benchmarks/bench.py does not exist yet: nothing to run"; \
+	fi
