@@ -1,0 +1,269 @@
+"""Several `kingest run` instances in one consumer group, against the real broker: rebalances, a killed
+instance, a frozen one (a zombie once its session expires), a late joiner. The delivery guarantee must hold
+across all of them, checked by `kingest verify` and by an independent read of the lake."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from .scale_support import (
+    Instance,
+    LakeView,
+    end_offsets,
+    group_members,
+    group_offsets,
+    kingest,
+    missing_and_duplicated,
+    produce_spread,
+    wait_for,
+    write_config,
+    writes_without_latest_claim,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+PARTITIONS = 6
+TOTAL = 50_000
+BEFORE = 20_000  # produced before the instances start; the rest while they run
+CHUNK = 1_000
+
+
+def stable_with(kafka_admin, group: str, names: set[str]):
+    """The group's assignment once it is Stable with exactly these members, each holding partitions."""
+
+    def check():
+        state, members = group_members(kafka_admin, group)
+        if state == "Stable" and set(members) == names and all(members.values()):
+            return members
+        return None
+
+    return check
+
+
+def verify(config: Path, cwd: Path) -> dict:
+    result = kingest("verify", "-c", str(config), "--json", cwd=cwd)
+    assert result.returncode in (0, 1), result.stderr
+    return json.loads(result.stdout)
+
+
+def show_logs(*instances: Instance) -> None:
+    for instance in instances:
+        print(instance.logs())  # shown by pytest only when the test fails
+
+
+@pytest.mark.parametrize("semantics", ["exactly-once", "at-least-once"])
+def test_three_instances_survive_kill_freeze_and_late_join(
+    semantics, tmp_path, kafka_bootstrap, kafka_admin, topic_factory, produce
+):
+    topic = topic_factory(partitions=PARTITIONS, name="scale")
+    config_path = tmp_path / "kingest.yaml"
+    config = write_config(
+        config_path, topic=topic, lake=str(tmp_path / "lake"), semantics=semantics, bootstrap=kafka_bootstrap
+    )
+    group = f"kingest-{config['pipeline']}"
+    produce_spread(produce, topic, 0, BEFORE, PARTITIONS)
+    a, b, c = (Instance(name, config_path, tmp_path) for name in "abc")
+
+    def produce_the_rest() -> None:
+        for start in range(BEFORE, TOTAL, CHUNK):
+            produce_spread(produce, topic, start, CHUNK, PARTITIONS)
+            time.sleep(0.5)
+
+    producer = threading.Thread(target=produce_the_rest, name="producer")
+    started = time.monotonic()
+    try:
+        a.start()
+        b.start()
+        wait_for(stable_with(kafka_admin, group, {"a", "b"}), "a and b share the partitions")
+        producer.start()
+
+        time.sleep(2)
+        a.kill()  # SIGKILL mid-run: whatever it buffered or half-wrote is replayed by the next owner
+        a.start()
+        time.sleep(2)
+        c.start()  # the late joiner
+        three = wait_for(stable_with(kafka_admin, group, {"a", "b", "c"}), "a, b and c share the partitions")
+        assert sorted(len(tps) for tps in three.values()) == [2, 2, 2]
+
+        b.send(signal.SIGSTOP)  # frozen past its session timeout: the group moves on without it
+        wait_for(stable_with(kafka_admin, group, {"a", "c"}), "the group drops the frozen instance", timeout=60)
+        time.sleep(3)  # the others write and commit its partitions meanwhile
+        b.send(signal.SIGCONT)  # a zombie now: it must commit nothing for what it lost, and rejoin
+        wait_for(stable_with(kafka_admin, group, {"a", "b", "c"}), "the resumed instance rejoins", timeout=60)
+
+        producer.join()
+        ends = end_offsets(kafka_bootstrap, topic, PARTITIONS)
+        assert sum(ends.values()) == TOTAL
+        # The group, not a final run, does the work: every partition reaches the end while all three run.
+        wait_for(lambda: group_offsets(kafka_admin, group, topic) == ends, "the group commits every record", 180)
+        for instance in (a, b, c):
+            assert instance.stop() == 0, f"instance {instance.name} did not stop cleanly"
+        print(f"{semantics}: {TOTAL} records through 3 instances with chaos in {time.monotonic() - started:.1f}s")
+
+        final = kingest("run", "-c", str(config_path), "--until-caught-up", cwd=tmp_path)
+        assert final.returncode == 0, final.stderr
+    except BaseException:
+        show_logs(a, b, c)
+        raise
+    finally:
+        for instance in (a, b, c):
+            instance.kill()
+
+    report = verify(config_path, tmp_path)
+    totals = report["totals"]
+    assert totals["missing"] == 0, report["violations"]
+    assert totals["expected"] == TOTAL
+    view = LakeView(str(tmp_path / "lake"))
+    folder = view.folder_offsets()
+    missing, duplicated = missing_and_duplicated(folder, ends)
+    assert sum(missing.values()) == 0, f"missing in the dataset folder: {missing}"
+    if semantics == "exactly-once":
+        assert report["holds"] and totals["duplicated"] == 0, report["violations"]
+        assert sum(duplicated.values()) == 0, f"duplicated in the dataset folder: {duplicated}"
+        named = view.manifest_offsets(config["pipeline"], topic, PARTITIONS)
+        assert named == {p: list(range(end)) for p, end in ends.items()}
+        for p in range(PARTITIONS):
+            history = view.history(config["pipeline"], topic, p)
+            assert writes_without_latest_claim(history) == [], f"partition {p}: a write by a fenced writer"
+    else:
+        print(f"at-least-once: {sum(duplicated.values())} duplicated rows (allowed)")
+        assert report["holds"], report["violations"]
+
+
+@pytest.mark.parametrize("semantics", ["exactly-once", "at-least-once", "at-most-once"])
+def test_a_frozen_instance_is_fenced_when_it_resumes(
+    semantics, tmp_path, kafka_bootstrap, kafka_admin, topic_factory, produce
+):
+    """The zombie: frozen (SIGSTOP) past its session timeout while it holds a buffer; its partitions go to
+    the other instance, which writes and commits them; then it resumes (SIGCONT). It must commit nothing for
+    them (Kafka refuses its offsets; the manifest refuses its version), drop its buffer, and carry on."""
+    partitions = 4
+    topic = topic_factory(partitions=partitions, name="zombie")
+    config_path = tmp_path / "kingest.yaml"
+    # Batches are written by age only (4 s): the zombie is frozen with a buffer it has not written yet.
+    config = write_config(
+        config_path,
+        topic=topic,
+        lake=str(tmp_path / "lake"),
+        semantics=semantics,
+        bootstrap=kafka_bootstrap,
+        max_records=100_000,
+        max_age="4s",
+    )
+    group = f"kingest-{config['pipeline']}"
+    zombie, other = Instance("zombie", config_path, tmp_path), Instance("other", config_path, tmp_path)
+    view = LakeView(str(tmp_path / "lake"))
+    try:
+        zombie.start()
+        other.start()
+        members = wait_for(stable_with(kafka_admin, group, {"zombie", "other"}), "both instances share the topic")
+        lost = sorted(members["zombie"])
+
+        produce_spread(produce, topic, 0, 200 * partitions, partitions)
+        time.sleep(1)  # fetched into the buffers, not written: the batches are 4 s from due
+        zombie.send(signal.SIGSTOP)
+        produce_spread(produce, topic, 200 * partitions, 200 * partitions, partitions)
+        ends = end_offsets(kafka_bootstrap, topic, partitions)
+
+        wait_for(stable_with(kafka_admin, group, {"other"}), "the group drops the frozen instance", timeout=60)
+        wait_for(lambda: group_offsets(kafka_admin, group, topic) == ends, "the other instance commits it all")
+        if semantics == "exactly-once":
+            for p in lost:
+                assert view.manifest_files(config["pipeline"], topic, p)[0] == ends[p]
+        before = {p: len(view.history(config["pipeline"], topic, p)) for p in range(partitions)}
+
+        zombie.send(signal.SIGCONT)
+        # It notices either way: its commit is refused (Kafka or manifest), or the group tells it it was lost.
+        wait_for(
+            lambda: any(
+                sign in zombie.logs() for sign in ("lost partitions", "refused the offset commit", "no longer owns")
+            ),
+            "the zombie notices it lost its partitions",
+            timeout=60,
+        )
+        wait_for(stable_with(kafka_admin, group, {"zombie", "other"}), "the zombie rejoins the group", timeout=60)
+        assert zombie.alive()
+
+        # Nothing it held was committed: Kafka's offsets did not move back to where its buffer ended ...
+        assert group_offsets(kafka_admin, group, topic) == ends
+        if semantics == "exactly-once":
+            # ... and no manifest version of its own followed the other instance's claim.
+            for p in range(partitions):
+                history = view.history(config["pipeline"], topic, p)
+                newer = [d for d in history[before[p] :] if f"-{zombie.pid}-" in d["owner"]]
+                assert newer == [], f"partition {p}: the zombie committed {newer}"
+                assert writes_without_latest_claim(history) == []
+
+        assert zombie.stop() == 0
+        assert other.stop() == 0
+    except BaseException:
+        show_logs(zombie, other)
+        raise
+    finally:
+        zombie.kill()
+        other.kill()
+
+    report = verify(config_path, tmp_path)
+    assert report["totals"]["expected"] == sum(ends.values())
+    assert report["holds"], report["violations"]
+    folder = LakeView(str(tmp_path / "lake")).folder_offsets()
+    missing, duplicated = missing_and_duplicated(folder, ends)
+    if semantics != "at-most-once":
+        assert sum(missing.values()) == 0
+    if semantics != "at-least-once":
+        assert sum(duplicated.values()) == 0
+
+
+def test_static_members_restart_without_a_rebalance(tmp_path, kafka_bootstrap, kafka_admin, topic_factory, produce):
+    """Static membership (kafka.group_instance_id, one per instance): an instance killed and restarted within
+    its session timeout gets its partitions back, and the other instance is never revoked."""
+    partitions = 4
+    topic = topic_factory(partitions=partitions, name="static")
+    config_path = tmp_path / "kingest.yaml"
+    config = write_config(
+        config_path,
+        topic=topic,
+        lake=str(tmp_path / "lake"),
+        semantics="exactly-once",
+        bootstrap=kafka_bootstrap,
+        kafka={"group_instance_id": "${KINGEST_TEST_INSTANCE}", "session_timeout_ms": 30000},
+    )
+    group = f"kingest-{config['pipeline']}"
+    a = Instance("a", config_path, tmp_path)
+    b = Instance("b", config_path, tmp_path, args=("--verbose",))  # logs kafka-python's rebalance steps
+
+    def assignments_seen_by_b() -> int:
+        return b.logs().count("Setting newly assigned partitions")
+
+    try:
+        a.start()
+        b.start()
+        before = wait_for(stable_with(kafka_admin, group, {"a", "b"}), "a and b share the partitions")
+        produce_spread(produce, topic, 0, 2000, partitions)
+        ends = end_offsets(kafka_bootstrap, topic, partitions)
+        wait_for(lambda: group_offsets(kafka_admin, group, topic) == ends, "the records are committed")
+        seen = assignments_seen_by_b()
+
+        a.kill()
+        a.start()  # the same group_instance_id, well within the session timeout
+        produce_spread(produce, topic, 2000, 2000, partitions)
+        ends = end_offsets(kafka_bootstrap, topic, partitions)
+        wait_for(lambda: group_offsets(kafka_admin, group, topic) == ends, "the restarted instance catches up")
+        assert wait_for(stable_with(kafka_admin, group, {"a", "b"}), "the group is stable") == before
+        assert assignments_seen_by_b() == seen, "the restart made the group rebalance"
+        assert a.stop() == 0 and b.stop() == 0
+    except BaseException:
+        show_logs(a, b)
+        raise
+    finally:
+        a.kill()
+        b.kill()
+
+    report = verify(config_path, tmp_path)
+    assert report["holds"] and report["totals"]["expected"] == 4000, report["violations"]

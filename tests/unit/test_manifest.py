@@ -1,0 +1,242 @@
+"""The offsets manifest (kingest/manifest.py) on an fsspec memory:// lake and on local disk: commit, load,
+claim (fencing), checkpoints, recovery, and the state errors a damaged manifest must raise.
+
+Concurrent commits against the real S3 server and many processes: tests/integration/test_manifest_race.py."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from kingest.errors import ManifestConflict, StateError
+from kingest.lake import Lake
+from kingest.manifest import CHECKPOINT_EVERY, FORMAT_VERSION, ManifestStore, PartitionState
+
+TOPIC = "orders"
+
+
+@pytest.fixture(params=["memory", "local"])
+def lake(request, tmp_path) -> Lake:
+    if request.param == "memory":
+        return Lake(f"memory://manifest-{uuid.uuid4().hex[:12]}")
+    return Lake(str(tmp_path / "lake"))
+
+
+@pytest.fixture
+def store(lake: Lake) -> ManifestStore:
+    return ManifestStore(lake, "orders-pipeline")
+
+
+def entry(path: str, first: int, last: int) -> dict:
+    return {"path": path, "first_offset": first, "last_offset": last, "rows": last - first + 1, "bytes": 100}
+
+
+def write_versions(store: ManifestStore, count: int, partition: int = 0, owner: str = "w1") -> PartitionState:
+    """``count`` write versions of 10 offsets each, one file per version."""
+    state = store.load(TOPIC, partition)
+    for i in range(count):
+        first = i * 10
+        path = f"topic={TOPIC}/partition={partition}/f-{first}.parquet"
+        state = store.commit(
+            state, operation="write", owner=owner, next_offset=first + 10, add=[entry(path, first, first + 9)]
+        )
+    return state
+
+
+def same(a: PartitionState, b: PartitionState) -> bool:
+    return (a.version, a.next_offset, a.files, a.owner) == (b.version, b.next_offset, b.files, b.owner)
+
+
+# ---------------------------------------------------------------------------------------------- load and commit
+
+
+def test_a_partition_without_manifest_loads_empty(store):
+    state = store.load(TOPIC, 0)
+    assert (state.version, state.next_offset, state.files, state.owner) == (0, None, {}, None)
+    assert store.partitions() == []
+
+
+def test_commits_load_back_as_committed(store):
+    state = write_versions(store, 3)
+    assert state.version == 3 and state.next_offset == 30 and len(state.files) == 3
+    # A version may remove files (a rewind, a compaction): they leave the state.
+    gone = f"topic={TOPIC}/partition=0/f-0.parquet"
+    state = store.commit(state, operation="write", owner="w1", next_offset=30, remove=[gone])
+    loaded = store.load(TOPIC, 0)
+    assert same(loaded, state)
+    assert gone not in loaded.files and loaded.rows == 20
+    assert store.partitions() == [(TOPIC, 0)]
+
+
+def test_each_version_file_carries_the_format_version(store, lake):
+    write_versions(store, 1)
+    doc = json.loads(lake.read(store.version_path(TOPIC, 0, 1)) or b"")
+    assert doc["format_version"] == FORMAT_VERSION and doc["version"] == 1 and doc["next_offset"] == 10
+
+
+def test_partitions_have_independent_versions(store):
+    write_versions(store, 2, partition=0)
+    write_versions(store, 5, partition=1)
+    assert store.load(TOPIC, 0).version == 2
+    assert store.load(TOPIC, 1).version == 5
+    assert store.partitions() == [(TOPIC, 0), (TOPIC, 1)]
+
+
+def test_a_commit_on_a_stale_state_conflicts_and_changes_nothing(store):
+    stale = write_versions(store, 2)
+    current = store.commit(stale, operation="write", owner="w2", next_offset=25)
+    with pytest.raises(ManifestConflict) as raised:
+        store.commit(stale, operation="write", owner="w1", next_offset=99, add=[entry("x.parquet", 20, 98)])
+    assert raised.value.version == 3
+    assert same(store.load(TOPIC, 0), current)
+
+
+# ---------------------------------------------------------------------------------------------- claims
+
+
+def test_a_claim_fences_the_previous_owner(store):
+    previous = write_versions(store, 2, owner="old")
+    claimed = store.claim(TOPIC, 0, "new")
+    assert (claimed.version, claimed.next_offset, claimed.owner) == (3, 20, "new")
+    assert claimed.files == previous.files  # a claim moves no offset and no file
+    with pytest.raises(ManifestConflict):
+        store.commit(previous, operation="write", owner="old", next_offset=30)
+    assert same(store.load(TOPIC, 0), claimed)
+
+
+def test_a_claim_goes_on_top_of_the_previous_owners_last_writes(store):
+    """Assigned at version 2; the previous owner (frozen, then resumed) commits version 3 before our claim:
+    a valid commit of the records after version 2, so the claim goes on top and says where to resume."""
+    assigned = write_versions(store, 2, owner="old")
+    store.commit(assigned, operation="write", owner="old", next_offset=25)
+    claimed = store.claim(TOPIC, 0, "new", since=assigned)
+    assert (claimed.version, claimed.next_offset, claimed.owner) == (4, 25, "new")
+
+
+def test_a_claim_by_a_newer_owner_makes_ours_a_zombie_claim(store):
+    """Assigned at version 2, but another writer claimed since: the group gave it the partition after us."""
+    assigned = write_versions(store, 2, owner="old")
+    newer = store.claim(TOPIC, 0, "newer")
+    with pytest.raises(ManifestConflict):
+        store.claim(TOPIC, 0, "zombie", since=assigned)
+    assert same(store.load(TOPIC, 0), newer)
+    # Our own earlier claim does not count against us.
+    again = store.claim(TOPIC, 0, "newer", since=assigned)
+    assert again.version == newer.version + 1
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+
+def test_a_checkpoint_every_25_versions_and_load_reads_it_plus_later_versions(store, lake):
+    final = write_versions(store, 2 * CHECKPOINT_EVERY + 10)
+    folder = f"{store.prefix}/checkpoints/topic={TOPIC}/partition=0"
+    assert sorted(lake.listdir(folder)) == [f"{v:020d}.json" for v in (CHECKPOINT_EVERY, 2 * CHECKPOINT_EVERY)]
+    # The versions the latest checkpoint covers are not read: load still works without them.
+    lake.delete([store.version_path(TOPIC, 0, v) for v in range(1, 2 * CHECKPOINT_EVERY + 1)])
+    loaded = store.load(TOPIC, 0)
+    assert same(loaded, final)
+    assert loaded.version == 2 * CHECKPOINT_EVERY + 10 and len(loaded.files) == 2 * CHECKPOINT_EVERY + 10
+
+
+def test_a_checkpoint_ahead_of_the_versions_is_not_used(store, lake):
+    """A checkpoint is derived data written after its version: one for a version that does not exist (a
+    copy restored from elsewhere) must not be trusted."""
+    final = write_versions(store, 3)
+    bogus = {"format_version": FORMAT_VERSION, "version": 40, "next_offset": 4000, "files": []}
+    lake.put(f"{store.prefix}/checkpoints/topic={TOPIC}/partition=0/{40:020d}.json", json.dumps(bogus).encode())
+    assert same(store.load(TOPIC, 0), final)
+
+
+# ---------------------------------------------------------------------------------------------- damaged state
+
+
+def test_a_missing_version_is_a_state_error(store, lake):
+    write_versions(store, 5)
+    lake.delete([store.version_path(TOPIC, 0, 3)])
+    with pytest.raises(StateError, match=r"missing version\(s\) \[3\]"):
+        store.load(TOPIC, 0)
+
+
+def test_a_missing_version_after_the_checkpoint_is_a_state_error(store, lake):
+    write_versions(store, CHECKPOINT_EVERY + 5)
+    lake.delete([store.version_path(TOPIC, 0, CHECKPOINT_EVERY + 2)])
+    with pytest.raises(StateError, match="missing version"):
+        store.load(TOPIC, 0)
+
+
+def test_an_unknown_format_version_is_a_state_error(store, lake):
+    write_versions(store, 2)
+    rel = store.version_path(TOPIC, 0, 2)
+    doc = json.loads(lake.read(rel) or b"")
+    lake.put(rel, json.dumps({**doc, "format_version": 99}).encode())
+    with pytest.raises(StateError, match="format_version 99") as raised:
+        store.load(TOPIC, 0)
+    assert "Upgrade kingest" in (raised.value.hint or "")
+
+
+def test_an_unknown_checkpoint_format_version_is_a_state_error(store, lake):
+    write_versions(store, CHECKPOINT_EVERY)
+    rel = f"{store.prefix}/checkpoints/topic={TOPIC}/partition=0/{CHECKPOINT_EVERY:020d}.json"
+    doc = json.loads(lake.read(rel) or b"")
+    lake.put(rel, json.dumps({**doc, "format_version": FORMAT_VERSION + 1}).encode())
+    with pytest.raises(StateError, match="format_version"):
+        store.load(TOPIC, 0)
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"[1, 2]", b'{"version": 1}'])
+def test_a_corrupted_version_is_a_state_error(store, lake, content):
+    write_versions(store, 1)
+    lake.put(store.version_path(TOPIC, 0, 1), content)
+    with pytest.raises(StateError):
+        store.load(TOPIC, 0)
+
+
+# ---------------------------------------------------------------------------------------------- recovery
+
+
+def test_recovery_deletes_only_announced_but_uncommitted_files(store, lake):
+    folder = f"topic={TOPIC}/partition=0"
+    committed, orphan_1, orphan_2, unrelated = (f"{folder}/{n}.parquet" for n in ("committed", "o1", "o2", "other"))
+    for rel in (committed, orphan_1, orphan_2, unrelated):
+        lake.put(rel, b"PAR1")
+    # Writer w1 committed one file, then announced two more and died before committing them.
+    state = store.load(TOPIC, 0)
+    store.write_pending(TOPIC, 0, "w1", [committed])
+    state = store.commit(state, operation="write", owner="w1", next_offset=10, add=[entry(committed, 0, 9)])
+    store.write_pending(TOPIC, 0, "w1", [orphan_1, orphan_2])
+    # Writer w2 has announced files too (its own, in flight): recovery by w2 leaves them alone.
+    store.write_pending(TOPIC, 0, "w2", [f"{folder}/w2-in-flight.parquet"])
+    lake.put(f"{folder}/w2-in-flight.parquet", b"PAR1")
+
+    claimed = store.claim(TOPIC, 0, "w2")
+    removed = store.recover(claimed, "w2")
+
+    assert sorted(removed) == sorted([orphan_1, orphan_2])
+    remaining = set(lake.find(folder))
+    assert remaining == {committed, unrelated, f"{folder}/w2-in-flight.parquet"}
+    pending = lake.listdir(f"{store.prefix}/pending/topic={TOPIC}/partition=0")
+    assert set(pending) == {"w2.json"}  # w1's record is consumed; w2's own is kept
+    assert same(store.load(TOPIC, 0), claimed)
+
+
+def test_recovery_keeps_announced_files_that_were_committed_later(store, lake):
+    folder = f"topic={TOPIC}/partition=0"
+    paths = [f"{folder}/a.parquet", f"{folder}/b.parquet"]
+    for rel in paths:
+        lake.put(rel, b"PAR1")
+    state = store.load(TOPIC, 0)
+    store.write_pending(TOPIC, 0, "w1", paths)
+    store.commit(
+        state, operation="write", owner="w1", next_offset=20, add=[entry(paths[0], 0, 9), entry(paths[1], 10, 19)]
+    )
+    claimed = store.claim(TOPIC, 0, "w2")
+    assert store.recover(claimed, "w2") == []
+    assert set(lake.find(folder)) == set(paths)
+
+
+def test_recovery_with_nothing_pending_removes_nothing(store):
+    claimed = store.claim(TOPIC, 0, "w1")
+    assert store.recover(claimed, "w1") == []
