@@ -1,0 +1,126 @@
+"""`kingest check`: validate a config and try everything it names, before a run depends on it.
+
+One result per check, in order: the config loads; the broker answers; each topic exists; the lake is
+writable (a probe object written, read and removed); the store enforces exclusive create (exactly-once's
+manifest commit depends on it); under exactly-once, the offsets manifest of each partition is readable. A check
+that cannot run because an earlier one failed is reported as not run. Nothing here prints: cli.py does.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from . import config as config_module
+from .config import Config
+from .errors import KingestError
+
+
+@dataclass(frozen=True)
+class Check:
+    """The outcome of one check. ``ok`` False fails `kingest check`; ``note`` marks a pass with a caveat."""
+
+    name: str
+    ok: bool
+    detail: str
+    hint: str | None = None
+    note: bool = False
+
+
+def run_checks(
+    path: str | os.PathLike[str] | None,
+    semantics: str | None = None,
+    on_config: Callable[[Config], Any] | None = None,
+) -> Iterator[Check]:
+    """The checks of the config at ``path`` (default: $KINGEST_CONFIG, then ./kingest.yaml), one by one."""
+    try:
+        config = config_module.load(path).with_semantics(semantics)
+    except KingestError as error:
+        yield Check("config", False, error.message, error.hint)
+        return
+    if on_config is not None:
+        on_config(config)
+    schema = f", schema of {len(config.records.schema)} fields" if config.records.schema else ""
+    yield Check(
+        "config",
+        True,
+        f"{config.source_path}: pipeline {config.pipeline}, {config.semantics}, "
+        f"records {config.records.format}{schema}, on_error {config.records.on_error}",
+    )
+    yield from _kafka_checks(config)
+    yield from _lake_checks(config)
+
+
+def _kafka_checks(config: Config) -> Iterator[Check]:
+    from . import kafka_admin
+
+    where = ", ".join(config.kafka.bootstrap_servers)
+    try:
+        with kafka_admin.inspection_consumer(config) as consumer:
+            try:
+                existing = consumer.topics()
+                partitions = {t: consumer.partitions_for_topic(t) for t in config.kafka.topics if t in existing}
+            except Exception as exc:  # a kafka-python error: the broker answered the connection, not the request
+                raise kafka_admin.setup_error(exc, config) from None
+    except KingestError as error:
+        yield Check("kafka", False, error.message, error.hint)
+        yield Check("topics", False, "not checked: the broker did not answer", note=True)
+        return
+    yield Check(
+        "kafka", True, f"broker at {where} answered ({config.kafka.security_protocol}, {len(existing)} topics visible)"
+    )
+    for topic in config.kafka.topics:
+        if topic in partitions:
+            yield Check(f"topic {topic}", True, f"exists, {len(partitions[topic] or ())} partitions")
+        else:
+            yield Check(
+                f"topic {topic}",
+                False,
+                f"topic {topic} not found on {where}",
+                "Create the topic, or fix kafka.topics in the config (a user without Describe rights sees none).",
+            )
+
+
+def _lake_checks(config: Config) -> Iterator[Check]:
+    from .lake import Lake
+    from .manifest import ManifestStore
+
+    exactly_once = config.semantics == "exactly-once"
+    try:
+        lake = Lake(config.lake.path, config.lake.storage_options)
+        exclusive = lake.probe()
+    except KingestError as error:
+        yield Check("lake", False, error.message, error.hint)
+        return
+    yield Check("lake", True, f"{lake.display()} is writable (a probe object was written, read and removed)")
+    if exclusive:
+        yield Check(
+            "exclusive create", True, "the store refuses a second create of the same name: exactly-once is safe"
+        )
+    else:
+        yield Check(
+            "exclusive create",
+            not exactly_once,
+            f"the store at {lake.display()} does not enforce exclusive create: exactly-once would be unsafe there"
+            + ("" if exactly_once else f" (fine for {config.semantics})"),
+            "Use a store that honours If-None-Match: * (AWS S3, SeaweedFS, local disk), or another semantics."
+            if exactly_once
+            else None,
+            note=not exactly_once,
+        )
+    if not exactly_once:
+        return
+    store = ManifestStore(lake, config.pipeline)
+    try:
+        partitions = [tp for tp in store.partitions() if tp[0] in config.kafka.topics]
+        for topic, partition in partitions:
+            store.load(topic, partition)
+    except KingestError as error:
+        yield Check("offsets manifest", False, error.message, error.hint)
+        return
+    if partitions:
+        yield Check("offsets manifest", True, f"readable for {len(partitions)} partition(s)")
+    else:
+        yield Check("offsets manifest", True, "none yet: the first run starts per kafka.auto_offset_reset")
