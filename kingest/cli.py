@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from typer.exceptions import TyperException
 
 from . import __version__
 from .errors import KingestError
-from .output import SCRUB, setup_logging
+from .output import SCRUB, install_scrubbing, report_error, report_unexpected, setup_logging
 
 app = typer.Typer(
     name="kingest",
@@ -69,13 +70,13 @@ def main_options(
     ] = False,
 ) -> None:
     """kingest: Kafka to Parquet, with at-most-once, at-least-once or exactly-once delivery."""
+    install_scrubbing()  # from here on nothing written to stdout/stderr can carry a secret (see output.py)
 
 
 def fail(error: KingestError) -> None:
-    """Print a library error for a person (no traceback, no secrets) and exit with its code."""
-    typer.echo(SCRUB(f"Error: {error.message}"), err=True)
-    if error.hint:
-        typer.echo(SCRUB(f"  {error.hint}"), err=True)
+    """Print a library error for a person (no traceback, no secrets; JSON with --log-format json) and exit
+    with its code."""
+    report_error(error.message, error.hint, error.exit_code)
     raise typer.Exit(error.exit_code)
 
 
@@ -85,6 +86,11 @@ def errors_handled() -> Iterator[None]:
         yield
     except KingestError as error:
         fail(error)
+    except (typer.Exit, typer.Abort, TyperException):
+        raise
+    except Exception as error:  # a bug: a scrubbed traceback (no secret can ride on an exception's text)
+        report_unexpected(error)
+        raise typer.Exit(1) from None
 
 
 def load_config(path: Path | None, semantics: Semantics | None = None) -> Any:
@@ -117,15 +123,29 @@ def run(
     ] = False,
     log_format: LogFormatOption = LogFormat.text,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more, kafka-python included.")] = False,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            min=0,
+            max=65535,
+            help="Serve Prometheus metrics on this port (0: any free port, logged at start).",
+            show_default=False,
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option("--metrics-host", help="Address the metrics endpoint binds to (0.0.0.0: every interface).")
+    ] = "127.0.0.1",
 ) -> None:
     """Consume the topics and write Parquet files to the lake, committing offsets per the semantics."""
     setup_logging(log_format.value, verbose)
     with errors_handled():
         config = load_config(config_path, semantics)
-        from .output import Progress
+        from .output import Progress, print_summary
         from .pipeline import Pipeline, install_signal_handlers
 
         live = sys.stderr.isatty() and log_format == LogFormat.text
+        metrics = None
         with Progress(live=live) as progress:
             pipeline = Pipeline(config, until_caught_up=until_caught_up, on_progress=progress)
             install_signal_handlers(pipeline, progress.message)
@@ -133,12 +153,214 @@ def run(
                 f"kingest {config.semantics}: {', '.join(config.kafka.topics)} -> {pipeline.lake.display()} "
                 f"(group {config.kafka.group_id})"
             )
+            if metrics_port is not None:
+                from .metrics import Metrics
+
+                metrics = Metrics(pipeline)
+                progress.message(f"metrics: {metrics.serve(metrics_host, metrics_port)}")
+                pipeline.on_progress = metrics.chained(progress)
             try:
                 stats = pipeline.run()
             except KingestError:
                 progress.message(f"stopped after {pipeline.stats.summary()}")
                 raise
-        typer.echo(f"done: {stats.summary()}")
+            finally:
+                if metrics is not None:
+                    metrics.close()
+        print_summary(stats.summary(), stats.fields())
+
+
+@app.command()
+def verify(
+    config_path: ConfigOption = None,
+    semantics: Annotated[
+        Semantics | None,
+        typer.Option("--semantics", help="Audit against this guarantee instead of the config's.", show_default=False),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Audit the lake against the topic: per partition, offsets missing, duplicated or unknown to Kafka.
+
+    Exit 0 when the semantics' guarantee holds (at-most-once: nothing duplicated; at-least-once: nothing
+    missing; exactly-once: neither), 1 when it does not, 2 on error. Offsets at or after the pipeline's
+    committed position are lag, not missing.
+    """
+    setup_logging("text", False)
+    with errors_handled():
+        config = load_config(config_path, semantics)
+        from .verify import audit, render
+
+        report = audit(config)
+    if as_json:
+        import json
+
+        typer.echo(SCRUB(json.dumps(report.to_dict())))
+    else:
+        from rich.console import Console
+
+        Console(width=None if sys.stdout.isatty() else 120).print(render(report))
+    raise typer.Exit(0 if report.holds else 1)
+
+
+@app.command()
+def status(
+    config_path: ConfigOption = None,
+    semantics: Annotated[
+        Semantics | None,
+        typer.Option("--semantics", help="Report as for this guarantee instead of the config's.", show_default=False),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Where every partition stands: log start and end, committed and manifest offsets, lag, what is in the lake,
+    and the consumer group's state and members (is a `kingest run` active, and where?). Changes nothing."""
+    setup_logging("text", False)
+    with errors_handled():
+        config = load_config(config_path, semantics)
+        from .status import collect_status
+        from .status import render as render_status
+
+        report = collect_status(config)
+    if as_json:
+        import json
+
+        typer.echo(SCRUB(json.dumps(report.to_json())))
+    else:
+        from rich.console import Console
+
+        # Not on a terminal (a pipe, a log): wide enough for the whole table rather than rich's 80 columns.
+        console = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 200)
+        for part in render_status(report):
+            console.print(part)
+
+
+@app.command()
+def rewind(
+    config_path: ConfigOption = None,
+    to_offset: Annotated[
+        int | None, typer.Option("--to-offset", help="Resume at this offset.", show_default=False)
+    ] = None,
+    to_timestamp: Annotated[
+        str | None,
+        typer.Option(
+            "--to-timestamp",
+            help="Resume at the first record at or after this time (ISO 8601; UTC when no offset is given).",
+            show_default=False,
+        ),
+    ] = None,
+    to_earliest: Annotated[bool, typer.Option("--to-earliest", help="Resume at the log start.")] = False,
+    to_latest: Annotated[bool, typer.Option("--to-latest", help="Resume at the log end (skip what is there).")] = False,
+    topic: Annotated[
+        str | None,
+        typer.Option("--topic", help="Only this topic (default: all of the pipeline's).", show_default=False),
+    ] = None,
+    partition: Annotated[
+        int | None, typer.Option("--partition", help="Only this partition (default: all).", show_default=False)
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and change nothing.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    semantics: Annotated[
+        Semantics | None,
+        typer.Option("--semantics", help="Rewind as for this guarantee instead of the config's.", show_default=False),
+    ] = None,
+) -> None:
+    """Move the pipeline's position so that the next `kingest run` replays from there.
+
+    exactly-once: commits a manifest version that retracts the data at and after the target (files wholly past
+    it leave the lake, a file straddling it is rewritten), so that every offset is in the lake once after the
+    replay. at-least-once / at-most-once: sets the group's committed offsets; the replay writes again the
+    records already in the lake. Refuses while the consumer group has active members.
+    """
+    setup_logging("text", False)
+    with errors_handled():
+        config = load_config(config_path, semantics)
+        from .rewind import Target, apply_rewind, plan_rewind
+
+        target = Target.parse(to_offset, to_timestamp, to_earliest, to_latest)
+        plan = plan_rewind(config, target, topic=topic, partition=partition)
+    typer.echo(SCRUB("\n".join(plan.describe())))
+    if not plan.changes:
+        typer.echo("nothing to change.")
+        return
+    if dry_run:
+        typer.echo("dry run: nothing was changed.")
+        return
+    if not yes:
+        typer.confirm("Apply this rewind?", abort=True)
+    with errors_handled():
+        result = apply_rewind(config, plan)
+    for warning in result.warnings:
+        typer.echo(SCRUB(f"Warning: {warning}"), err=True)
+    typer.echo(
+        f"rewound {len(result.rewound)} partition(s); {len(result.written)} file(s) rewritten, "
+        f"{len(result.deleted)} file(s) deleted from the lake."
+    )
+
+
+@app.command()
+def init(
+    path: Annotated[Path, typer.Argument(help="Where to write the config.")] = Path("kingest.yaml"),
+    force: Annotated[bool, typer.Option("--force", help="Replace the file if it exists.")] = False,
+    pipeline: Annotated[str, typer.Option("--pipeline", help="The pipeline's name.")] = "orders",
+    topics: Annotated[
+        list[str] | None, typer.Option("--topic", help="A topic to ingest (repeat for several).", show_default=False)
+    ] = None,
+    bootstrap_servers: Annotated[
+        str, typer.Option("--bootstrap-servers", help="Kafka's host:port (comma-separated for several).")
+    ] = "localhost:9092",
+    lake: Annotated[
+        str | None,
+        typer.Option(
+            "--lake", help="A local folder or s3://bucket/prefix. Default: ./lake/<pipeline>.", show_default=False
+        ),
+    ] = None,
+    record_format: Annotated[str, typer.Option("--format", help="raw, string or json.")] = "json",
+    semantics: Annotated[
+        Semantics, typer.Option("--semantics", help="The delivery guarantee.")
+    ] = Semantics.at_least_once,
+) -> None:
+    """Write a commented starter config (refuses to replace an existing file unless --force)."""
+    with errors_handled():
+        from .init import starter_config, write_starter_config
+
+        text = starter_config(
+            path=str(path),
+            pipeline=pipeline,
+            topics=topics or [pipeline],
+            bootstrap_servers=bootstrap_servers,
+            lake=lake,
+            record_format=record_format,
+            semantics=semantics.value,
+        )
+        written = write_starter_config(path, text, force=force)
+    typer.echo(f"wrote {written}: edit it, then try it with `kingest check -c {written}`")
+
+
+@app.command()
+def check(
+    config_path: ConfigOption = None,
+    semantics: Annotated[
+        Semantics | None,
+        typer.Option("--semantics", help="Check as for this guarantee instead of the config's.", show_default=False),
+    ] = None,
+) -> None:
+    """Validate the config and try its connections: broker reachable, topics exist, lake writable, exclusive
+    create (needed by exactly-once), offsets manifest readable. One line per check; exit 0 only if all pass."""
+    setup_logging("text", False)
+    failed = False
+    with errors_handled():
+        from .check import run_checks
+
+        def learn_secrets(config: Any) -> None:
+            SCRUB.add(config.secrets())
+
+        for result in run_checks(config_path, semantics.value if semantics else None, on_config=learn_secrets):
+            mark = "!" if result.note else ("✓" if result.ok else "✗")
+            typer.echo(SCRUB(f"{mark} {result.name}: {result.detail}"))
+            if result.hint and not result.ok:
+                typer.echo(SCRUB(f"    {result.hint}"))
+            failed = failed or not result.ok
+    if failed:
+        raise typer.Exit(2)
 
 
 def main() -> None:

@@ -37,17 +37,20 @@ SCHEMA_TYPES = (
     "date",
     "binary",
 )
+# The metadata columns the encoder puts first in every row (encoder.METADATA_FIELDS; a test keeps them equal).
+RESERVED_COLUMNS = ("kafka_topic", "kafka_partition", "kafka_offset", "kafka_timestamp", "kafka_key", "kafka_headers")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 # Key names whose values are secrets wherever they appear (storage_options, consumer settings).
-_SECRET_WORDS = ("password", "secret", "token", "key")
-_SAFE_KEYS = {"key_deserializer", "kafka_key", "ssl_keyfile"}
+# An S3 access key id (`key`, `aws_access_key_id`) names an identity, like a user name: it is not a secret, and
+# scrubbing it would mangle every output where the same word appears. Its secret half is.
+_SECRET_WORDS = ("password", "secret", "token", "credential", "private_key")
 
 
 def is_secret_key(name: str) -> bool:
     name = name.lower()
-    return name not in _SAFE_KEYS and any(word in name for word in _SECRET_WORDS)
+    return any(word in name for word in _SECRET_WORDS)
 
 
 # ---------------------------------------------------------------------------------------------- values
@@ -250,25 +253,78 @@ class _Doc:
                 f"{source}: not valid YAML{where}: {problem}",
                 "Check indentation and quoting around that line.",
             ) from None
-        self.data = self._build(node, "") if node is not None else {}
+        except RecursionError:
+            raise ConfigError(f"{source}: not valid YAML: nested too deeply") from None
+        self._nodes = 0
+        self._open: set[int] = set()  # nodes being built: an alias back to one of them is a cycle
+        self._merged: dict[int, int] = {}  # mapping node -> how many of its pairs came from merge keys
+        try:
+            self.data = self._build(node, "") if node is not None else {}
+        except RecursionError:
+            raise ConfigError(f"{source}: the config is nested too deeply") from None
 
     def _build(self, node: yaml.Node, path: str) -> Any:
+        self._nodes += 1
+        if self._nodes > _MAX_NODES:
+            raise ConfigError(f"{self.source}: the config is too large ({_MAX_NODES}+ values, aliases expanded)")
+        if id(node) in self._open:
+            raise ConfigError(f"{self.where_node(node)}: `{path}` refers to itself (a recursive YAML alias)")
+        self._open.add(id(node))
+        try:
+            return self._build_node(node, path)
+        finally:
+            self._open.discard(id(node))
+
+    def _build_node(self, node: yaml.Node, path: str) -> Any:
         if isinstance(node, yaml.MappingNode):
+            merged = self._flatten(node, path)
             out: dict[str, Any] = {}
-            for key_node, value_node in node.value:
+            written: set[str] = set()
+            for index, (key_node, value_node) in enumerate(node.value):
+                if not isinstance(key_node, yaml.ScalarNode):
+                    raise ConfigError(f"{self.where_node(key_node)}: a key must be a plain name, not a list or mapping")
                 key = str(key_node.value)
                 child = f"{path}.{key}" if path else key
-                if key in out:
-                    raise ConfigError(f"{self.source}:{key_node.start_mark.line + 1}: `{child}` is given twice")
+                if index >= merged:  # merged-in keys may repeat (the later wins); keys written out may not
+                    if key in written:
+                        raise ConfigError(f"{self.source}:{key_node.start_mark.line + 1}: `{child}` is given twice")
+                    written.add(key)
                 self.lines[child] = key_node.start_mark.line + 1
                 out[key] = self._build(value_node, child)
             return out
         if isinstance(node, yaml.SequenceNode):
             return [self._build(item, f"{path}[{i}]") for i, item in enumerate(node.value)]
-        value = _construct_scalar(node)
+        value = self._scalar(node, path)
         if isinstance(value, str) and "${" in value:
             value = self._interpolate(value, path)
         return value
+
+    def _flatten(self, node: yaml.MappingNode, path: str) -> int:
+        """Apply merge keys (``<<: *defaults``) in place, once per node; returns how many pairs, at the front,
+        were merged in (the keys written out after them override them)."""
+        if id(node) not in self._merged:
+            written = sum(1 for key_node, _ in node.value if key_node.tag != "tag:yaml.org,2002:merge")
+            try:
+                yaml.SafeLoader("").flatten_mapping(node)
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"{self.where_node(node)}: `{path or 'the config'}`: {_yaml_problem(exc)}") from None
+            self._merged[id(node)] = len(node.value) - written
+        return self._merged[id(node)]
+
+    def _scalar(self, node: yaml.Node, path: str, plain: bool = False) -> Any:
+        try:
+            return _construct_scalar(node, plain)
+        except Exception as exc:  # PyYAML's constructors fail in assorted ways on bad tagged values (!!timestamp x)
+            shown = "(value hidden: it comes from the environment)" if plain else repr(node.value)
+            raise ConfigError(
+                f"{self.where(path) if plain else self.where_node(node)}: `{path or 'the config'}` = {shown} "
+                f"cannot be read: {_yaml_problem(exc)}",
+                "Quote the value if it is meant as text.",
+            ) from None
+
+    def where_node(self, node: yaml.Node) -> str:
+        mark = getattr(node, "start_mark", None)
+        return f"{self.source}:{mark.line + 1}" if mark is not None else self.source
 
     def _interpolate(self, value: str, path: str) -> Any:
         def substitute(match: re.Match[str]) -> str:
@@ -286,12 +342,20 @@ class _Doc:
         result = _ENV_REF.sub(substitute, value)
         if result != value and _ENV_REF.fullmatch(value):
             # A whole-value reference keeps YAML typing: ${BATCH:-10} is the number 10.
-            return _construct_scalar(yaml.ScalarNode("tag:yaml.org,2002:str", result), plain=True)
+            return self._scalar(yaml.ScalarNode("tag:yaml.org,2002:str", result), path, plain=True)
         return result
 
     def where(self, path: str) -> str:
         line = self.lines.get(path)
         return f"{self.source}:{line}" if line else self.source
+
+
+_MAX_NODES = 100_000
+
+
+def _yaml_problem(exc: BaseException) -> str:
+    problem = getattr(exc, "problem", None) or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return str(problem)
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}")
@@ -327,7 +391,9 @@ class _Section:
 
     def shown(self, name: str, value: Any) -> str:
         full = self.key(name)
-        if full in self.doc.from_env or is_secret_key(name):
+        from_env = any(p == full or p.startswith((f"{full}.", f"{full}[")) for p in self.doc.from_env)
+        # storage_options and consumer hold credentials under free-form keys: never echo them back either.
+        if from_env or is_secret_key(name) or name in ("storage_options", "consumer"):
             return "(value hidden: it is a secret or comes from the environment)"
         return repr(value)
 
@@ -484,6 +550,17 @@ def parse(text: str, source: str = "<config>") -> Config:
 
     records = _Section(doc, top.data.get("records"), "records", ("format", "schema", "on_error"))
     schema = records.get("schema", _schema, None, f"a mapping of field: type, types: {', '.join(SCHEMA_TYPES)}")
+    for name, kind in (schema or {}).items():
+        where = doc.where(f"records.schema.{name}")
+        if kind not in SCHEMA_TYPES:
+            raise ConfigError(
+                f"{where}: `records.schema.{name}` = {kind!r} is not valid: use one of {', '.join(SCHEMA_TYPES)}"
+            )
+        if name in RESERVED_COLUMNS:
+            raise ConfigError(
+                f"{where}: `records.schema.{name}`: {name} is the name of a column kingest adds to every row",
+                f"Its columns are {', '.join(RESERVED_COLUMNS)}; a record field of that name cannot be stored.",
+            )
     records_config = RecordsConfig(
         format=records.choice("format", FORMATS, "json"),
         schema=schema,
@@ -524,10 +601,7 @@ def parse(text: str, source: str = "<config>") -> Config:
 def _schema(value: Any) -> dict[str, str]:
     if not isinstance(value, dict) or not value:
         raise ValueError
-    for name, kind in value.items():
-        if kind not in SCHEMA_TYPES:
-            raise ValueError(f"field {name!r} has type {kind!r}; types: {', '.join(SCHEMA_TYPES)}")
-    return {str(k): str(v) for k, v in value.items()}
+    return {str(k): v for k, v in value.items()}  # each type is checked by the caller, naming its line
 
 
 def _partition_by(value: Any) -> tuple[str, ...]:

@@ -12,6 +12,7 @@ from typing import Any
 from .batcher import TopicPartition
 from .config import Config
 from .errors import SetupError, SourceUnavailable, TopicNotFound
+from .source import credential_check
 
 
 def _connection_settings(config: Config) -> dict[str, Any]:
@@ -46,14 +47,15 @@ def inspection_consumer(config: Config, **extra: Any) -> Iterator[Any]:
     import kafka
     from kafka import errors as kafka_errors
 
+    settings = {**_connection_settings(config), **extra}
     try:
-        consumer = kafka.KafkaConsumer(
-            group_id=None,
-            enable_auto_commit=False,
-            isolation_level=config.kafka.isolation_level,
-            **_connection_settings(config),
-            **extra,
-        )
+        with credential_check(settings, config.kafka):  # bad credentials: a clear error within seconds
+            consumer = kafka.KafkaConsumer(
+                group_id=None,
+                enable_auto_commit=False,
+                isolation_level=config.kafka.isolation_level,
+                **settings,
+            )
     except (kafka_errors.KafkaTimeoutError, *_no_brokers(kafka_errors)):
         raise SourceUnavailable(
             f"no Kafka broker answered at {_where(config)}",
@@ -72,8 +74,10 @@ def admin_client(config: Config) -> Iterator[Any]:
     from kafka import KafkaAdminClient
     from kafka import errors as kafka_errors
 
+    settings = _connection_settings(config)
     try:
-        admin = KafkaAdminClient(**_connection_settings(config))
+        with credential_check(settings, config.kafka):  # bad credentials: a clear error within seconds
+            admin = KafkaAdminClient(**settings)
     except (kafka_errors.KafkaTimeoutError, *_no_brokers(kafka_errors)):
         raise SourceUnavailable(
             f"no Kafka broker answered at {_where(config)}",

@@ -15,6 +15,7 @@ to ``retry_seconds``; errors that retrying cannot fix (missing bucket, access de
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import time
 import uuid
@@ -26,6 +27,7 @@ import fsspec
 from . import crash
 from .errors import LakeUnavailable, SetupError
 
+log = logging.getLogger("kingest.lake")
 T = TypeVar("T")
 _PERMANENT = (FileNotFoundError, PermissionError, FileExistsError, IsADirectoryError, NotADirectoryError)
 
@@ -47,6 +49,8 @@ class Lake:
         if self.local:
             self.root = os.path.abspath(self.root)
         self.retry_seconds = retry_seconds
+        self.retries = 0  # store calls that failed and were retried (for the metrics)
+        self._reported = 0.0
 
     def __repr__(self) -> str:
         return f"Lake({self.url!r})"
@@ -61,25 +65,47 @@ class Lake:
     # ---------------------------------------------------------------------------------- retries
 
     def _retry(self, what: str, call: Callable[[], T]) -> T:
-        delay, deadline = 0.2, time.monotonic() + self.retry_seconds
+        """``call()``, retried with exponential backoff (0.2 s doubling up to 10 s) while the store fails in a way
+        that waiting can fix: connection refused or reset, timeouts, 5xx. Gives up with LakeUnavailable after
+        ``retry_seconds``. Errors that retrying cannot fix (missing bucket or object, access denied, a taken
+        name) are raised at once. The user is told when the store stops answering and when it answers again."""
+        delay, started = 0.2, time.monotonic()
+        deadline = started + self.retry_seconds
+        failing_since: float | None = None
         while True:
             try:
-                return call()
+                result = call()
             except _PERMANENT:
                 raise
-            except OSError as exc:
-                if _is_precondition_failed(exc) or getattr(exc, "errno", None) in (errno.EACCES, errno.EROFS):
-                    raise
-                if time.monotonic() + delay > deadline:
-                    raise LakeUnavailable(
-                        f"the lake at {self.display()} did not answer for {self.retry_seconds:.0f}s ({what}): {exc}",
-                        "Check that the store is up and reachable (lake.storage_options endpoint_url).",
-                    ) from None
             except Exception as exc:  # botocore/aiohttp connection errors are not all OSErrors
-                if not _looks_transient(exc) or time.monotonic() + delay > deadline:
+                if not _is_transient(exc):
                     raise
-            time.sleep(delay)
-            delay = min(delay * 2, 10.0)
+                now = time.monotonic()
+                if now + delay > deadline:
+                    raise LakeUnavailable(
+                        f"the lake at {self.display()} did not answer for {now - started:.0f}s ({what}): "
+                        f"{_describe(exc)}",
+                        "Check that the store is up and reachable (lake.storage_options endpoint_url); nothing "
+                        "past the last committed batch was committed, so running again resumes from there.",
+                    ) from None
+                self.retries += 1
+                if failing_since is None or now - self._reported >= 30.0:
+                    self._reported = now
+                    log.warning(
+                        "the lake at %s does not answer (%s: %s); retrying for up to %.0fs more",
+                        self.display(),
+                        what,
+                        _describe(exc),
+                        deadline - now,
+                    )
+                failing_since = failing_since or now
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            if failing_since is not None:
+                waited = time.monotonic() - failing_since
+                log.warning("the lake at %s answers again after %.0fs", self.display(), waited)
+            return result
 
     # ---------------------------------------------------------------------------------- writing
 
@@ -87,9 +113,18 @@ class Lake:
         """Write ``data`` under ``rel``, replacing any object there, all or nothing."""
         if self.local:
             path = self.full(rel)
-            tmp = self._write_tmp(path, data, crash_midway)
-            os.replace(tmp, path)
-            _fsync_dir(os.path.dirname(path))
+            try:
+                tmp = self._write_tmp(path, data, crash_midway)
+                try:
+                    os.replace(tmp, path)
+                except OSError:
+                    _remove_quietly(tmp)
+                    raise
+                _fsync_dir(os.path.dirname(path))
+            except OSError as exc:  # disk full, permissions, I/O error: nothing was renamed into place
+                raise LakeUnavailable(
+                    f"the lake at {self.display()} is not writable: {_describe(exc)}", _hint_for(self, exc)
+                ) from None
             return
         if crash_midway:
             crash.point("mid-write")
@@ -135,18 +170,22 @@ class Lake:
         os.makedirs(folder, exist_ok=True)
         # Hidden (leading dot) and not ending in .parquet: pyarrow, DuckDB and Spark all skip it.
         tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}.tmp")
-        with open(tmp, "wb") as handle:
-            if crash_midway:
-                half = len(data) // 2
-                handle.write(data[:half])
+        try:
+            with open(tmp, "wb") as handle:
+                if crash_midway:
+                    half = len(data) // 2
+                    handle.write(data[:half])
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                    crash.point("mid-write")
+                    handle.write(data[half:])
+                else:
+                    handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
-                crash.point("mid-write")
-                handle.write(data[half:])
-            else:
-                handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        except BaseException:
+            _remove_quietly(tmp)  # a write that failed part-way leaves nothing behind (a crash leaves it hidden)
+            raise
         return tmp
 
     # ---------------------------------------------------------------------------------- reading
@@ -215,11 +254,16 @@ class Lake:
                 # refuses. Either way a missing bucket is a mistake in lake.path, so say so before writing.
                 bucket = self.root.split("/", 1)[0]
                 self.fs.invalidate_cache()
-                if not self._retry("checking the bucket", lambda: self.fs.exists(bucket)):
+                # Not fs.exists(): it answers False for wrong credentials and for an endpoint that does not answer.
+                try:
+                    self._retry("checking the bucket", lambda: self.fs.info(bucket))
+                except FileNotFoundError:
                     raise SetupError(
                         f"the lake at {self.display()} is not writable: bucket {bucket!r} does not exist",
                         "Create the bucket first, or fix the bucket name in lake.path.",
-                    )
+                    ) from None
+                except PermissionError:
+                    pass  # no right to look at the bucket itself (or wrong credentials): the probe write tells
             self.put(rel, b"probe")
             exclusive = not self.create(rel, b"probe-again")
             self.delete([rel])
@@ -240,9 +284,22 @@ def _is_precondition_failed(exc: BaseException) -> bool:
     return "PreconditionFailed" in text or "Precondition Failed" in text or "At least one of the pre-conditions" in text
 
 
-def _looks_transient(exc: BaseException) -> bool:
-    name = type(exc).__name__
-    return any(word in name for word in ("Connection", "Timeout", "ServerDisconnected", "EndpointConnection"))
+def _is_transient(exc: BaseException) -> bool:
+    """Worth retrying: the store did not answer, or answered "try again". s3fs turns most S3 errors into
+    OSError subclasses (permanent ones into FileNotFoundError / PermissionError, handled before this); botocore
+    and aiohttp connection errors reach us as they are, sometimes wrapped in botocore's HTTPClientError."""
+    if _is_precondition_failed(exc):
+        return False
+    if isinstance(exc, OSError):
+        return getattr(exc, "errno", None) not in (errno.EACCES, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
+    for error in (exc, getattr(exc, "error", None), exc.__cause__, exc.__context__):
+        if error is None:
+            continue
+        name = type(error).__name__
+        if any(word in name for word in ("Connection", "Timeout", "ServerDisconnected", "ClientPayload")):
+            return True
+    text = str(exc)
+    return any(code in text for code in ("ServiceUnavailable", "SlowDown", "InternalError", "RequestTimeout"))
 
 
 def _describe(exc: BaseException) -> str:
@@ -258,6 +315,13 @@ def _hint_for(lake: Lake, exc: BaseException) -> str:
     if isinstance(exc, PermissionError) or "AccessDenied" in str(exc) or "Forbidden" in str(exc):
         return "Check the credentials (lake.storage_options key/secret, or the AWS environment)."
     return "Check lake.path and lake.storage_options (endpoint_url, key, secret)."
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _fsync_dir(folder: str) -> None:

@@ -25,10 +25,14 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from . import crash
 from .errors import ManifestConflict, StateError
 from .lake import Lake
+
+if TYPE_CHECKING:
+    from .encoder import EncodedFile
 
 FORMAT_VERSION = 1
 CHECKPOINT_EVERY = 25
@@ -235,16 +239,39 @@ class ManifestStore:
         rel = f"{self._folder('checkpoints', state.topic, state.partition)}/{state.version:0{_NAME_DIGITS}d}.json"
         self.lake.put(rel, json.dumps(doc).encode())
 
-    def claim(self, topic: str, partition: int, owner: str, attempts: int = 5) -> PartitionState:
+    def claim(
+        self, topic: str, partition: int, owner: str, attempts: int = 5, *, since: PartitionState | None = None
+    ) -> PartitionState:
         """Take ownership of a partition: commit a ``claim`` version on top of the latest state. This fences
-        every earlier owner: their next commit would need the version just taken."""
+        every earlier owner: their next commit would need the version just taken.
+
+        ``since`` is the state this writer loaded when the group assigned it the partition. A claim by another
+        writer committed after it means the group assigned the partition to that writer later: this writer is
+        the zombie, and gets ManifestConflict rather than fence the rightful owner. Plain writes after it are
+        the last commits of the previous owner (frozen, or slow to let go): valid, and this claim goes on top
+        of them and fences it."""
+        state = since
         for _ in range(attempts):
             state = self.load(topic, partition)
+            if since is not None and self.claimed_by_other(state, since.version, owner):
+                raise ManifestConflict(topic, partition, since.version + 1)
             try:
                 return self.commit(state, operation="claim", owner=owner, next_offset=state.next_offset)
             except ManifestConflict:
-                continue  # a zombie committed meanwhile: its commit is valid; claim on top of it
-        raise ManifestConflict(topic, partition, state.version + 1)
+                continue  # another writer committed meanwhile: look again at what it was
+        version = state.version if state is not None else 0
+        raise ManifestConflict(topic, partition, version + 1)
+
+    def claimed_by_other(self, state: PartitionState, after: int, owner: str) -> bool:
+        """Whether a writer other than ``owner`` committed a claim in versions ``after``+1 .. ``state.version``."""
+        if state.version <= after:
+            return False
+        rels = [self.version_path(state.topic, state.partition, v) for v in range(after + 1, state.version + 1)]
+        for rel, data in self.lake.read_many(rels).items():
+            doc = self._parse(rel, data)
+            if doc.get("operation") == "claim" and doc.get("owner") != owner:
+                return True
+        return False
 
     # ------------------------------------------------------------------------------------------ recovery
 
@@ -269,10 +296,71 @@ class ManifestStore:
                 paths = json.loads(data).get("paths", [])
             except (ValueError, AttributeError):
                 paths = []
-            orphans += [p for p in paths if p not in state.files]
+            orphans += [p for p in paths if p not in state.files and p not in orphans]
         self.lake.delete(orphans)
         self.lake.delete(rels)
         return orphans
+
+    def pending_files(self, state: PartitionState) -> list[str]:
+        """Data files announced in pending records and not named by ``state``: what ``recover`` would delete
+        (files of an interrupted writer, or files a crashed rewind meant to delete). Reads only."""
+        folder = self._folder("pending", state.topic, state.partition)
+        rels = [f"{folder}/{n}" for n in self.lake.listdir(folder) if n.endswith(".json")]
+        found: list[str] = []
+        for data in self.lake.read_many(rels).values():
+            try:
+                paths = json.loads(data).get("paths", [])
+            except (ValueError, AttributeError):
+                paths = []
+            found += [p for p in paths if p not in state.files and p not in found]
+        return found
+
+    def rewind(
+        self,
+        state: PartitionState,
+        *,
+        owner: str,
+        next_offset: int,
+        write: Sequence[EncodedFile] = (),
+        remove: Sequence[str] = (),
+    ) -> tuple[PartitionState, list[str]]:
+        """Commit a ``rewind`` version on top of ``state``: the partition resumes at ``next_offset``, the files
+        ``remove`` leave the lake and the files ``write`` (rewritten copies of straddling files) join it.
+        Returns the new state and the data files deleted. Raises ManifestConflict when ``state`` is not the
+        latest any more (a writer committed since): then nothing of this rewind remains.
+
+        Ordered so that a crash at any line leaves the lake consistent once recovered:
+        1. a pending record names the new files *and* the removed ones. Recovery deletes the files it names
+           that the committed state does not: before the commit that is the new files (the old ones are still
+           committed), after it the removed ones (the new ones are committed);
+        2. the new files are written (not yet part of the lake);
+        3. the version is committed by exclusive create. It fences every other writer: their next commit needs
+           a version this one took, so no announced file can be committed any more;
+        4. hence recovery of every pending record is safe now: it deletes the removed files, and orphans of
+           interrupted writers. If this crashes before step 4, the next claim (``kingest run``) or rewind does it.
+        """
+        added = [f.path for f in write]
+        self.write_pending(state.topic, state.partition, owner, added + [p for p in remove if p not in added])
+        for f in write:
+            self.lake.put(f.path, f.data)
+        crash.point("after-write")
+        try:
+            new = self.commit(
+                state,
+                operation="rewind",
+                owner=owner,
+                next_offset=next_offset,
+                add=[f.entry() for f in write],
+                remove=list(remove),
+                extra={"previous_next_offset": state.next_offset},
+            )
+        except ManifestConflict:
+            # Never committed: these names carry this rewind's own tag, nobody else can use them.
+            self.lake.delete(added)
+            self.lake.delete([self._pending_rel(state.topic, state.partition, owner)])
+            raise
+        crash.point("after-commit")
+        return new, list(dict.fromkeys(self.recover(new, owner="")))  # two records may name one file
 
 
 def _numbered(names: Iterable[str]) -> list[int]:

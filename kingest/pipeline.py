@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 from . import crash
 from .batcher import Batch, Batcher, TopicPartition
 from .config import Config
-from .encoder import EncodedFile, Encoder
+from .encoder import EncodedFile, Encoder, Rejected
 from .errors import BadRecord, CommitFailed, KingestError, ManifestConflict, SetupError
 from .lake import Lake
 from .manifest import ManifestStore, PartitionState, new_writer_id
@@ -37,19 +38,42 @@ class Stats:
     bytes: int = 0
     commits: int = 0
     fenced: int = 0
+    skipped: int = 0  # bad records dropped (records.on_error: skip)
+    dead_letters: int = 0  # bad records written to _dead_letters/ (records.on_error: dead-letter)
     started: float = field(default_factory=time.monotonic)
-    lag: dict[TopicPartition, int] = field(default_factory=dict)
+    lag: dict[TopicPartition, int] = field(default_factory=dict)  # log end offset - position, per partition
+    # For the metrics endpoint (kingest/metrics.py reads these on each scrape):
+    flushes: int = 0
+    last_flush_seconds: float = 0.0  # decode + write + commit of the latest flush
+    errors: Counter[str] = field(default_factory=Counter)  # by error class, whether the run survived it or not
+    rebalances: Counter[str] = field(default_factory=Counter)  # assigned / revoked / lost callbacks
 
     @property
     def seconds(self) -> float:
         return time.monotonic() - self.started
 
+    def fields(self) -> dict[str, Any]:
+        """The summary as data (for --log-format json)."""
+        return {
+            "records": self.written,
+            "consumed": self.consumed,
+            "files": self.files,
+            "bytes": self.bytes,
+            "commits": self.commits,
+            "skipped": self.skipped,
+            "dead_letters": self.dead_letters,
+            "seconds": round(self.seconds, 3),
+        }
+
     def summary(self) -> str:
         secs = self.seconds
         rate = self.written / secs if secs > 0 else 0.0
+        bad = (f", {self.skipped} bad records skipped" if self.skipped else "") + (
+            f", {self.dead_letters} bad records dead-lettered" if self.dead_letters else ""
+        )
         return (
             f"{self.written} records in {self.files} files ({_human(self.bytes)}) in {secs:.1f}s "
-            f"({rate:,.0f} records/s), {self.commits} commits"
+            f"({rate:,.0f} records/s), {self.commits} commits{bad}"
         )
 
 
@@ -87,6 +111,7 @@ class Pipeline:
             partition_by=config.lake.partition_by,
             lineage={"kingest.pipeline": config.pipeline, "kingest.semantics": config.semantics},
             file_tag=self.writer.rsplit("-", 1)[-1] if self.semantics == "exactly-once" else None,
+            on_error=config.records.on_error,
         )
         self.manifests = ManifestStore(self.lake, config.pipeline) if self.semantics == "exactly-once" else None
         self.loaded: dict[TopicPartition, PartitionState] = {}  # exactly-once: manifest state at assignment
@@ -109,12 +134,16 @@ class Pipeline:
                 "Use a store that honours If-None-Match: * (AWS S3, SeaweedFS, local disk), or another semantics.",
             )
         self.source.open(self._on_assigned, self._on_revoked, self._on_lost)
+        lag_updated = 0.0
         try:
             while not self.stop_requested:
                 if self.until_caught_up and self._caught_up():
                     break
                 polled = self.source.poll(min(1.0, self.batcher.seconds_until_due()))
                 self._raise_callback_error()
+                if time.monotonic() - lag_updated >= 1.0:
+                    lag_updated = time.monotonic()
+                    self._update_lag()
                 if polled:
                     crash.point("after-poll")
                     for tp, records in polled.items():
@@ -126,6 +155,9 @@ class Pipeline:
                 if due:
                     self._flush(due)
             self._flush(self.batcher.due(everything=True))
+        except KingestError as exc:
+            self.stats.errors[type(exc).__name__] += 1
+            raise
         finally:
             self.source.close()
         return self.stats
@@ -140,28 +172,52 @@ class Pipeline:
             return False
         return all(self.source.position(tp) >= self.targets[tp] for tp in assigned)
 
+    def _update_lag(self) -> None:
+        """Records behind, per assigned partition (see Source.lag: no request, no wait; a partition not
+        fetched yet has no lag to show)."""
+        assigned = self.source.assignment()
+        for tp in list(self.stats.lag):
+            if tp not in assigned:
+                del self.stats.lag[tp]
+        for tp in assigned:
+            lag = self.source.lag(tp)
+            if lag is not None:
+                self.stats.lag[tp] = lag
+
     # ------------------------------------------------------------------------------------------ flushing
 
     def _flush(self, tps: list[TopicPartition]) -> None:
         batches = [part for batch in self.batcher.pop(tps) for part in self.batcher.split(batch)]
         if not batches:
             return
-        # Decode everything before saving anything: a bad record must stop the run before any offset past it
-        # is committed, whatever the semantics. The good records before it are still saved.
+        started = time.monotonic()
+        # Decode everything before saving anything. Under `records.on_error: fail` a bad record must stop the run
+        # before any offset past it is committed, whatever the semantics; the good records before it are still
+        # saved. Under skip and dead-letter the bad records are settled with their batch (a dead-letter file is
+        # one more file of the batch, written and committed by _save like the others) and the run goes on.
         encoded: list[tuple[Batch, list[EncodedFile]]] = []
+        rejected: list[Rejected] = []
         bad: BadRecord | None = None
-        bad_tp: TopicPartition | None = None
+        stopped: set[TopicPartition] = set()
         for batch in batches:
-            if bad is not None and batch.tp == bad_tp:
+            if batch.tp in stopped:
                 continue
-            try:
-                encoded.append((batch, self.encoder.encode(batch)))
-            except BadRecord as err:
-                bad, bad_tp = err, batch.tp
-                good = batch.take_before(err.offset)
-                if len(good):
-                    encoded.append((good, self.encoder.encode(good)))
+            result = self.encoder.encode_batch(batch)
+            if len(result.batch):
+                encoded.append((result.batch, result.files))
+            rejected += result.rejected
+            if result.error is not None:
+                stopped.add(batch.tp)
+                bad = bad or result.error
         self._save(encoded)
+        if rejected and self.config.records.on_error == "skip":
+            self.stats.skipped += len(rejected)
+            for r in rejected[:20]:
+                log.warning("skipped bad record %s[%d]@%d: %s", r.topic, r.partition, r.offset, r.reason)
+            if len(rejected) > 20:
+                log.warning("skipped %d more bad records in this flush", len(rejected) - 20)
+        self.stats.flushes += 1
+        self.stats.last_flush_seconds = time.monotonic() - started
         if self.on_progress is not None:
             self.on_progress(self.stats)
         if bad is not None:
@@ -192,9 +248,13 @@ class Pipeline:
             # are not part of the lake (recovery removes them); after it, replay starts past them.
             assert self.manifests is not None
             committed = {}
+            dropped: set[TopicPartition] = set()
             for batch, files in encoded:
-                state = self._claim(batch.tp)
+                # Once one batch of a partition is dropped, so are its later batches of this flush: committing
+                # one of them would move the manifest past the dropped records (a loss).
+                state = None if batch.tp in dropped else self._claim(batch.tp)
                 if state is None:
+                    dropped.add(batch.tp)
                     continue  # not ours (any more): drop, the owner resumes from the manifest
                 if state.next_offset is not None and batch.first_offset < state.next_offset:
                     # Never commit an offset twice: only a bug could get here, and refusing is the safe answer.
@@ -206,6 +266,7 @@ class Pipeline:
                     )
                     self.batcher.drop([batch.tp])
                     self.source.seek(batch.tp, state.next_offset)
+                    dropped.add(batch.tp)
                     continue
                 self.manifests.write_pending(batch.topic, batch.partition, self.writer, [f.path for f in files])
                 self._write([(batch, files)])
@@ -223,25 +284,31 @@ class Pipeline:
                     continue
                 self.stats.commits += 1
                 committed[batch.tp] = batch.next_offset
-            # Kafka's committed offsets follow the manifest, for lag tools only; they are never read back.
-            self._commit_kafka(committed, count=False)
+            # Kafka's committed offsets follow the manifest, for lag tools only; they are never read back, so
+            # this commit does not wait out a broker outage (the data and the manifest need no broker).
+            self._commit_kafka(committed, count=False, wait=False)
 
     def _write(self, encoded: list[tuple[Batch, list[EncodedFile]]]) -> None:
         for _, files in encoded:
             for f in files:
                 self.lake.put(f.path, f.data, crash_midway=True)
+                if f.kind == "dead-letter":
+                    self.stats.dead_letters += f.rows
+                    log.warning("%s[%d]: %d bad record(s) written to %s", f.topic, f.partition, f.rows, f.path)
+                    continue
                 self.stats.files += 1
                 self.stats.bytes += len(f.data)
                 self.stats.written += f.rows
 
-    def _commit_kafka(self, offsets: dict[TopicPartition, int], count: bool = True) -> bool:
+    def _commit_kafka(self, offsets: dict[TopicPartition, int], count: bool = True, wait: bool = True) -> bool:
         if not offsets:
             return True
         try:
-            self.source.commit(offsets)
+            self.source.commit(offsets, wait=wait)
         except CommitFailed as exc:
             # A rebalance took the partitions away: drop what is buffered for them, do not crash.
             log.warning("%s", exc)
+            self.stats.errors["CommitFailed"] += 1
             self.batcher.drop(offsets)
             return False
         if count:
@@ -262,19 +329,34 @@ class Pipeline:
 
     def _on_assigned(self, tps: list[TopicPartition]) -> None:
         # kafka-python swallows exceptions raised in rebalance callbacks: keep them for the loop to raise.
+        if tps:
+            self.stats.rebalances["assigned"] += 1
         try:
             self.fenced.difference_update(tps)
+            # kafka-python 3 keeps a partition's state (paused flag, position) when a rebalance hands it back to
+            # the same member: a partition paused by _fence must fetch again now that it is ours.
+            self.source.resume(tps)
+            wanted = tps and (self.manifests is not None or self.until_caught_up)
+            ends = self.source.end_offsets(tps) if wanted else {}
             if self.manifests is not None:
                 for tp in tps:
-                    # The manifest, not the consumer group, says where to resume. The partition is claimed in
-                    # the manifest only when there is something to commit (see _claim): a run with nothing new
-                    # to write writes nothing.
+                    # The manifest, not the consumer group, says where to resume.
                     state = self.loaded[tp] = self.manifests.load(*tp)
                     self._seek_to(tp, state)
+                    # Claim at once when there is something to consume: the claim fences the previous owner,
+                    # so a zombie of it (frozen past its session timeout, holding records it fetched) can
+                    # commit nothing more. An idle partition is claimed at its first commit instead (see
+                    # _claim), so that a run with nothing new to write writes nothing: a zombie holds no record
+                    # of it that the manifest lacks. (One that resumes and commits records produced since is
+                    # not fenced: its commits are valid, and our claim goes on top of them, or backs off until
+                    # the next rebalance if the zombie claimed first.)
+                    start = state.next_offset
+                    if start is None:
+                        start = 0 if self.config.kafka.auto_offset_reset == "earliest" else ends[tp]
+                    if ends[tp] > start:
+                        self._claim(tp)
             if self.until_caught_up:
-                new = [tp for tp in tps if tp not in self.targets]
-                if new:
-                    self.targets.update(self.source.end_offsets(new))
+                self.targets.update({tp: ends[tp] for tp in tps if tp not in self.targets})
         except BaseException as exc:
             self._callback_error = self._callback_error or exc
             self.fenced.update(tps)
@@ -288,15 +370,21 @@ class Pipeline:
             self.source.seek_to_end(tp)
 
     def _claim(self, tp: TopicPartition) -> PartitionState | None:
-        """exactly-once: the partition's manifest state, claimed for this writer at its first commit since the
-        assignment. The claim (an exclusive create of the next version) fences every earlier owner, and only
-        then are files they announced but never committed deleted: none of them can be committed any more."""
+        """exactly-once: the partition's manifest state, claimed for this writer at assignment or at its first
+        commit since. The claim (an exclusive create of the next version) fences every earlier owner, and only
+        then are files they announced but never committed deleted: none of them can be committed any more.
+        If another writer claimed the partition since our assignment, the group gave it to that writer after
+        us: we are the zombie, and must neither claim nor write (None)."""
         if tp in self.fenced or tp not in self.loaded:
             return None
         if tp in self.owned:
             return self.owned[tp]
         assert self.manifests is not None
-        state = self.manifests.claim(tp[0], tp[1], self.writer)
+        try:
+            state = self.manifests.claim(tp[0], tp[1], self.writer, since=self.loaded[tp])
+        except ManifestConflict as conflict:
+            self._fence(tp, [], conflict)
+            return None
         removed = self.manifests.recover(state, self.writer)
         if removed:
             log.info("%s[%d]: removed %d uncommitted file(s) of a crashed or fenced writer", *tp, len(removed))
@@ -311,6 +399,8 @@ class Pipeline:
         return state
 
     def _on_revoked(self, tps: list[TopicPartition]) -> None:
+        if tps:
+            self.stats.rebalances["revoked"] += 1
         try:
             # Still the owner until this returns: save what is buffered for these partitions.
             self._flush([tp for tp in tps if tp in self.batcher.batches])
@@ -326,6 +416,8 @@ class Pipeline:
         """The group moved on without us (we were too slow or frozen): another member already owns these
         partitions, so nothing of them may be committed. Drop what is buffered."""
         log.warning("lost partitions %s to the group; dropping their buffers", ", ".join(f"{t}[{p}]" for t, p in tps))
+        if tps:
+            self.stats.rebalances["lost"] += 1
         self.batcher.drop(tps)
         for tp in tps:
             self.owned.pop(tp, None)

@@ -60,3 +60,11 @@ def file_rows(lake: Lake, path: str) -> int:
     """Row count from a Parquet footer (one small read)."""
     with lake.fs.open(lake.full(path), "rb") as handle:
         return int(pq.ParquetFile(handle).metadata.num_rows)
+
+
+def read_rows_before(lake: Lake, path: str, offset: int) -> pa.Table:
+    """Every column of one lake file, keeping the rows whose ``kafka_offset`` is below ``offset`` (rewind
+    rewrites the file that straddles its target with these). The file's own schema, metadata included."""
+    with lake.fs.open(lake.full(path), "rb") as handle:
+        table = pq.ParquetFile(handle).read()
+    return table.filter(pc.less(table.column("kafka_offset"), offset))

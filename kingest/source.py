@@ -8,9 +8,11 @@ TopicPartition is a namedtuple, so the two compare and hash alike).
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 from .batcher import Record, TopicPartition
@@ -27,7 +29,7 @@ class Source(Protocol):
 
     def open(self, on_assigned: Listener, on_revoked: Listener, on_lost: Listener) -> None: ...
     def poll(self, timeout: float) -> dict[TopicPartition, Sequence[Any]]: ...
-    def commit(self, offsets: dict[TopicPartition, int]) -> None: ...
+    def commit(self, offsets: dict[TopicPartition, int], wait: bool = True) -> None: ...
     def seek(self, tp: TopicPartition, offset: int) -> None: ...
     def seek_to_beginning(self, tp: TopicPartition) -> None: ...
     def seek_to_end(self, tp: TopicPartition) -> None: ...
@@ -35,7 +37,9 @@ class Source(Protocol):
     def end_offsets(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]: ...
     def assignment(self) -> set[TopicPartition]: ...
     def pause(self, tps: Iterable[TopicPartition]) -> None: ...
+    def resume(self, tps: Iterable[TopicPartition]) -> None: ...
     def highwater(self, tp: TopicPartition) -> int | None: ...
+    def lag(self, tp: TopicPartition) -> int | None: ...
     def close(self) -> None: ...
 
 
@@ -49,6 +53,8 @@ class KafkaSource:
     def __init__(self, config: KafkaConfig) -> None:
         self.config = config
         self.consumer: Any = None
+        self.retries = 0  # failed polls retried (for the metrics)
+        self.connection = ConnectionWatch(", ".join(config.bootstrap_servers))
 
     def open(self, on_assigned: Listener, on_revoked: Listener, on_lost: Listener) -> None:
         import kafka
@@ -57,9 +63,13 @@ class KafkaSource:
         settings = self.config.consumer_settings()
         settings["enable_auto_commit"] = False
         settings.setdefault("bootstrap_timeout_ms", min(15000, self.config.request_timeout_ms))
+        # kafka-python backs off up to 30 s between reconnects to a broker that is down, so a run noticed a
+        # broker back from an outage up to half a minute late. The Java client's default is 1 s.
+        settings.setdefault("reconnect_backoff_max_ms", 1000)
         where = ", ".join(self.config.bootstrap_servers)
         try:
-            self.consumer = kafka.KafkaConsumer(**settings)
+            with credential_check(settings, self.config):
+                self.consumer = kafka.KafkaConsumer(**settings)
         except (kafka_errors.KafkaTimeoutError, *_no_brokers(kafka_errors)):
             raise SourceUnavailable(
                 f"no Kafka broker answered at {where}",
@@ -73,6 +83,8 @@ class KafkaSource:
             existing = self.consumer.topics()
         except kafka_errors.KafkaError as exc:
             self.close()
+            if _is_credentials_error(exc):
+                raise _credentials_error(exc, self.config) from None
             raise SourceUnavailable(f"cannot read topic metadata from {where}: {_kafka_reason(exc)}") from None
         missing = [t for t in self.config.topics if t not in existing]
         if missing:
@@ -122,26 +134,86 @@ class KafkaSource:
         from kafka import errors as kafka_errors
 
         try:
-            return self.consumer.poll(timeout_ms=int(timeout * 1000))
+            polled = self.consumer.poll(timeout_ms=int(timeout * 1000))
+            self.connection.check(self.consumer)
+            return polled
         except kafka_errors.KafkaError as exc:
+            self.connection.check(self.consumer)
+            if _is_credentials_error(exc):
+                raise _credentials_error(exc, self.config) from None
             if getattr(exc, "retriable", False):
+                self.retries += 1
                 log.warning("poll failed, retrying: %s", _kafka_reason(exc))
                 return {}
             raise SourceUnavailable(f"reading from Kafka failed: {_kafka_reason(exc)}") from None
 
-    def commit(self, offsets: dict[TopicPartition, int]) -> None:
+    def commit(self, offsets: dict[TopicPartition, int], wait: bool = True) -> None:
+        """A synchronous commit of explicit offsets. ``wait``: retry through a broker outage until the broker
+        answers (see _commit_through_outages); without it a broker that does not answer is a CommitFailed."""
         from kafka import OffsetAndMetadata
         from kafka import errors as kafka_errors
 
         if not offsets:
             return
         try:
-            self.consumer.commit({_tp(tp): OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
+            explicit = {_tp(tp): OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
+            if wait:
+                self._commit_through_outages(explicit)
+            else:
+                self.consumer.commit(explicit, timeout_ms=min(5000, self.config.request_timeout_ms))
+        except kafka_errors.FencedInstanceIdError:
+            # Not a rebalance: another process joined with our static id and took our place for good. Going on
+            # would consume (and, at-least-once, write) partitions this process will never own again.
+            raise SetupError(
+                f"another consumer joined group {self.config.group_id} with this instance's "
+                f"kafka.group_instance_id ({self.config.group_instance_id}); Kafka fenced this one",
+                "Give every instance its own group_instance_id (the pod name, the systemd instance name).",
+            ) from None
         except kafka_errors.KafkaError as exc:
+            if getattr(exc, "retriable", False):  # only without wait: the broker did not answer in time
+                raise CommitFailed(
+                    f"could not commit the offsets of {_tps(offsets)} to Kafka: {_kafka_reason(exc)}",
+                    "The broker did not answer; the next commit carries these offsets too.",
+                ) from None
             raise CommitFailed(
                 f"Kafka refused the offset commit for {_tps(offsets)}: {_kafka_reason(exc)}",
                 "Usually a rebalance: another instance now owns the partition. The records are consumed again.",
             ) from None
+
+    def _commit_through_outages(self, offsets: dict[Any, Any]) -> None:
+        """A synchronous commit that waits out a broker outage. kafka-python's commit gives up after
+        request_timeout_ms, or at the first connection error, with a retriable error; the pipeline would read
+        that as "the partitions moved" and drop the batch, which under at-most-once loses it although nothing
+        crashed and nobody else owns the partitions. So retriable errors are retried, with backoff, until the
+        broker answers: then the commit succeeds, or fails for a real reason (the group moved on during the
+        outage: CommitFailedError and the like), which is raised."""
+        from kafka import errors as kafka_errors
+
+        delay, started, reported = 0.5, time.monotonic(), 0.0
+        while True:
+            try:
+                self.consumer.commit(offsets)
+            except kafka_errors.KafkaError as exc:
+                if _is_credentials_error(exc):
+                    raise _credentials_error(exc, self.config) from None
+                if not getattr(exc, "retriable", False):
+                    raise
+                self.retries += 1
+                waited = time.monotonic() - started
+                if not reported or time.monotonic() - reported >= ConnectionWatch.REPEAT:
+                    reported = time.monotonic()
+                    log.warning(
+                        "committing offsets waits for Kafka at %s (%s)%s; retrying until it answers",
+                        self.connection.where,
+                        _kafka_reason(exc),
+                        f" for {waited:.0f}s" if waited >= 1 else "",
+                    )
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            if reported:
+                log.warning("offsets committed after waiting %.0fs for Kafka", time.monotonic() - started)
+            return
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self.consumer.seek(_tp(tp), offset)
@@ -153,7 +225,21 @@ class KafkaSource:
         self.consumer.seek_to_end(_tp(tp))
 
     def position(self, tp: TopicPartition) -> int:
-        return int(self.consumer.position(_tp(tp)))
+        """The offset of the next record to consume (-1: not known yet)."""
+        from kafka import errors as kafka_errors
+
+        try:
+            return int(self.consumer.position(_tp(tp)))
+        except kafka_errors.KafkaError as exc:
+            if not getattr(exc, "retriable", False):
+                raise SourceUnavailable(
+                    f"reading the position of {tp[0]}[{tp[1]}] failed: {_kafka_reason(exc)}"
+                ) from None
+            # kafka-python checks positions against the broker and raises while it is unreachable; the position
+            # this consumer holds is still the right one, and a run must wait out an outage, not stop.
+            self.retries += 1
+            held = self.consumer.position(_tp(tp), timeout_ms=0)
+            return -1 if held is None else int(held)
 
     def end_offsets(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
         got = self.consumer.end_offsets([_tp(tp) for tp in tps])
@@ -167,8 +253,25 @@ class KafkaSource:
         value = self.consumer.highwater(_tp(tp))
         return None if value is None else int(value)
 
+    def lag(self, tp: TopicPartition) -> int | None:
+        """Records behind: the log end offset the last fetch reported minus the position this consumer holds.
+        Never waits and sends no request of its own (timeout 0: kafka-python's position() otherwise checks
+        positions against the broker, and raises while it is unreachable). None: not known yet."""
+        from kafka import errors as kafka_errors
+
+        ktp = _tp(tp)
+        try:
+            high = self.consumer.highwater(ktp)
+            position = None if high is None else self.consumer.position(ktp, timeout_ms=0)
+        except kafka_errors.KafkaError:
+            return None
+        return None if high is None or position is None else max(0, int(high) - int(position))
+
     def pause(self, tps: Iterable[TopicPartition]) -> None:
         self.consumer.pause(*[_tp(tp) for tp in tps])
+
+    def resume(self, tps: Iterable[TopicPartition]) -> None:
+        self.consumer.resume(*[_tp(tp) for tp in tps])
 
     def close(self) -> None:
         if self.consumer is not None:
@@ -179,9 +282,199 @@ class KafkaSource:
             self.consumer = None
 
 
+class ConnectionWatch:
+    """Tells the user when the broker becomes unreachable and when it is back. kafka-python reconnects by
+    itself and the run waits; without this the wait would be silent, kafka-python's own logs being hidden
+    without --verbose. The signal is the consumer's open connection count (its public metrics()): none open
+    means no broker answers. Checked at most once a second; reported after a second without any."""
+
+    REPEAT = 30.0  # seconds between "still waiting" messages
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.connected = True
+        self.down_since: float | None = None  # monotonic time of the first check that found no connection
+        self.outages = 0
+        self._checked = 0.0
+        self._reported = 0.0
+
+    def check(self, consumer: Any) -> None:
+        now = time.monotonic()
+        if now - self._checked < 1.0:
+            return
+        self._checked = now
+        try:
+            count = consumer.metrics().get("consumer-metrics", {}).get("connection-count")
+        except Exception:  # metrics are a convenience: never let them stop a run
+            return
+        if count is None:
+            return
+        if count > 0:
+            if not self.connected and self.down_since is not None:
+                log.warning("Kafka at %s answers again after %.0fs; resuming", self.where, now - self.down_since)
+            self.connected, self.down_since = True, None
+            return
+        if self.down_since is None:
+            self.down_since = now
+        elif self.connected:
+            self.connected, self._reported = False, now
+            self.outages += 1
+            log.warning(
+                "lost the connection to Kafka at %s; waiting for it to come back "
+                "(records already polled are still written; consumption resumes where it stopped)",
+                self.where,
+            )
+        elif now - self._reported >= self.REPEAT:
+            self._reported = now
+            log.warning("still waiting for Kafka at %s (unreachable for %.0fs)", self.where, now - self.down_since)
+
+
+# ---------------------------------------------------------------------------------------------- credentials
+
+
+@contextmanager
+def credential_check(settings: dict[str, Any], config: KafkaConfig) -> Iterator[None]:
+    """Around the construction of a kafka-python client from ``settings`` (it bootstraps in its constructor):
+    raise a SetupError naming the mechanism and the user within about a second of the broker rejecting the
+    credentials, instead of "no broker answered" after ``bootstrap_timeout_ms``; and close the half-built
+    client whenever construction fails (its IO thread and sockets would leak).
+
+    Why this is needed with kafka-python 3.0.12:
+    - it treats an authentication failure during bootstrap like a network error, retrying until the bootstrap
+      timeout and then reporting only "Unable to bootstrap";
+    - the broker answers a failed SaslAuthenticate with an error response and closes the connection right
+      after; kafka-python usually reads both in one go and drops the response (``KafkaTCPTransport.
+      _read_from_sock`` aborts on the EOF before handing the data over), so all it reports is "socket
+      disconnected".
+    The failures are visible in one place: the warning kafka-python logs for each failed bootstrap attempt.
+    So this listens to that logger. An authentication error there is conclusive; under SASL, a connection
+    the broker accepted and then closed three times in a row during set-up (not refused: that is a broker that
+    is down) is read as rejected credentials, and so is, without SASL, a connection closed before the broker
+    answers (a SASL or SSL listener). Then it closes the client's connection manager, which ends the
+    bootstrap loop at once. The client is made through kafka-python's documented ``kafka_client`` setting.
+    """
+    from kafka import errors as kafka_errors
+    from kafka.net.compat import KafkaNetClient
+
+    clients: list[Any] = []
+    verdict: list[BaseException] = []
+    closed_in_a_row = [0]
+
+    class Client(KafkaNetClient):
+        def stop_bootstrap(self) -> None:
+            self._manager.close()  # the bootstrap loop runs while the manager is open
+
+    def new_client(**configs: Any) -> Any:
+        client = Client(**configs)
+        clients.append(client)
+        return client
+
+    def decide(reason: BaseException) -> None:
+        if not verdict:
+            verdict.append(reason)
+            for client in clients:
+                client.stop_bootstrap()
+
+    class Listener(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            args = record.args if isinstance(record.args, tuple) else ()
+            errors = [a for a in args if isinstance(a, kafka_errors.KafkaError)]
+            if any(_is_credentials_error(e) for e in errors):
+                decide(next(e for e in errors if _is_credentials_error(e)))
+                return
+            text = record.getMessage()
+            if not text.startswith("Bootstrap") or "failed" not in text:
+                return
+            if "socket disconnected" in text:
+                closed_in_a_row[0] += 1
+                if closed_in_a_row[0] >= 3:
+                    decide(_ClosedByBroker(closed_in_a_row[0]))
+            else:
+                closed_in_a_row[0] = 0
+
+    settings["kafka_client"] = new_client
+    listener = Listener(logging.WARNING)
+    logger = logging.getLogger("kafka.net.manager")
+    saved = logger.level, logger.propagate
+    if not logger.isEnabledFor(logging.WARNING):
+        # Records must be created for the listener; they go to it alone, not to the application's handlers.
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
+    logger.addHandler(listener)
+    try:
+        yield
+    except BaseException:
+        for client in clients:
+            try:
+                client.close()  # the IO thread and sockets of a client whose constructor failed
+            except Exception as exc:
+                log.debug("closing a kafka-python client that failed to start: %s", exc)
+        if verdict:
+            raise _credentials_error(verdict[0], config) from None
+        raise
+    finally:
+        logger.removeHandler(listener)
+        logger.level, logger.propagate = saved
+        settings.pop("kafka_client", None)
+
+
+class _ClosedByBroker(Exception):
+    """The broker accepted connections and closed them during set-up, ``times`` times in a row."""
+
+    def __init__(self, times: int) -> None:
+        super().__init__(f"the broker closed the connection during set-up {times} times in a row")
+        self.times = times
+
+
+def _is_credentials_error(exc: BaseException) -> bool:
+    from kafka import errors as kafka_errors
+
+    return isinstance(
+        exc,
+        kafka_errors.SaslAuthenticationFailedError
+        | kafka_errors.UnsupportedSaslMechanismError
+        | kafka_errors.IllegalSaslStateError,
+    )
+
+
+def _credentials_error(exc: BaseException, config: KafkaConfig) -> SetupError:
+    """What the user must know: which mechanism, which user, what the broker said. Never the password."""
+    from kafka import errors as kafka_errors
+
+    where = ", ".join(config.bootstrap_servers)
+    mechanism = config.sasl_mechanism or "(none)"
+    sasl = config.security_protocol.startswith("SASL")
+    reason = str(exc.args[0] if exc.args else exc).strip() or type(exc).__name__
+    prefix = f"{type(exc).__name__}: "
+    reason = reason[len(prefix) :] if reason.startswith(prefix) else reason
+    if isinstance(exc, kafka_errors.UnsupportedSaslMechanismError):
+        return SetupError(
+            f"Kafka at {where} does not accept SASL mechanism {mechanism}: {reason}",
+            "Set kafka.sasl_mechanism to one the broker enables (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512).",
+        )
+    if isinstance(exc, kafka_errors.IllegalSaslStateError) or (isinstance(exc, _ClosedByBroker) and not sasl):
+        expected = "does not expect SASL" if sasl else "closes the connection before answering"
+        return SetupError(
+            f"Kafka at {where} {expected} (kafka.security_protocol is {config.security_protocol}): {reason}",
+            "Check that kafka.security_protocol (PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL) matches the listener "
+            "at kafka.bootstrap_servers.",
+        )
+    if isinstance(exc, _ClosedByBroker):
+        reason = f"{reason}, which is how Kafka answers rejected credentials"
+    return SetupError(
+        f"Kafka at {where}: authentication failed (SASL {mechanism}, user {config.sasl_plain_username!r}): "
+        f"{reason}",
+        "Check kafka.sasl_plain_username and kafka.sasl_plain_password (or the environment variable it names), "
+        f"and that the broker has this user for {mechanism}.",
+    )
+
+
 def _kafka_reason(exc: BaseException) -> str:
     text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    name = type(exc).__name__
+    if text.startswith(name) or re.match(r"\[Error \d+\] " + name, text):
+        return text  # kafka-python 3 already names the class
+    return f"{name}: {text}" if text else name
 
 
 def _tps(offsets: dict[TopicPartition, int]) -> str:
@@ -238,7 +531,7 @@ class MemorySource:
             time.sleep(timeout)  # like Kafka: an empty poll waits for its timeout
         return out
 
-    def commit(self, offsets: dict[TopicPartition, int]) -> None:
+    def commit(self, offsets: dict[TopicPartition, int], wait: bool = True) -> None:
         self.commits.append(dict(offsets))
         self.group.update(offsets)
 
@@ -264,8 +557,14 @@ class MemorySource:
     def pause(self, tps: Iterable[TopicPartition]) -> None:
         self.paused.update(tps)
 
+    def resume(self, tps: Iterable[TopicPartition]) -> None:
+        self.paused.difference_update(tps)
+
     def highwater(self, tp: TopicPartition) -> int | None:
         return self.end_offsets([tp])[tp]
+
+    def lag(self, tp: TopicPartition) -> int | None:
+        return max(0, self.end_offsets([tp])[tp] - self.positions[tp])
 
     def close(self) -> None:
         self._revoke = None

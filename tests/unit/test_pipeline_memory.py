@@ -91,7 +91,7 @@ def test_at_most_once_commits_before_writing(lake_url):
     order: list[str] = []
     pipeline = Pipeline(make_config(lake_url, "at-most-once"), source=source, until_caught_up=True)
     commit, put = source.commit, pipeline.lake.put
-    source.commit = lambda offsets: (order.append("commit"), commit(offsets))[1]  # type: ignore[method-assign]
+    source.commit = lambda offsets, **k: (order.append("commit"), commit(offsets, **k))[1]  # type: ignore[method-assign]
     pipeline.lake.put = lambda path, *a, **k: (  # type: ignore[method-assign]
         order.append("write") if path.endswith(".parquet") else None,
         put(path, *a, **k),
@@ -105,7 +105,7 @@ def test_at_least_once_writes_before_committing(lake_url):
     order: list[str] = []
     pipeline = Pipeline(make_config(lake_url, "at-least-once"), source=source, until_caught_up=True)
     commit, put = source.commit, pipeline.lake.put
-    source.commit = lambda offsets: (order.append("commit"), commit(offsets))[1]  # type: ignore[method-assign]
+    source.commit = lambda offsets, **k: (order.append("commit"), commit(offsets, **k))[1]  # type: ignore[method-assign]
     pipeline.lake.put = lambda path, *a, **k: (  # type: ignore[method-assign]
         order.append("write") if path.endswith(".parquet") else None,
         put(path, *a, **k),
