@@ -1,0 +1,734 @@
+"""Faults during a run: the broker stopped and started again, the S3 server stopped and started again, a write
+that fails after part of the data reached the store.
+
+The broker and S3 tests stop a server in the middle of a run, so they run their OWN servers (a second KRaft
+broker, a second `weed mini`), started through services/devservices.py with a private KINGEST_DEV_DIR and free
+ports: the shared dev services, which other tests and engineers use, are never touched.
+
+Each run is a real `python -m kingest run` process; the lake is read back independently (DuckDB / pyarrow, see
+guarantees_support.py) and checked against the offsets in the topic, per semantics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from .guarantees_support import duplicates, folder_offsets, missing
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+DEVSERVICES = ROOT / "services" / "devservices.py"
+PARTITIONS = 3
+
+
+# --------------------------------------------------------------------------------------------- private servers
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_ports(count: int, grpc: bool = False) -> list[int]:
+    """`count` free ports (and, for SeaweedFS, each port + 10000 free too), away from the dev services'."""
+    found: list[int] = []
+    for port in range(21000 + (os.getpid() * 37) % 9000, 45000):
+        taken = {*found, *(p + 10000 for p in found)}
+        if port in taken or (grpc and port + 10000 in taken):
+            continue
+        if _free(port) and (not grpc or _free(port + 10000)):
+            found.append(port)
+            if len(found) == count:
+                return found
+    raise RuntimeError("no free ports for a private server")
+
+
+class PrivateService:
+    """One devservices service (kafka or s3) with its own data folder and ports, stopped and started at will."""
+
+    def __init__(self, name: str, home: Path, env: dict[str, str]) -> None:
+        self.name = name
+        self.home = home
+        self.env = {**os.environ, "KINGEST_DEV_DIR": str(home), **env}
+        for key in ("KINGEST_KAFKA_BOOTSTRAP", "KINGEST_S3_ENDPOINT"):
+            self.env.pop(key, None)
+
+    def _devservices(self, *args: str) -> None:
+        done = subprocess.run(
+            [sys.executable, str(DEVSERVICES), *args], env=self.env, capture_output=True, text=True, timeout=180
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"devservices {' '.join(args)} failed: {done.stdout}{done.stderr}")
+
+    def up(self) -> None:
+        self._devservices("up", self.name)
+
+    def down(self) -> None:
+        self._devservices("down", self.name)
+
+
+def _shared_jars() -> Path:
+    """The Kafka jars of the shared dev services (fetched once by Maven), so a private broker needs no download."""
+    home = Path(os.environ.get("KINGEST_DEV_DIR") or ROOT / ".kingest-dev").resolve()
+    return home / "jars"
+
+
+@pytest.fixture(scope="module")
+def private_kafka(tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str) -> Iterator[PrivateService]:
+    """A second single-node KRaft broker on free ports. `kafka_bootstrap` first: the shared broker (and so its
+    jars) exists before this one is made."""
+    home = tmp_path_factory.mktemp("private-kafka")
+    (home / "jars").symlink_to(_shared_jars(), target_is_directory=True)
+    plain, controller, sasl = _free_ports(3)
+    broker = PrivateService(
+        "kafka",
+        home,
+        {
+            "KINGEST_KAFKA_PORT": str(plain),
+            "KINGEST_KAFKA_CONTROLLER_PORT": str(controller),
+            "KINGEST_KAFKA_SASL_PORT": str(sasl),
+        },
+    )
+    broker.bootstrap = f"127.0.0.1:{plain}"  # type: ignore[attr-defined]
+    broker.up()
+    try:
+        yield broker
+    finally:
+        broker.down()
+        shutil.rmtree(home / "kafka", ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def private_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateService]:
+    """A second `weed mini` S3 server on free ports, with its own bucket and credentials."""
+    home = tmp_path_factory.mktemp("private-s3")
+    s3, master, volume, filer, admin = _free_ports(5, grpc=True)
+    server = PrivateService(
+        "s3",
+        home,
+        {
+            "KINGEST_S3_PORT": str(s3),
+            "KINGEST_S3_MASTER_PORT": str(master),
+            "KINGEST_S3_VOLUME_PORT": str(volume),
+            "KINGEST_S3_FILER_PORT": str(filer),
+            "KINGEST_S3_ADMIN_PORT": str(admin),
+            "KINGEST_S3_ACCESS_KEY": "faults",
+            "KINGEST_S3_SECRET_KEY": "faults-secret-key",
+            "KINGEST_S3_BUCKET": "faults",
+        },
+    )
+    server.storage_options = {  # type: ignore[attr-defined]
+        "endpoint_url": f"http://127.0.0.1:{s3}",
+        "key": "faults",
+        "secret": "faults-secret-key",
+    }
+    server.up()
+    try:
+        yield server
+    finally:
+        server.down()
+        shutil.rmtree(home / "s3", ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def create_topic(bootstrap: str, partitions: int = PARTITIONS) -> str:
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    topic = f"faults-{uuid.uuid4().hex[:10]}"
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="kingest-tests")
+    try:
+        admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
+        deadline = time.monotonic() + 30
+        while True:
+            desc = admin.describe_topics([topic])[0]
+            parts = desc.get("partitions") or []
+            if len(parts) == partitions and all(p.get("leader_id", -1) >= 0 for p in parts):
+                return topic
+            assert time.monotonic() < deadline, f"topic {topic} has no leaders: {desc}"
+            time.sleep(0.05)
+    finally:
+        admin.close()
+
+
+def produce(bootstrap: str, topic: str, per_partition: int, start: int) -> None:
+    """per_partition JSON records into each partition (values numbered from start), flushed."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2, client_id="kingest-tests")
+    try:
+        for partition in range(PARTITIONS):
+            for i in range(start, start + per_partition):
+                producer.send(topic, json.dumps({"n": i, "p": partition}).encode(), partition=partition)
+        producer.flush(timeout=60)
+    finally:
+        producer.close()
+
+
+def log_end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id="kingest-tests")
+    try:
+        ends = consumer.end_offsets([TopicPartition(topic, p) for p in range(PARTITIONS)])
+        return {tp.partition: int(offset) for tp, offset in ends.items()}
+    finally:
+        consumer.close()
+
+
+def write_config(path: Path, **sections: Any) -> Path:
+    path.write_text(yaml.safe_dump(sections))
+    return path
+
+
+class Run:
+    """A `kingest run` process (no --until-caught-up: it runs until SIGTERM), stderr kept in a file."""
+
+    def __init__(self, config: Path, *args: str) -> None:
+        self.config = config
+        self.err_path = config.with_suffix(".stderr")
+        self.out_path = config.with_suffix(".stdout")
+        with open(self.err_path, "w") as err, open(self.out_path, "w") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "kingest", "run", "-c", str(config), "--metrics-port", "0", *args],
+                stdout=out,
+                stderr=err,
+                env={k: v for k, v in os.environ.items() if k != "KINGEST_CRASH_AT"},
+            )
+
+    @property
+    def stderr(self) -> str:
+        return self.err_path.read_text()
+
+    @property
+    def stdout(self) -> str:
+        return self.out_path.read_text()
+
+    def metric(self, name: str) -> float:
+        """One series (`name` or `name{label="value"}`) from the run's Prometheus endpoint (0 while it is not
+        up yet)."""
+        url = re.search(r"metrics: (http://\S+/metrics)", self.stderr)
+        if url is None:
+            return 0.0
+        try:
+            with urllib.request.urlopen(url.group(1), timeout=5) as response:
+                text = response.read().decode()
+        except OSError:
+            return 0.0
+        found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+        return float(found.group(1)) if found else 0.0
+
+    def stop(self, timeout: float = 90) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"kingest did not stop within {timeout}s of SIGTERM:\n{self.stderr[-3000:]}") from None
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str, runs: list[Run] = ()) -> None:  # type: ignore[assignment]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        for run in runs:
+            assert run.process.poll() is None, f"kingest exited ({run.process.returncode}) while {what}:\n{run.stderr}"
+        if time.monotonic() > deadline:
+            logs = "\n".join(f"--- {r.config.name}:\n{r.stderr[-3000:]}" for r in runs)
+            raise AssertionError(f"timed out after {timeout}s waiting until {what}\n{logs}")
+        time.sleep(0.25)
+
+
+def offsets_seen(lake: str, storage_options: dict[str, Any] | None = None) -> dict[int, Counter[int]]:
+    """(partition, offset) -> copies, as a reader of the dataset folder sees them (see folder_offsets)."""
+    if lake.startswith("s3://"):
+        import s3fs
+
+        fs = s3fs.S3FileSystem(**(storage_options or {}))
+        fs.invalidate_cache()
+        visible = [
+            path
+            for path in fs.find(lake)
+            if path.endswith(".parquet") and not any(part.startswith(("_", ".")) for part in path.split("/")[2:])
+        ]
+        if not visible:  # pyarrow cannot make a dataset of a folder with no data file yet
+            return {}
+    return folder_offsets(lake, storage_options)
+
+
+def covers(seen: dict[int, Counter[int]], ends: dict[int, int]) -> bool:
+    return all(all(o in seen.get(p, Counter()) for o in range(end)) for p, end in ends.items())
+
+
+def expected_offsets(ends: dict[int, int]) -> dict[int, list[int]]:
+    # Plain (non-transactional) producers: the offsets are dense, 0 .. end - 1.
+    return {p: list(range(end)) for p, end in ends.items()}
+
+
+# --------------------------------------------------------------------------------------------- broker down
+
+
+SEMANTICS = ["at-most-once", "at-least-once", "exactly-once"]
+
+
+def test_broker_stopped_and_started_during_a_run(private_kafka: PrivateService, tmp_path: Path) -> None:
+    """One broker outage seen by three runs at once, one per semantics, each with a batch in flight when the
+    broker stops: every run waits, says so, goes on when the broker is back, and its lake then holds what its
+    semantics promises without a crash: every offset (exactly-once: once; at-most-once: never twice)."""
+    bootstrap = private_kafka.bootstrap  # type: ignore[attr-defined]
+    topic = create_topic(bootstrap)
+    produce(bootstrap, topic, 100, start=0)
+    lakes: dict[str, str] = {}
+    runs: dict[str, Run] = {}
+    for semantics in SEMANTICS:
+        lakes[semantics] = str(tmp_path / f"lake-{semantics}")
+        config = write_config(
+            tmp_path / f"{semantics}.yaml",
+            pipeline=f"bounce-{semantics}-{uuid.uuid4().hex[:6]}",
+            kafka={"bootstrap_servers": bootstrap, "topics": [topic]},
+            records={"format": "json"},
+            lake={"path": lakes[semantics]},
+            # Flushed by age only, so that the second batch is still buffered when the broker stops.
+            batch={"max_records": 100_000, "max_age": "5s"},
+            semantics=semantics,
+        )
+        runs[semantics] = Run(config)
+    every = list(runs.values())
+    try:
+        wait_until(
+            lambda: all(covers(offsets_seen(lake), {p: 100 for p in range(PARTITIONS)}) for lake in lakes.values()),
+            90,
+            "the first records are in every lake",
+            every,
+        )
+
+        produce(bootstrap, topic, 100, start=100)
+        wait_until(
+            lambda: all(r.metric("kingest_records_consumed_total") >= 600 for r in every),
+            30,
+            "every run has polled the second batch",
+            every,
+        )
+        private_kafka.down()
+        wait_until(
+            lambda: all(f"lost the connection to Kafka at {bootstrap}" in r.stderr for r in every),
+            30,
+            "every run reports the lost broker",
+            every,
+        )
+        # Writing needs no broker: exactly-once saves the buffered batch (data and manifest) during the outage.
+        wait_until(
+            lambda: runs["exactly-once"].metric("kingest_records_written_total") >= 600,
+            30,
+            "exactly-once writes the buffered batch while the broker is down",
+            every,
+        )
+        private_kafka.up()
+
+        produce(bootstrap, topic, 100, start=200)
+        ends = log_end_offsets(bootstrap, topic)
+        assert ends == {p: 300 for p in range(PARTITIONS)}
+        wait_until(
+            lambda: all(" answers again after " in r.stderr for r in every),
+            60,
+            "every run reports the broker back",
+            every,
+        )
+        wait_until(
+            lambda: all(covers(offsets_seen(lake), ends) for lake in lakes.values()),
+            120,
+            "the records produced after the outage are in every lake",
+            every,
+        )
+        codes = {s: r.stop() for s, r in runs.items()}
+    finally:
+        for run in every:
+            run.kill()
+    assert codes == {s: 0 for s in SEMANTICS}, {s: runs[s].stderr[-2000:] for s in SEMANTICS}
+
+    expected = expected_offsets(ends)
+    exactly = offsets_seen(lakes["exactly-once"])
+    assert duplicates(exactly) == {} and missing(exactly, expected) == {}
+    assert missing(offsets_seen(lakes["at-least-once"]), expected) == {}
+    # An outage is not a crash: at-most-once loses nothing either (the commit before the write waits for the
+    # broker instead of dropping the batch), and never writes a record twice.
+    at_most = offsets_seen(lakes["at-most-once"])
+    assert duplicates(at_most) == {} and missing(at_most, expected) == {}
+
+
+# --------------------------------------------------------------------------------------------- S3 down
+
+
+def test_s3_stopped_and_started_during_a_run(
+    private_s3: PrivateService, kafka_bootstrap: str, topic_factory: Any, tmp_path: Path
+) -> None:
+    """The S3 server stops while a batch is being written: the write is retried with backoff (and the run says
+    so) until the server is back; then exactly-once still holds every offset once, and at-least-once misses
+    none. The lake is read back from the server with pyarrow, and `kingest verify` audits it too."""
+    options = private_s3.storage_options  # type: ignore[attr-defined]
+    topic = topic_factory(PARTITIONS, name="s3-bounce")
+    produce(kafka_bootstrap, topic, 100, start=0)
+    lakes = {s: f"s3://faults/{s}-{uuid.uuid4().hex[:8]}" for s in ("at-least-once", "exactly-once")}
+    configs: dict[str, Path] = {}
+    runs: dict[str, Run] = {}
+    for semantics, lake in lakes.items():
+        configs[semantics] = write_config(
+            tmp_path / f"{semantics}.yaml",
+            pipeline=f"s3-bounce-{uuid.uuid4().hex[:6]}",
+            kafka={"bootstrap_servers": kafka_bootstrap, "topics": [topic]},
+            records={"format": "json"},
+            lake={"path": lake, "storage_options": options},
+            batch={"max_records": 100_000, "max_age": "2s"},
+            semantics=semantics,
+        )
+        runs[semantics] = Run(configs[semantics])
+    every = list(runs.values())
+    try:
+        wait_until(
+            lambda: all(
+                covers(offsets_seen(lake, options), {p: 100 for p in range(PARTITIONS)}) for lake in lakes.values()
+            ),
+            90,
+            "the first records are in every lake",
+            every,
+        )
+        produce(kafka_bootstrap, topic, 100, start=100)
+        wait_until(
+            lambda: all(r.metric("kingest_records_consumed_total") >= 600 for r in every),
+            30,
+            "every run has polled the second batch",
+            every,
+        )
+        private_s3.down()
+        wait_until(
+            lambda: all(" does not answer (" in r.stderr for r in every), 60, "every run reports the store down", every
+        )
+        wait_until(
+            lambda: all(r.metric('kingest_errors_total{error="LakeRetry"}') >= 2 for r in every),
+            60,
+            "every run has retried a write twice",
+            every,
+        )
+        private_s3.up()
+        wait_until(
+            lambda: all(" answers again after " in r.stderr for r in every),
+            90,
+            "every run reports the store back",
+            every,
+        )
+        produce(kafka_bootstrap, topic, 100, start=200)
+        ends = {p: 300 for p in range(PARTITIONS)}
+        wait_until(
+            lambda: all(covers(offsets_seen(lake, options), ends) for lake in lakes.values()),
+            90,
+            "every record is in every lake",
+            every,
+        )
+        codes = {s: r.stop() for s, r in runs.items()}
+    finally:
+        for run in every:
+            run.kill()
+    assert codes == {s: 0 for s in lakes}, {s: runs[s].stderr[-2000:] for s in lakes}
+
+    expected = expected_offsets(ends)
+    exactly = offsets_seen(lakes["exactly-once"], options)
+    assert duplicates(exactly) == {} and missing(exactly, expected) == {}
+    assert missing(offsets_seen(lakes["at-least-once"], options), expected) == {}
+    done = subprocess.run(
+        [sys.executable, "-m", "kingest", "verify", "-c", str(configs["exactly-once"]), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+# --------------------------------------------------------------------------------------------- partial writes
+
+
+def manifest_files(lake: Path) -> set[str]:
+    """Data files the offsets manifest counts in the lake: every path added and not removed, read straight
+    from the manifest version files (see docs/manifest.md)."""
+    files: set[str] = set()
+    for version in sorted(lake.glob("_kingest/*/manifest/topic=*/partition=*/*.json")):
+        doc = json.loads(version.read_text())
+        files -= set(doc.get("remove", []))
+        files |= {entry["path"] for entry in doc.get("add", [])}
+    return files
+
+
+def visible_parquet(lake: Path) -> set[str]:
+    """Parquet files a reader of the dataset folder sees: no path part starts with `_` or `.`."""
+    return {
+        str(p.relative_to(lake))
+        for p in lake.rglob("*.parquet")
+        if not any(part.startswith(("_", ".")) for part in p.relative_to(lake).parts)
+    }
+
+
+def exactly_once_config(tmp_path: Path, bootstrap: str, topic: str, lake: str, **lake_extra: Any) -> Path:
+    tag = uuid.uuid4().hex[:6]
+    return write_config(
+        tmp_path / "exactly-once.yaml",
+        pipeline=f"partial-{tag}",
+        # Static membership and a short session: a run after a killed one gets the partitions at once.
+        kafka={
+            "bootstrap_servers": bootstrap,
+            "topics": [topic],
+            "group_instance_id": f"kingest-test-{tag}",
+            "session_timeout_ms": 6000,
+            "heartbeat_interval_ms": 1000,
+        },
+        records={"format": "json"},
+        lake={"path": lake, **lake_extra},
+        batch={"max_records": 50, "max_age": "30s"},
+        semantics="exactly-once",
+    )
+
+
+def run_until_caught_up(config: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "kingest", "run", "-c", str(config), "--until-caught-up"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**{k: v for k, v in os.environ.items() if k != "KINGEST_CRASH_AT"}, **env},
+    )
+
+
+def test_local_write_killed_half_way_is_never_counted(kafka_bootstrap: str, topic_factory: Any, tmp_path: Path) -> None:
+    """SIGKILL with half of a Parquet file on disk (fsynced): the half file is there, hidden, and neither a
+    reader of the folder nor the manifest counts it; the next run still writes every offset exactly once."""
+    topic = topic_factory(PARTITIONS, name="partial-local")
+    produce(kafka_bootstrap, topic, 100, start=0)
+    lake = tmp_path / "lake"
+    config = exactly_once_config(tmp_path, kafka_bootstrap, topic, str(lake))
+
+    crashed = run_until_caught_up(config, KINGEST_CRASH_AT="mid-write:3")
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+
+    halves = [p for p in lake.rglob(".*.tmp")]
+    assert len(halves) == 1 and halves[0].stat().st_size > 0  # part of the data did reach the disk
+    final_name = halves[0].name[1:].rsplit(".", 2)[0]  # .<name>.<random>.tmp
+    assert final_name.endswith(".parquet")
+    assert not (halves[0].parent / final_name).exists()
+    assert visible_parquet(lake) == manifest_files(lake)  # the two files before it, committed
+    assert len(visible_parquet(lake)) == 2
+    seen = offsets_seen(str(lake))  # DuckDB reads the folder without tripping on the half file
+    assert sum(sum(c.values()) for c in seen.values()) == 100 and duplicates(seen) == {}
+
+    done = run_until_caught_up(config)
+    assert done.returncode == 0, done.stderr
+    assert visible_parquet(lake) == manifest_files(lake)
+    seen = offsets_seen(str(lake))
+    expected = expected_offsets({p: 100 for p in range(PARTITIONS)})
+    assert duplicates(seen) == {} and missing(seen, expected) == {}
+
+
+def test_local_write_failing_half_way_leaves_nothing(
+    kafka_bootstrap: str, topic_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills up in the middle of a Parquet file (ENOSPC at its fsync): the run stops with a clear
+    error and exit 2, no traceback; the half file is removed; what the folder shows is what the manifest
+    counts; a run after the disk is freed writes every offset exactly once."""
+    import errno
+
+    from typer.testing import CliRunner
+
+    from kingest.cli import app
+
+    topic = topic_factory(PARTITIONS, name="partial-enospc")
+    produce(kafka_bootstrap, topic, 100, start=0)
+    lake = tmp_path / "lake"
+    config = exactly_once_config(tmp_path, kafka_bootstrap, topic, str(lake))
+
+    real_fsync = os.fsync
+    data_files: list[str] = []
+
+    def fsync(fd: int) -> None:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        if target.endswith(".tmp") and ".parquet." in target:
+            if target not in data_files:
+                data_files.append(target)
+            if data_files.index(target) == 1:  # the second data file: bytes written, then the disk is full
+                assert os.path.getsize(target) > 0
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr("kingest.lake.os.fsync", fsync)
+    result = CliRunner().invoke(app, ["run", "-c", str(config), "--until-caught-up"])
+    assert result.exit_code == 2, result.output
+    assert "is not writable: [Errno 28] No space left on device" in result.output
+    assert "Traceback" not in result.output
+    assert len(data_files) == 2 and not os.path.exists(data_files[1])  # the half file is gone
+    assert list(lake.rglob("*.tmp")) == []
+    assert visible_parquet(lake) == manifest_files(lake) and len(visible_parquet(lake)) == 1
+
+    monkeypatch.setattr("kingest.lake.os.fsync", real_fsync)
+    done = run_until_caught_up(config)
+    assert done.returncode == 0, done.stderr
+    seen = offsets_seen(str(lake))
+    expected = expected_offsets({p: 100 for p in range(PARTITIONS)})
+    assert duplicates(seen) == {} and missing(seen, expected) == {}
+    assert visible_parquet(lake) == manifest_files(lake)
+
+
+class CuttingProxy:
+    """A TCP proxy in front of an S3 server that cuts the first `cuts` PUTs of Parquet files half-way through
+    their body: the server has received part of the object when the connection drops. Before the client even
+    learns of the cut (so before any retry), it asks the server whether the object exists."""
+
+    def __init__(self, upstream: str, exists: Callable[[str], bool], cuts: int = 1) -> None:
+        host, port = upstream.removeprefix("http://").rsplit(":", 1)
+        self.upstream = (host, int(port))
+        self.exists = exists
+        self.remaining = cuts
+        self.cut: list[tuple[str, int, int, bool]] = []  # (key, bytes sent, bytes of the object, visible after)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self.listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    @staticmethod
+    def _pipe_back(upstream: socket.socket, client: socket.socket) -> None:
+        try:
+            while data := upstream.recv(65536):
+                client.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (client, upstream):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def _serve(self, client: socket.socket) -> None:
+        upstream = socket.create_connection(self.upstream)
+        threading.Thread(target=self._pipe_back, args=(upstream, client), daemon=True).start()
+        buffer = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buffer:
+                    data = client.recv(65536)
+                    if not data:
+                        return
+                    buffer += data
+                head, buffer = buffer.split(b"\r\n\r\n", 1)
+                head += b"\r\n\r\n"
+                method, target = head.split(b" ", 2)[:2]
+                headers = dict(line.split(b":", 1) for line in head.split(b"\r\n")[1:] if b":" in line)
+                length = int(next((v for k, v in headers.items() if k.strip().lower() == b"content-length"), b"0"))
+                assert b"chunked" not in head.lower(), "chunked uploads are not handled by this proxy"
+                key = urllib.parse.unquote(target.split(b"?")[0].decode()).lstrip("/")
+                with self.lock:
+                    cut = method == b"PUT" and key.endswith(".parquet") and self.remaining > 0
+                    if cut:
+                        self.remaining -= 1
+                # The head goes on at once: botocore sends `Expect: 100-continue` and waits for the server's
+                # go-ahead before sending the body.
+                upstream.sendall(head)
+                allowed = length // 2 if cut else length
+                sent = 0
+                while sent < allowed:
+                    if not buffer:
+                        buffer = client.recv(65536)
+                        if not buffer:
+                            return
+                    chunk, buffer = buffer[: allowed - sent], buffer[allowed - sent :]
+                    upstream.sendall(chunk)
+                    sent += len(chunk)
+                if cut:
+                    upstream.close()  # the server got the headers and half of the object, then lost us
+                    time.sleep(0.5)
+                    self.cut.append((key, sent, length, self.exists(key)))
+                    return
+        except OSError:
+            return
+        finally:
+            client.close()
+
+
+def test_s3_put_cut_half_way_is_never_counted(
+    kafka_bootstrap: str, topic_factory: Any, s3_storage_options: dict[str, Any], s3_prefix: str, tmp_path: Path
+) -> None:
+    """The connection drops after half of a Parquet object reached the S3 server: the server keeps nothing
+    (a single PUT is atomic), the write is retried, and the lake ends with every offset exactly once, each file
+    complete and counted by the manifest."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**s3_storage_options)
+
+    def exists(key: str) -> bool:
+        fs.invalidate_cache()
+        return bool(fs.exists(key))
+
+    proxy = CuttingProxy(s3_storage_options["endpoint_url"], exists, cuts=2)
+    try:
+        topic = topic_factory(PARTITIONS, name="partial-s3")
+        produce(kafka_bootstrap, topic, 100, start=0)
+        options = {**s3_storage_options, "endpoint_url": proxy.url}
+        config = exactly_once_config(tmp_path, kafka_bootstrap, topic, s3_prefix, storage_options=options)
+        done = run_until_caught_up(config)
+    finally:
+        proxy.close()
+    assert done.returncode == 0, done.stderr
+    assert len(proxy.cut) == 2, proxy.cut
+    for key, sent, size, visible in proxy.cut:
+        assert 0 < sent < size and not visible, (key, sent, size)
+
+    seen = offsets_seen(s3_prefix, s3_storage_options)
+    expected = expected_offsets({p: 100 for p in range(PARTITIONS)})
+    assert duplicates(seen) == {} and missing(seen, expected) == {}
+    # Every file the manifest counts is whole (pyarrow read it above) and every data file is counted.
+    bucket_prefix = s3_prefix.removeprefix("s3://")
+    versions = sorted(fs.glob(f"{bucket_prefix}/_kingest/*/manifest/topic=*/partition=*/*.json"))
+    counted = {entry["path"] for v in versions for entry in json.loads(fs.cat_file(v)).get("add", [])}
+    data = {
+        p[len(bucket_prefix) + 1 :] for p in fs.find(bucket_prefix) if p.endswith(".parquet") and "/_kingest/" not in p
+    }
+    assert data == counted and {key.split("/", 2)[2] for key, *_ in proxy.cut} <= counted
