@@ -14,7 +14,8 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,6 +78,16 @@ class Stats:
         )
 
 
+@dataclass
+class _Encoded:
+    """A flush, decoded and encoded: what _save writes and commits."""
+
+    started: float
+    encoded: list[tuple[Batch, list[EncodedFile]]] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    bad: BadRecord | None = None
+
+
 def _human(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -121,6 +132,12 @@ class Pipeline:
         self.stats = Stats()
         self.stop_requested = False
         self._callback_error: BaseException | None = None
+        # Decoding and Parquet encoding run on this thread while the main thread keeps polling (pyarrow releases
+        # the GIL; kafka-python's record parsing holds it). One flush at a time is being encoded; its result is
+        # saved (written and committed) by the thread that owns the consumer, in flush order.
+        self._encoder_thread = ThreadPoolExecutor(1, thread_name_prefix="kingest-encode")
+        self._encoding: Future[_Encoded] | None = None
+        self._encoding_bytes = 0
 
     # ------------------------------------------------------------------------------------------ loop
 
@@ -138,7 +155,9 @@ class Pipeline:
         try:
             while not self.stop_requested:
                 if self.until_caught_up and self._caught_up():
-                    break
+                    self._flush(self.batcher.due(everything=True), wait=True)
+                    if self._caught_up():  # saving can move a position back (exactly-once: a stale claim)
+                        break
                 polled = self.source.poll(min(1.0, self.batcher.seconds_until_due()))
                 self._raise_callback_error()
                 if time.monotonic() - lag_updated >= 1.0:
@@ -150,15 +169,24 @@ class Pipeline:
                         if records and tp not in self.fenced:
                             self.batcher.add(tp, records)
                             self.stats.consumed += len(records)
+                if self._encoding is not None and (
+                    not polled
+                    or self._encoding.done()
+                    or self.batcher.nbytes + self._encoding_bytes >= self.batcher.max_bytes
+                ):
+                    # Save what the encoder finished; wait for it when idle (nothing to overlap with), and rather
+                    # than hold more than max_bytes.
+                    self._drain()
                 # The age check runs on every turn, records or not: an idle topic still gets its batch written.
                 due = self.batcher.due()
                 if due:
                     self._flush(due)
-            self._flush(self.batcher.due(everything=True))
+            self._flush(self.batcher.due(everything=True), wait=True)
         except KingestError as exc:
             self.stats.errors[type(exc).__name__] += 1
             raise
         finally:
+            self._encoder_thread.shutdown(wait=False, cancel_futures=True)
             self.source.close()
         return self.stats
 
@@ -186,30 +214,49 @@ class Pipeline:
 
     # ------------------------------------------------------------------------------------------ flushing
 
-    def _flush(self, tps: list[TopicPartition]) -> None:
+    def _flush(self, tps: list[TopicPartition], wait: bool = False) -> None:
+        """Hand the due batches to the encoder thread (after saving what it finished before: saves keep flush
+        order). ``wait``: also save them before returning (stopping, revocation)."""
+        self._drain()
         batches = [part for batch in self.batcher.pop(tps) for part in self.batcher.split(batch)]
-        if not batches:
-            return
+        if batches:
+            self._encoding = self._encoder_thread.submit(self._encode, batches)
+            self._encoding_bytes = sum(b.nbytes for b in batches)
+        if wait:
+            self._drain()
+
+    def _encode(self, batches: list[Batch]) -> _Encoded:
+        """Decode and encode every batch of a flush (encoder thread: no I/O, no shared state but the encoder's).
+        Under `records.on_error: fail` a bad record stops its partition's batches there: the good records before
+        it are kept, and the error is raised once they are saved. Under skip and dead-letter the bad records are
+        settled with their batch (a dead-letter file is one more file of the batch, written and committed by
+        _save like the others)."""
         started = time.monotonic()
-        # Decode everything before saving anything. Under `records.on_error: fail` a bad record must stop the run
-        # before any offset past it is committed, whatever the semantics; the good records before it are still
-        # saved. Under skip and dead-letter the bad records are settled with their batch (a dead-letter file is
-        # one more file of the batch, written and committed by _save like the others) and the run goes on.
-        encoded: list[tuple[Batch, list[EncodedFile]]] = []
-        rejected: list[Rejected] = []
-        bad: BadRecord | None = None
+        out = _Encoded(started=started)
         stopped: set[TopicPartition] = set()
         for batch in batches:
             if batch.tp in stopped:
                 continue
             result = self.encoder.encode_batch(batch)
             if len(result.batch):
-                encoded.append((result.batch, result.files))
-            rejected += result.rejected
+                out.encoded.append((result.batch, result.files))
+            out.rejected += result.rejected
             if result.error is not None:
                 stopped.add(batch.tp)
-                bad = bad or result.error
+                out.bad = out.bad or result.error
+        return out
+
+    def _drain(self, lost: Collection[TopicPartition] = ()) -> None:
+        """Save the flush the encoder thread is working on, once it is done. Nothing is decided before all of a
+        flush is decoded, so a bad record stops the run before any offset past it is committed, whatever the
+        semantics. ``lost``: partitions another member owns now: their batches are dropped, not saved."""
+        job, self._encoding, self._encoding_bytes = self._encoding, None, 0
+        if job is None:
+            return
+        result = job.result()
+        encoded = [(b, f) for b, f in result.encoded if b.tp not in lost]
         self._save(encoded)
+        rejected = [r for r in result.rejected if (r.topic, r.partition) not in lost]
         if rejected and self.config.records.on_error == "skip":
             self.stats.skipped += len(rejected)
             for r in rejected[:20]:
@@ -217,11 +264,11 @@ class Pipeline:
             if len(rejected) > 20:
                 log.warning("skipped %d more bad records in this flush", len(rejected) - 20)
         self.stats.flushes += 1
-        self.stats.last_flush_seconds = time.monotonic() - started
+        self.stats.last_flush_seconds = time.monotonic() - result.started
         if self.on_progress is not None:
             self.on_progress(self.stats)
-        if bad is not None:
-            raise bad
+        if result.bad is not None and (result.bad.topic, result.bad.partition) not in lost:
+            raise result.bad
 
     def _save(self, encoded: list[tuple[Batch, list[EncodedFile]]]) -> None:
         """Write the batches and save their offsets, in the order the semantics promises."""
@@ -403,7 +450,7 @@ class Pipeline:
             self.stats.rebalances["revoked"] += 1
         try:
             # Still the owner until this returns: save what is buffered for these partitions.
-            self._flush([tp for tp in tps if tp in self.batcher.batches])
+            self._flush([tp for tp in tps if tp in self.batcher.batches], wait=True)
         except BaseException as exc:
             self._callback_error = self._callback_error or exc
         finally:
@@ -418,6 +465,10 @@ class Pipeline:
         log.warning("lost partitions %s to the group; dropping their buffers", ", ".join(f"{t}[{p}]" for t, p in tps))
         if tps:
             self.stats.rebalances["lost"] += 1
+        try:
+            self._drain(lost=set(tps))  # the flush being encoded may hold partitions we still own
+        except BaseException as exc:
+            self._callback_error = self._callback_error or exc
         self.batcher.drop(tps)
         for tp in tps:
             self.owned.pop(tp, None)

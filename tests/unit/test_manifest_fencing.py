@@ -55,7 +55,8 @@ class ScriptedSource(MemorySource):
             self.before_poll()
             self.before_poll = None
         polled = super().poll(0)
-        if not polled and self.pipeline is not None:
+        # Nothing left to poll and nothing being encoded (saving it can move the position back): stop.
+        if not polled and self.pipeline is not None and self.pipeline._encoding is None:
             self.pipeline.request_stop()
         return polled
 
