@@ -198,7 +198,10 @@ def verify(
     else:
         from rich.console import Console
 
-        Console(width=None if sys.stdout.isatty() else 120).print(render(report))
+        console = Console(width=None if sys.stdout.isatty() else 120)
+        with console.capture() as captured:
+            console.print(render(report))
+        typer.echo(SCRUB(captured.get()), nl=False)
     raise typer.Exit(0 if report.holds else 1)
 
 

@@ -1,8 +1,8 @@
 """The semantics lesson, made concrete: `python -m kingest.demo --bootstrap HOST:PORT --topic TOPIC`.
 
 The same topic is ingested three times, once per semantics, each into its own lake. Each first run is killed
-(SIGKILL, through ``KINGEST_CRASH_AT``) at the same moment of its cycle: between its two steps, on the third
-flush:
+(SIGKILL, through ``KINGEST_CRASH_AT``) at the same moment of its cycle, between its two steps, the third time
+it gets there:
 
 - at-most-once at ``after-commit``: the offsets are committed, the batch is not written yet;
 - at-least-once at ``after-write``: the batch is written, the offsets are not committed yet;

@@ -225,6 +225,7 @@ class Lake:
         """Every file below folder ``rel``, as paths relative to the lake root, with sizes."""
         base = self.fs._strip_protocol(self.full(rel)).rstrip("/")
         root = self.fs._strip_protocol(self.root).rstrip("/")
+        self.fs.invalidate_cache(base)  # s3fs caches listings per process: another writer may have changed them
         try:
             found = self._retry(f"listing {rel or 'the lake'}", lambda: self.fs.find(base, detail=True))
         except FileNotFoundError:

@@ -1,0 +1,367 @@
+"""The delivery guarantees under real kills, against the real broker and the real S3 server.
+
+Each test runs `python -m kingest run` in a subprocess, kills it (SIGKILL through KINGEST_CRASH_AT, or
+os.kill at a random moment), starts it again with --until-caught-up, then checks the lake twice: with
+`kingest verify` and with an independent read of the dataset folder (DuckDB / pyarrow, see
+guarantees_support.py). docs/guarantees.md lists the crash points and what each semantics must leave.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from .guarantees_support import (
+    PARTITIONS,
+    audit,
+    duplicates,
+    folder_offsets,
+    missing,
+    private_producer,
+    produce_evenly,
+    run_until_caught_up,
+    verify,
+    write_config,
+)
+
+pytestmark = pytest.mark.integration
+
+PER_PARTITION = 1000  # 3000 records; batches of 200 and polls of 150: each point is passed many times
+
+# Every crash point that applies to each semantics, with later passes (":n") so that the crash lands after
+# some batches were saved. mid-manifest:1..3 are the claims of the 3 partitions at assignment; :5 a batch commit.
+CRASHES = [
+    ("at-most-once", "after-poll:2"),
+    ("at-most-once", "after-commit:1"),
+    ("at-most-once", "after-commit:3"),
+    ("at-most-once", "mid-write:2"),
+    ("at-least-once", "after-poll:3"),
+    ("at-least-once", "mid-write:1"),
+    ("at-least-once", "after-write:1"),
+    ("at-least-once", "after-write:3"),
+    ("exactly-once", "after-poll:2"),
+    ("exactly-once", "mid-write:1"),
+    ("exactly-once", "mid-write:4"),
+    ("exactly-once", "after-write:2"),
+    ("exactly-once", "after-write:5"),
+    ("exactly-once", "mid-manifest:1"),
+    ("exactly-once", "mid-manifest:5"),
+]
+# On S3: every exactly-once point (one variant each) and a representative subset of the others.
+S3_CRASHES = [
+    ("exactly-once", "after-poll:2"),
+    ("exactly-once", "mid-write:4"),
+    ("exactly-once", "after-write:2"),
+    ("exactly-once", "mid-manifest:1"),
+    ("exactly-once", "mid-manifest:5"),
+    ("at-most-once", "after-commit:3"),
+    ("at-least-once", "mid-write:1"),
+    ("at-least-once", "after-write:3"),
+]
+
+
+def check_guarantee(semantics: str, config: Path, lake: str, options: dict | None, per_partition: int) -> dict:
+    """verify exits 0 and the dataset folder, read independently, keeps the semantics' promise."""
+    code, report = verify(config)
+    assert code == 0, report["violations"]
+    totals = report["totals"]
+    assert totals["expected"] == PARTITIONS * per_partition
+    assert totals["unexpected"] == 0 and totals["not_consumed"] == 0
+    expected = {p: list(range(per_partition)) for p in range(PARTITIONS)}
+    seen = folder_offsets(lake, options)
+    assert all(0 <= o < per_partition for c in seen.values() for o in c), "an offset the topic does not hold"
+    if semantics in ("at-most-once", "exactly-once"):
+        assert totals["duplicated"] == 0
+        assert duplicates(seen) == {}
+    if semantics in ("at-least-once", "exactly-once"):
+        assert totals["missing"] == 0
+        assert missing(seen, expected) == {}
+    if semantics == "exactly-once":
+        # The dataset folder itself, not only the manifest, holds each offset once after recovery.
+        assert seen == {p: Counter(range(per_partition)) for p in range(PARTITIONS)}
+        assert report["orphan_files"] == [] and report["missing_files"] == []
+    return report
+
+
+def crash_then_recover(semantics, crash, tmp_path, bootstrap, topic, lake, options) -> None:
+    config = write_config(
+        tmp_path / "kingest.yaml",
+        topic=topic,
+        lake=lake,
+        semantics=semantics,
+        bootstrap=bootstrap,
+        storage_options=options,
+    )
+    first = run_until_caught_up(config, crash=crash)
+    assert first.returncode == -signal.SIGKILL, f"not killed at {crash} (exit {first.returncode}): {first.stderr}"
+
+    # The guarantee holds at every moment, not only after recovery: audited right after the kill.
+    report = audit(config)
+    assert report["holds"], report["violations"]
+    if semantics == "exactly-once" and crash.startswith("after-write"):
+        # The killed attempt left a data file the manifest does not name, visible in the folder until recovery.
+        assert report["orphan_files"], "after-write should leave an uncommitted file behind"
+
+    second = run_until_caught_up(config)
+    assert second.returncode == 0, second.stderr
+    report = check_guarantee(semantics, config, lake, options, PER_PARTITION)
+    if crash.startswith("after-commit"):
+        # At-most-once really lost the flush in flight: the crash landed between commit and write.
+        assert report["totals"]["missing"] > 0
+
+
+@pytest.mark.parametrize(("semantics", "crash"), CRASHES, ids=[f"{s}-{c}" for s, c in CRASHES])
+def test_crash_point_local(semantics, crash, tmp_path, kafka_bootstrap, topic_factory, produce):
+    topic = topic_factory(partitions=PARTITIONS)
+    produce_evenly(produce, topic, PER_PARTITION)
+    crash_then_recover(semantics, crash, tmp_path, kafka_bootstrap, topic, str(tmp_path / "lake"), None)
+
+
+@pytest.mark.parametrize(("semantics", "crash"), S3_CRASHES, ids=[f"{s}-{c}" for s, c in S3_CRASHES])
+def test_crash_point_s3(
+    semantics, crash, tmp_path, kafka_bootstrap, topic_factory, produce, s3_prefix, s3_storage_options
+):
+    topic = topic_factory(partitions=PARTITIONS)
+    produce_evenly(produce, topic, PER_PARTITION)
+    crash_then_recover(semantics, crash, tmp_path, kafka_bootstrap, topic, s3_prefix, s3_storage_options)
+
+
+# ---------------------------------------------------------------------------------------------- clean stop
+
+
+class Producer(threading.Thread):
+    """Keeps producing records (to every partition, in turn) until stopped: data still arriving."""
+
+    def __init__(self, bootstrap: str, topic: str, start: int, chunk: int = 50) -> None:
+        super().__init__(daemon=True)
+        self.bootstrap, self.topic, self.next, self.chunk = bootstrap, topic, start, chunk
+        self.stopping = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with private_producer(self.bootstrap) as produce:
+                while not self.stopping.is_set():
+                    produce_evenly(produce, self.topic, self.chunk, start=self.next)
+                    self.next += self.chunk
+                    time.sleep(0.05)
+        except BaseException as exc:  # surfaced by stop()
+            self.error = exc
+
+    def stop(self) -> int:
+        """Stop and return the number of records now in each partition."""
+        self.stopping.set()
+        self.join(timeout=60)
+        assert self.error is None, self.error
+        return self.next
+
+
+@pytest.mark.parametrize("semantics", ["at-most-once", "at-least-once", "exactly-once"])
+def test_clean_sigterm_loses_and_duplicates_nothing(semantics, tmp_path, kafka_bootstrap, topic_factory, produce):
+    topic = topic_factory(partitions=PARTITIONS)
+    produce_evenly(produce, topic, 2000)  # a backlog
+    lake = str(tmp_path / "lake")
+    config = write_config(
+        tmp_path / "kingest.yaml", topic=topic, lake=lake, semantics=semantics, bootstrap=kafka_bootstrap
+    )
+    producer = Producer(kafka_bootstrap, topic, start=2000)
+    producer.start()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kingest", "run", "-c", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(list(Path(lake).rglob("*.parquet"))) < 4:
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)  # mid-run: records buffered, backlog left, records arriving
+        out, err = process.communicate(timeout=60)
+    finally:
+        per_partition = producer.stop()
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, err
+    assert "done:" in out
+    landed = sum(c.total() for c in folder_offsets(lake).values())
+    assert 0 < landed < PARTITIONS * per_partition  # stopped mid-way indeed
+
+    code, report = verify(config)
+    assert code == 0, report["violations"]
+    # A clean stop saved exactly what it wrote, whatever the semantics: nothing below the committed position
+    # is missing, even for at-most-once.
+    assert report["totals"]["missing"] == 0 and report["totals"]["duplicated"] == 0
+
+    again = run_until_caught_up(config)
+    assert again.returncode == 0, again.stderr
+    report = check_guarantee(semantics, config, lake, None, per_partition)
+    assert report["totals"]["missing"] == 0 and report["totals"]["duplicated"] == 0
+    assert missing(folder_offsets(lake), {p: list(range(per_partition)) for p in range(PARTITIONS)}) == {}
+
+
+# ---------------------------------------------------------------------------------------------- soak
+
+
+@pytest.mark.slow
+def test_exactly_once_soak_under_random_kills(tmp_path, kafka_bootstrap, topic_factory):
+    """50,000 records produced while the pipeline runs; at least 10 SIGKILLs at random moments, each followed
+    by a restart; then each offset exactly once, by verify and by DuckDB over the folder."""
+    total, kills_wanted = 50_000, 10
+    per_partition = total // PARTITIONS + 1  # 16,667 per partition: 50,001 records
+    topic = topic_factory(partitions=PARTITIONS)
+    lake = str(tmp_path / "lake")
+    config = write_config(
+        tmp_path / "kingest.yaml",
+        topic=topic,
+        lake=lake,
+        semantics="exactly-once",
+        bootstrap=kafka_bootstrap,
+        kafka={"max_poll_records": 500},
+        max_records=500,
+        max_age="1s",
+    )
+    produced = threading.Event()
+
+    def produce_slowly() -> None:
+        with private_producer(kafka_bootstrap) as own:
+            for start in range(0, per_partition, 500):
+                produce_evenly(own, topic, min(500, per_partition - start), start=start)
+                time.sleep(0.1)
+        produced.set()
+
+    feeder = threading.Thread(target=produce_slowly, daemon=True)
+    feeder.start()
+    rng = random.Random(os.environ.get("KINGEST_SOAK_SEED", "4"))
+    kills = 0
+    while kills < kills_wanted or feeder.is_alive():
+        process = subprocess.Popen(
+            [sys.executable, "-m", "kingest", "run", "-c", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(rng.uniform(0.5, 3.0))  # a random moment: joining, claiming, polling, writing, committing
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+            kills += 1
+        _, err = process.communicate(timeout=60)
+        assert process.returncode == -signal.SIGKILL, f"the run stopped by itself: {err}"
+    feeder.join(timeout=120)
+    assert produced.is_set(), "the producer thread failed"
+    assert kills >= kills_wanted
+
+    final = run_until_caught_up(config)
+    assert final.returncode == 0, final.stderr
+    check_guarantee("exactly-once", config, lake, None, per_partition)
+    rows = duckdb.sql(
+        f"select count(*), count(distinct (kafka_partition, kafka_offset)) "
+        f"from read_parquet('{lake}/**/*.parquet', hive_partitioning=true)"
+    ).fetchall()
+    assert rows == [(PARTITIONS * per_partition, PARTITIONS * per_partition)]
+
+
+# ---------------------------------------------------------------------------------------------- transactions
+
+
+def produce_transactions(bootstrap: str, topic: str, outcomes: list[str], per_partition: int) -> None:
+    """One transaction per outcome ("commit" or "abort"), each writing `per_partition` records to every
+    partition; each value says which."""
+    import uuid
+
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, transactional_id=f"kingest-test-{uuid.uuid4().hex[:8]}")
+    try:
+        producer.init_transactions()
+        for number, outcome in enumerate(outcomes):
+            producer.begin_transaction()
+            for p in range(PARTITIONS):
+                for i in range(per_partition):
+                    value = json.dumps({"txn": number, "outcome": outcome, "i": i}).encode()
+                    producer.send(topic, value=value, partition=p)
+            producer.flush()  # in the log before the marker: kafka-python drops unsent records on abort
+            if outcome == "commit":
+                producer.commit_transaction()
+            else:
+                producer.abort_transaction()
+    finally:
+        producer.close()
+
+
+@pytest.mark.parametrize("semantics", ["at-least-once", "exactly-once"])
+def test_transactional_input_read_committed(semantics, tmp_path, kafka_bootstrap, topic_factory):
+    topic = topic_factory(partitions=PARTITIONS)
+    outcomes = ["commit", "abort", "commit", "commit", "abort", "commit"]
+    produce_transactions(kafka_bootstrap, topic, outcomes, per_partition=150)
+    lake = str(tmp_path / "lake")
+    config = write_config(
+        tmp_path / "kingest.yaml",
+        topic=topic,
+        lake=lake,
+        semantics=semantics,
+        bootstrap=kafka_bootstrap,
+        kafka={"isolation_level": "read_committed"},
+    )
+    assert run_until_caught_up(config).returncode == 0
+
+    rows = duckdb.sql(
+        f"select outcome, count(*) from read_parquet('{lake}/**/*.parquet', hive_partitioning=true) group by 1"
+    ).fetchall()
+    assert rows == [("commit", 4 * 150 * PARTITIONS)]  # no aborted record landed
+
+    code, report = verify(config)
+    assert code == 0, report["violations"]
+    for p in report["partitions"]:
+        # 6 transactions of 150 records and their 6 markers: offsets 0..905, of which 600 are records.
+        assert (p["log_start"], p["log_end"], p["expected"]) == (0, 6 * 151, 600)
+        assert p["missing"]["count"] == 0 and p["unexpected"]["count"] == 0 and p["not_consumed"] == 0
+        assert p["rows"] == 600
+
+
+def test_aborted_records_in_the_lake_are_reported(tmp_path, kafka_bootstrap, topic_factory):
+    """A pipeline that reads uncommitted data ingests aborted records; audited as read_committed, they are
+    offsets the topic does not hold: a violation, with their exact ranges."""
+    topic = topic_factory(partitions=PARTITIONS)
+    produce_transactions(kafka_bootstrap, topic, ["commit", "abort", "commit"], per_partition=100)
+    lake = str(tmp_path / "lake")
+    uncommitted = write_config(
+        tmp_path / "uncommitted.yaml",
+        topic=topic,
+        lake=lake,
+        semantics="at-least-once",
+        bootstrap=kafka_bootstrap,
+        kafka={"isolation_level": "read_uncommitted"},
+    )
+    assert run_until_caught_up(uncommitted).returncode == 0
+    code, report = verify(uncommitted)
+    assert code == 0, report["violations"]  # as read_uncommitted sees the topic, every record is there
+
+    audited = yaml_with(uncommitted, tmp_path / "committed.yaml", isolation_level="read_committed")
+    code, report = verify(audited)
+    assert code == 1
+    for p in report["partitions"]:
+        # transaction 2 (aborted) is offsets 101..200 (transaction 1 is 0..99, its marker 100)
+        assert p["unexpected"] == {"count": 100, "ranges": [[101, 200]], "ranges_truncated": False}
+        assert p["missing"]["count"] == 0
+    assert any("does not hold" in v for v in report["violations"])
+
+
+def yaml_with(source: Path, target: Path, **kafka: str) -> Path:
+    import yaml
+
+    config = yaml.safe_load(source.read_text())
+    config["kafka"].update(kafka)
+    target.write_text(yaml.safe_dump(config))
+    return target
