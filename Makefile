@@ -57,13 +57,18 @@ test: venv ## start the services, run pytest (PYTEST_ARGS=...), stop what this r
 	elif [ $$rc -ne 0 ]; then echo "make test: pytest exit code $$rc" >&2; fi; \
 	exit $$rc
 
-demo: venv ## start Kafka, produce the sample orders topic if missing, run kingest.demo (when it exists)
+demo: venv ## Kafka + sample orders, kingest run into ./lake/orders, what landed, then the three semantics under a crash
 	@$(DEVSERVICES) up kafka
-	@eval "$$($(DEVSERVICES) env)"; \
-	$(VENV_PY) services/produce_sample.py --skip-if-present && \
-	if $(VENV_PY) -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("kingest.demo") is None)' 2>/dev/null; then \
-		$(VENV_PY) -m kingest.demo; \
-	fi
+	@eval "$$($(DEVSERVICES) env)"; set -e; \
+	$(VENV_PY) services/produce_sample.py --topic orders --records 20000 --skip-if-present; \
+	echo; echo "== kingest run -c configs/orders.yaml --until-caught-up"; \
+	$(VENV)/bin/kingest run -c configs/orders.yaml --until-caught-up; \
+	echo; echo "== what landed: kingest status -c configs/orders.yaml"; \
+	$(VENV)/bin/kingest status -c configs/orders.yaml; \
+	echo; echo "== read back with DuckDB"; \
+	$(VENV_PY) -c "import duckdb; duckdb.sql(\"select kafka_partition, count(*) as records, min(kafka_offset) as first, max(kafka_offset) as last, round(sum(amount), 2) as amount from read_parquet('lake/orders/**/*.parquet', hive_partitioning = true) group by 1 order by 1\").show()"; \
+	echo "== the three semantics against the same topic, each killed between its two steps"; \
+	$(VENV_PY) -m kingest.demo --bootstrap "$$KINGEST_KAFKA_BOOTSTRAP" --topic orders
 
 bench: venv ## run benchmarks/bench.py (BENCH_ARGS=...) if it exists
 	@if [ -f benchmarks/bench.py ]; then \
