@@ -39,6 +39,7 @@ FIELDS = {
     "files",
     "rows",
     "bytes",
+    "dead_letters",
     "last_commit_at",
     "assigned_to",
 }
