@@ -72,6 +72,7 @@ demo: venv ## Kafka + sample orders, kingest run into ./lake/orders, what landed
 
 bench: venv ## run benchmarks/bench.py (BENCH_ARGS=...) if it exists
 	@if [ -f benchmarks/bench.py ]; then \
+		$(VENV_PY) -c 'import matplotlib' 2>/dev/null || $(VENV_PY) -m pip install -q -e '.[bench]'; \
 		$(VENV_PY) benchmarks/bench.py $(BENCH_ARGS); \
 	else \
 		echo "benchmarks/bench.py does not exist yet: nothing to run"; \
