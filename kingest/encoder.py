@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -73,6 +74,15 @@ DECLARED_TYPES: dict[str, pa.DataType] = {
 ROW_GROUP_ROWS = 1_000_000  # one row group per file unless the batch is huge
 _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
 _HAS_ZONE = r"(?:[zZ]|[+-]\d\d(?::?\d\d)?)$"
+
+# Arrow's default pool (mimalloc) keeps memory it has freed: a run's RSS then grows past what its batches need.
+# jemalloc returns it (measured: peak RSS 360 -> 265 MB for 64MiB batches, at equal or lower CPU). An
+# ARROW_DEFAULT_MEMORY_POOL set by the user wins.
+if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
+    try:
+        pa.set_memory_pool(pa.jemalloc_memory_pool())
+    except NotImplementedError:  # a pyarrow built without jemalloc keeps its default
+        pass
 
 
 @dataclass(frozen=True)

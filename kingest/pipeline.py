@@ -113,7 +113,10 @@ class Pipeline:
         self.until_caught_up = until_caught_up
         self.on_progress = on_progress
         batch = config.batch
-        self.batcher = Batcher(batch.max_records, batch.max_bytes, batch.max_age)
+        # Half of max_bytes triggers a flush: while that half is being encoded the next half fills, and the loop
+        # waits for the encoder only when the two together reach max_bytes (see run).
+        self.max_bytes = batch.max_bytes
+        self.batcher = Batcher(batch.max_records, max(1, batch.max_bytes // 2), batch.max_age)
         self.writer = new_writer_id()
         self.encoder = Encoder(
             config.records.format,
@@ -170,9 +173,7 @@ class Pipeline:
                             self.batcher.add(tp, records)
                             self.stats.consumed += len(records)
                 if self._encoding is not None and (
-                    not polled
-                    or self._encoding.done()
-                    or self.batcher.nbytes + self._encoding_bytes >= self.batcher.max_bytes
+                    not polled or self._encoding.done() or self.batcher.nbytes + self._encoding_bytes >= self.max_bytes
                 ):
                     # Save what the encoder finished; wait for it when idle (nothing to overlap with), and rather
                     # than hold more than max_bytes.

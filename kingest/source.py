@@ -462,8 +462,7 @@ def _credentials_error(exc: BaseException, config: KafkaConfig) -> SetupError:
     if isinstance(exc, _ClosedByBroker):
         reason = f"{reason}, which is how Kafka answers rejected credentials"
     return SetupError(
-        f"Kafka at {where}: authentication failed (SASL {mechanism}, user {config.sasl_plain_username!r}): "
-        f"{reason}",
+        f"Kafka at {where}: authentication failed (SASL {mechanism}, user {config.sasl_plain_username!r}): {reason}",
         "Check kafka.sasl_plain_username and kafka.sasl_plain_password (or the environment variable it names), "
         f"and that the broker has this user for {mechanism}.",
     )

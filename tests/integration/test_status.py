@@ -92,7 +92,11 @@ def test_status_offsets_are_kafkas_and_lake_figures_are_the_lakes(
         assert row["bytes"] == sum(mine.values())
         assert row["rows"] == sum(1 for r in folder_rows(url, so) if r["kafka_partition"] == p) == 60
     assert doc["totals"] == {
-        "lag": 45, "files": 6, "rows": 180, "bytes": sum(r["bytes"] for r in rows.values()), "dead_letters": 0
+        "lag": 45,
+        "files": 6,
+        "rows": 180,
+        "bytes": sum(r["bytes"] for r in rows.values()),
+        "dead_letters": 0,
     }
 
     # The table for people says the same, and nothing secret is printed in either form.

@@ -69,7 +69,9 @@ def test_endpoint_reports_the_pipeline_exactly(tmp_path: Any) -> None:
         while True:
             got = scrape(url)
             lag = got.get('kingest_consumer_lag_records{partition="0",topic="orders"}')
-            if lag == 0 and got["kingest_records_written_total"] == 100:
+            # Scrapes run beside the pipeline: wait until the flush is saved whole (written, then committed).
+            saved = got["kingest_commits_total"] == 3 and got["kingest_flush_duration_seconds_count"] >= 1
+            if lag == 0 and got["kingest_records_written_total"] == 100 and saved:
                 break
             assert time.monotonic() < deadline, got
             time.sleep(0.05)
