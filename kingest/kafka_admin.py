@@ -41,21 +41,13 @@ def _where(config: Config) -> str:
     return ", ".join(config.kafka.bootstrap_servers)
 
 
-@contextmanager
-def inspection_consumer(config: Config, **extra: Any) -> Iterator[Any]:
-    """A consumer with no group (nothing it does can move the pipeline's committed offsets)."""
-    import kafka
+def _connect(config: Config, settings: dict[str, Any], make: Any) -> Any:
+    """Build a kafka-python client, turning its connection failures into kingest's errors."""
     from kafka import errors as kafka_errors
 
-    settings = {**_connection_settings(config), **extra}
     try:
         with credential_check(settings, config.kafka):  # bad credentials: a clear error within seconds
-            consumer = kafka.KafkaConsumer(
-                group_id=None,
-                enable_auto_commit=False,
-                isolation_level=config.kafka.isolation_level,
-                **settings,
-            )
+            return make(**settings)
     except (kafka_errors.KafkaTimeoutError, *_no_brokers(kafka_errors)):
         raise SourceUnavailable(
             f"no Kafka broker answered at {_where(config)}",
@@ -63,6 +55,21 @@ def inspection_consumer(config: Config, **extra: Any) -> Iterator[Any]:
         ) from None
     except kafka_errors.KafkaError as exc:
         raise SourceUnavailable(f"cannot connect to Kafka at {_where(config)}: {exc}") from None
+
+
+@contextmanager
+def inspection_consumer(config: Config, **extra: Any) -> Iterator[Any]:
+    """A consumer with no group (nothing it does can move the pipeline's committed offsets)."""
+    import kafka
+
+    settings = {**_connection_settings(config), **extra}
+    consumer = _connect(
+        config,
+        settings,
+        lambda **s: kafka.KafkaConsumer(
+            group_id=None, enable_auto_commit=False, isolation_level=config.kafka.isolation_level, **s
+        ),
+    )
     try:
         yield consumer
     finally:
@@ -72,19 +79,8 @@ def inspection_consumer(config: Config, **extra: Any) -> Iterator[Any]:
 @contextmanager
 def admin_client(config: Config) -> Iterator[Any]:
     from kafka import KafkaAdminClient
-    from kafka import errors as kafka_errors
 
-    settings = _connection_settings(config)
-    try:
-        with credential_check(settings, config.kafka):  # bad credentials: a clear error within seconds
-            admin = KafkaAdminClient(**settings)
-    except (kafka_errors.KafkaTimeoutError, *_no_brokers(kafka_errors)):
-        raise SourceUnavailable(
-            f"no Kafka broker answered at {_where(config)}",
-            "Check kafka.bootstrap_servers and that the broker is running (for the dev broker: make up).",
-        ) from None
-    except kafka_errors.KafkaError as exc:
-        raise SourceUnavailable(f"cannot connect to Kafka at {_where(config)}: {exc}") from None
+    admin = _connect(config, _connection_settings(config), KafkaAdminClient)
     try:
         yield admin
     finally:
