@@ -11,6 +11,7 @@ import pytest
 from kafka import KafkaAdminClient, TopicPartition
 
 from kingest import config as config_module
+from tests.unit.test_status import FIELDS  # the JSON field names users rely on, listed once
 
 from .test_rewind import (
     PARTITIONS,
@@ -27,22 +28,6 @@ from .test_rewind import (
 )
 
 pytestmark = pytest.mark.integration
-
-FIELDS = {
-    "topic",
-    "partition",
-    "log_start_offset",
-    "log_end_offset",
-    "committed_offset",
-    "manifest_offset",
-    "lag",
-    "files",
-    "rows",
-    "bytes",
-    "dead_letters",
-    "last_commit_at",
-    "assigned_to",
-}
 
 
 @pytest.mark.parametrize("semantics, where", [("exactly-once", "s3"), ("at-least-once", "local")])
