@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -23,6 +20,8 @@ import yaml
 from kingest.deadletter import count_dead_letters, dead_letters_in_state
 from kingest.lake import Lake
 from kingest.manifest import ManifestStore
+
+from .cli import kingest
 
 pytestmark = pytest.mark.integration
 
@@ -56,16 +55,6 @@ def write_config(
         doc[name] = {**doc[name], **value} if isinstance(value, dict) else value
     path.write_text(yaml.safe_dump(doc))
     return doc
-
-
-def kingest(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "kingest", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def dataset(url: str, storage_options: dict[str, Any] | None = None, **kw: Any) -> ds.Dataset:

@@ -22,6 +22,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from .cli import start_run
 from .guarantees_support import (
     PARTITIONS,
     audit,
@@ -177,12 +178,7 @@ def test_clean_sigterm_loses_and_duplicates_nothing(semantics, tmp_path, kafka_b
     )
     producer = Producer(kafka_bootstrap, topic, start=2000)
     producer.start()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "kingest", "run", "-c", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_run(config)
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and len(list(Path(lake).rglob("*.parquet"))) < 4:

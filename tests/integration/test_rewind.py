@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -28,6 +27,8 @@ from kingest import config as config_module
 from kingest import kafka_admin
 from kingest.lake import Lake
 from kingest.manifest import ManifestStore
+
+from .cli import kingest, start_run
 
 pytestmark = pytest.mark.integration
 
@@ -56,17 +57,6 @@ def write_config(
 
 def group_of(config_path: Path) -> str:
     return config_module.load(config_path).kafka.group_id
-
-
-def kingest(*args: str, env: dict | None = None, input: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "kingest", *args],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        input=input,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def kafka_tool(*args: str) -> str:
@@ -406,12 +396,7 @@ def test_rewind_refuses_while_a_run_is_active_and_status_names_it(tmp_path, kafk
         tmp_path / "k.yaml", topic=topic, lake=url, semantics="exactly-once", bootstrap=kafka_bootstrap
     )
     config = config_module.load(config_path)
-    run = subprocess.Popen(
-        [sys.executable, "-m", "kingest", "run", "-c", str(config_path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    run = start_run(config_path)
     try:
         # Wait (not a timed assertion: the deadline only stops a hung test) for the group to be Stable.
         deadline = time.monotonic() + 60

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -15,6 +13,8 @@ import duckdb
 import pyarrow.dataset as ds
 import pytest
 import yaml
+
+from .cli import kingest, start_run
 
 pytestmark = pytest.mark.integration
 
@@ -36,16 +36,6 @@ def write_config(
     }
     path.write_text(yaml.safe_dump(config))
     return path
-
-
-def kingest(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "kingest", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def events(n: int, start: int = 0) -> list[bytes]:
@@ -157,12 +147,7 @@ def test_sigterm_mid_run_then_restart_ends_with_every_offset_once(
         bootstrap=kafka_bootstrap,
         max_records=100,
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "kingest", "run", "-c", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_run(config)
     # Stop it once some files have landed and while plenty is left to consume.
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and len(list(Path(lake).rglob("*.parquet"))) < 3:
@@ -193,12 +178,7 @@ def test_age_flush_fires_with_no_new_records(tmp_path, kafka_bootstrap, topic_fa
         max_records=100_000,
         max_age="1s",
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "kingest", "run", "-c", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_run(config)
     try:
         # No --until-caught-up and no new records: only the age rule can write these 5 records.
         deadline = time.monotonic() + 60

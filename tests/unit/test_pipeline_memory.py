@@ -86,10 +86,14 @@ def test_every_offset_lands_once_and_offsets_are_committed(semantics, where, lak
     assert group == {("orders", p): 1000 for p in range(3)}
 
 
-def test_at_most_once_commits_before_writing(lake_url):
+@pytest.mark.parametrize(
+    "semantics, expected",
+    [("at-most-once", ["commit", "write"]), ("at-least-once", ["write", "commit"])],
+)
+def test_the_order_of_commit_and_write_is_the_semantics(semantics, expected, lake_url):
     source = MemorySource(topic(partitions=1, records=10), {})
     order: list[str] = []
-    pipeline = Pipeline(make_config(lake_url, "at-most-once"), source=source, until_caught_up=True)
+    pipeline = Pipeline(make_config(lake_url, semantics), source=source, until_caught_up=True)
     commit, put = source.commit, pipeline.lake.put
     source.commit = lambda offsets, **k: (order.append("commit"), commit(offsets, **k))[1]  # type: ignore[method-assign]
     pipeline.lake.put = lambda path, *a, **k: (  # type: ignore[method-assign]
@@ -97,21 +101,7 @@ def test_at_most_once_commits_before_writing(lake_url):
         put(path, *a, **k),
     )[1]
     pipeline.run()
-    assert order[:2] == ["commit", "write"]
-
-
-def test_at_least_once_writes_before_committing(lake_url):
-    source = MemorySource(topic(partitions=1, records=10), {})
-    order: list[str] = []
-    pipeline = Pipeline(make_config(lake_url, "at-least-once"), source=source, until_caught_up=True)
-    commit, put = source.commit, pipeline.lake.put
-    source.commit = lambda offsets, **k: (order.append("commit"), commit(offsets, **k))[1]  # type: ignore[method-assign]
-    pipeline.lake.put = lambda path, *a, **k: (  # type: ignore[method-assign]
-        order.append("write") if path.endswith(".parquet") else None,
-        put(path, *a, **k),
-    )[1]
-    pipeline.run()
-    assert order[:2] == ["write", "commit"]
+    assert order[:2] == expected
 
 
 @pytest.mark.parametrize("semantics", SEMANTICS)
