@@ -31,6 +31,7 @@ from .source import KafkaSource, Source
 
 log = logging.getLogger("kingest.pipeline")
 
+ENCODER_THREADS = max(1, min(4, os.cpu_count() or 1))  # batches of a flush encoded at once (see _encode)
 SWITCH_INTERVAL = 0.0005  # seconds: how long a thread holds the GIL while another waits for it (see run)
 
 
@@ -142,6 +143,9 @@ class Pipeline:
         # the GIL; kafka-python's record parsing holds it). One flush at a time is being encoded; its result is
         # saved (written and committed) by the thread that owns the consumer, in flush order.
         self._encoder_thread = ThreadPoolExecutor(1, thread_name_prefix="kingest-encode")
+        # The batches of a flush (one per partition, or more past max_records) are encoded side by side on these:
+        # pyarrow's JSON reader and Parquet writer release the GIL, so each uses a core of its own.
+        self._encoder_pool = ThreadPoolExecutor(ENCODER_THREADS, thread_name_prefix="kingest-encode-batch")
         self._encoding: Future[_Encoded] | None = None
         self._encoding_bytes = 0
 
@@ -198,6 +202,7 @@ class Pipeline:
         finally:
             sys.setswitchinterval(switch_interval)
             self._encoder_thread.shutdown(wait=False, cancel_futures=True)
+            self._encoder_pool.shutdown(wait=False, cancel_futures=True)
             self.source.close()
         return self.stats
 
@@ -245,10 +250,13 @@ class Pipeline:
         started = time.monotonic()
         out = _Encoded(started=started)
         stopped: set[TopicPartition] = set()
+        # All batches are encoded (encoding has no side effect but the encoder's schema hints); the results are
+        # then taken in flush order, and those after a partition's failed batch are dropped.
+        results = self._encoder_pool.map(self.encoder.encode_batch, batches) if len(batches) > 1 else None
         for batch in batches:
+            result = next(results) if results is not None else self.encoder.encode_batch(batch)
             if batch.tp in stopped:
                 continue
-            result = self.encoder.encode_batch(batch)
             if len(result.batch):
                 out.encoded.append((result.batch, result.files))
             out.rejected += result.rejected
