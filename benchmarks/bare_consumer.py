@@ -1,6 +1,9 @@
-"""The client's ceiling: a bare kafka-python poll loop that reads a topic to its end and does nothing else.
+"""The client's ceiling: a bare consumer loop that reads a topic to its end and does nothing else.
 
     .venv/bin/python benchmarks/bare_consumer.py --topic T --group G [--bootstrap 127.0.0.1:9092]
+    .venv/bin/python benchmarks/bare_consumer.py --topic T --group G --client confluent   # librdkafka's
+
+With kafka-python (the default) or confluent-kafka (`--client confluent`, what `kafka.client: confluent` runs).
 
 It consumes the way ``kingest run --until-caught-up`` does, so that the two compare fairly: the same consumer
 settings (``KafkaConfig.consumer_settings()`` plus what ``KafkaSource.open`` adds), in a consumer group (a fresh
@@ -25,7 +28,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bootstrap", default="127.0.0.1:9092")
     parser.add_argument("--topic", required=True)
     parser.add_argument("--group", required=True)
+    parser.add_argument("--client", choices=("kafka-python", "confluent"), default="kafka-python")
     args = parser.parse_args(argv)
+    if args.client == "confluent":
+        records, first = confluent_loop(args)
+    else:
+        records, first = kafka_python_loop(args)
+    ended = time.monotonic()
+    print(
+        json.dumps(
+            {
+                "records": records,
+                "first_record_s": None if first is None else round(first - STARTED, 4),
+                "end_s": round(ended - STARTED, 4),
+            }
+        )
+    )
+    return 0
+
+
+def kafka_python_loop(args: argparse.Namespace) -> tuple[int, float | None]:
 
     import kafka
 
@@ -65,17 +87,52 @@ def main(argv: list[str] | None = None) -> int:
                 records += len(chunk)
     finally:
         consumer.close(autocommit=False)
-    ended = time.monotonic()
-    print(
-        json.dumps(
-            {
-                "records": records,
-                "first_record_s": None if first is None else round(first - STARTED, 4),
-                "end_s": round(ended - STARTED, 4),
-            }
-        )
+    return records, first
+
+
+def confluent_loop(args: argparse.Namespace) -> tuple[int, float | None]:
+    """The same with confluent-kafka: kingest's librdkafka settings (KafkaConfig.librdkafka_settings() plus
+    what ConfluentSource.open adds), consume() in chunks of max_poll_records, stopping at the log end offsets
+    seen at assignment. Per chunk it only counts the messages and notes the last offset of each partition."""
+    import confluent_kafka as ck
+
+    from kingest.config import KafkaConfig
+
+    config = KafkaConfig(
+        bootstrap_servers=(args.bootstrap,), topics=(args.topic,), group_id=args.group, client="confluent"
     )
-    return 0
+    settings = config.librdkafka_settings()
+    settings.setdefault("reconnect.backoff.max.ms", 1000)
+    consumer = ck.Consumer(settings)
+    targets: dict[int, int] = {}
+    done: set[int] = set()
+
+    def on_assign(c: object, partitions: list) -> None:
+        for p in partitions:
+            low, high = consumer.get_watermark_offsets(p, timeout=10, cached=False)
+            targets[p.partition] = high
+            if high <= low:
+                done.add(p.partition)
+
+    consumer.subscribe([args.topic], on_assign=on_assign)
+    records = 0
+    first: float | None = None
+    try:
+        while not targets or len(done) < len(targets):
+            messages = consumer.consume(config.max_poll_records, 1.0)
+            if not messages:
+                continue
+            if first is None:
+                first = time.monotonic()
+            records += len(messages)
+            # Each partition's last offset in the chunk (a dict keeps the last value of a key), in C loops.
+            last = dict(zip(map(ck.Message.partition, messages), map(ck.Message.offset, messages), strict=True))
+            for partition, offset in last.items():
+                if offset + 1 >= targets.get(partition, offset + 2):
+                    done.add(partition)
+    finally:
+        consumer.close()
+    return records, first
 
 
 if __name__ == "__main__":
