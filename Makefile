@@ -70,9 +70,9 @@ demo: venv ## Kafka + sample orders, kingest run into ./lake/orders, what landed
 	echo "== the three semantics against the same topic, each killed between its two steps"; \
 	$(VENV_PY) -m kingest.demo --bootstrap "$$KINGEST_KAFKA_BOOTSTRAP" --topic orders
 
-bench: venv ## run benchmarks/bench.py (BENCH_ARGS=...) if it exists
+bench: venv ## run benchmarks/bench.py (BENCH_ARGS=...), with the bench and fast extras
 	@if [ -f benchmarks/bench.py ]; then \
-		$(VENV_PY) -c 'import matplotlib' 2>/dev/null || $(VENV_PY) -m pip install -q -e '.[bench]'; \
+		$(VENV_PY) -c 'import matplotlib, confluent_kafka' 2>/dev/null || $(VENV_PY) -m pip install -q -e '.[bench,fast]'; \
 		$(VENV_PY) benchmarks/bench.py $(BENCH_ARGS); \
 	else \
 		echo "benchmarks/bench.py does not exist yet: nothing to run"; \

@@ -11,10 +11,15 @@ reading all of it, in an order that rotates from one repetition to the next:
 
   java          Kafka's Java consumer perf test (kafka-consumer-perf-test): the broker's and machine's ceiling
   bare          a bare kafka-python poll loop (benchmarks/bare_consumer.py): the client's ceiling
+  bare-confluent  the same loop with confluent-kafka (librdkafka), the client of `kafka.client: confluent`
   amo/alo/eo    `kingest run --until-caught-up` at-most-once, at-least-once, exactly-once into a local lake
   eo-s3         exactly-once into S3 (the SeaweedFS dev server)
   alo-16MiB     at-least-once with batch.max_bytes: 16MiB, to show that memory does not grow with the topic
   alo-1-record  at-least-once with batch.max_records: 1 on a small slice topic (one file per record)
+  alo-confluent / eo-confluent   at-least-once / exactly-once, local, with `kafka.client: confluent`
+
+The confluent contenders run when confluent-kafka is installed (`pip install -e '.[fast]'`); "vs bare" is always
+the kafka-python loop, "vs own client" the bare loop of the contender's own client.
 
 Each figure is the median over the repetitions; ratios are taken within a repetition (runs side by side),
 then their median. CPU seconds and peak RSS come from os.wait4 on the contender's process. Every contender also
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib.util
 import json
 import os
 import shutil
@@ -66,6 +72,12 @@ class Contender:
     lake: str = "local"  # local | s3
     batch: dict[str, Any] = field(default_factory=dict)
     startup_of: str = ""  # a run on the tiny topic: the fixed cost of this contender
+    client: str = "kafka-python"  # kafka.client: kafka-python | confluent
+
+    @property
+    def own_bare(self) -> str:
+        """The bare loop of this contender's client."""
+        return "bare-confluent" if self.client == "confluent" else "bare"
 
     @property
     def is_startup(self) -> bool:
@@ -75,6 +87,7 @@ class Contender:
 CONTENDERS = [
     Contender("java", "Kafka Java consumer (perf test)", "java"),
     Contender("bare", "bare kafka-python poll loop", "bare"),
+    Contender("bare-confluent", "bare confluent-kafka poll loop", "bare", client="confluent"),
     Contender("alo", "kingest at-least-once, local", "kingest", semantics="at-least-once"),
     Contender("amo", "kingest at-most-once, local", "kingest", semantics="at-most-once"),
     Contender("eo", "kingest exactly-once, local", "kingest", semantics="exactly-once"),
@@ -94,11 +107,27 @@ CONTENDERS = [
         semantics="at-least-once",
         batch={"max_records": 1},
     ),
+    Contender(
+        "alo-confluent",
+        "kingest at-least-once, local, confluent",
+        "kingest",
+        semantics="at-least-once",
+        client="confluent",
+    ),
+    Contender(
+        "eo-confluent",
+        "kingest exactly-once, local, confluent",
+        "kingest",
+        semantics="exactly-once",
+        client="confluent",
+    ),
 ]
 NAMES = [c.name for c in CONTENDERS]
 # The tiny-topic twins that measure each contender's fixed cost (Java reports its own fetch time instead).
 STARTUPS = [
-    Contender(f"{c.name}:startup", f"{c.label}, tiny topic", c.kind, "tiny", c.semantics, c.lake, c.batch, c.name)
+    Contender(
+        f"{c.name}:startup", f"{c.label}, tiny topic", c.kind, "tiny", c.semantics, c.lake, c.batch, c.name, c.client
+    )
     for c in CONTENDERS
     if c.kind != "java" and c.topic == "main"
 ]
@@ -259,7 +288,7 @@ class Bench:
         elif c.kind == "bare":
             self.groups.append(group)
             argv = [sys.executable, str(HERE / "bare_consumer.py"), "--bootstrap", self.bootstrap]
-            argv += ["--topic", produced.topic, "--group", group]
+            argv += ["--topic", produced.topic, "--group", group, "--client", c.client]
         else:
             argv, cleanup = self.kingest_command(c, produced.topic, group, rep)
         env = self.kingest_env if c.kind == "kingest" else self.env
@@ -297,7 +326,7 @@ class Bench:
             lake_path, options = str(self.work / group), {}
         config = {
             "pipeline": group,
-            "kafka": {"bootstrap_servers": self.bootstrap, "topics": [topic]},
+            "kafka": {"bootstrap_servers": self.bootstrap, "topics": [topic], "client": c.client},
             "records": {"format": "json"},
             "lake": {"path": lake_path, "storage_options": options},
             "semantics": c.semantics,
@@ -394,6 +423,8 @@ class Bench:
                 "vs_bare": ratios(rate, c.name, "bare"),
                 "net_vs_java": ratios(net_rate, c.name, "java"),
                 "net_vs_bare": ratios(net_rate, c.name, "bare"),
+                "vs_own_bare": ratios(rate, c.name, c.own_bare),
+                "client": c.client,
                 # CPU seconds per record, as a multiple of the bare loop's: the measure least moved by a busy machine
                 "cpu_per_record_vs_bare": ratios(cpu_per_record, c.name, "bare"),
             }
@@ -415,6 +446,18 @@ class Bench:
         targets = [
             target("at-least-once local >= 0.9x bare loop", pair("alo", "bare"), 0.9, pair("alo", "bare", net_rate)),
             target("exactly-once local >= 0.9x bare loop", pair("eo", "bare"), 0.9, pair("eo", "bare", net_rate)),
+            target(
+                "at-least-once local, confluent >= 0.9x bare loop",
+                pair("alo-confluent", "bare"),
+                0.9,
+                pair("alo-confluent", "bare", net_rate),
+            ),
+            target(
+                "exactly-once local, confluent >= 0.9x bare loop",
+                pair("eo-confluent", "bare"),
+                0.9,
+                pair("eo-confluent", "bare", net_rate),
+            ),
             target(
                 "at-most-once within 5% of at-least-once",
                 pair("amo", "alo"),
@@ -597,10 +640,19 @@ def machine_info(loads: list[tuple[float, ...]]) -> dict[str, Any]:
         "load_average_per_repetition": [[round(x, 2) for x in load] for load in loads],
         "python": sys.version.split()[0],
         "kafka_python": kafka.__version__,
+        "confluent_kafka": _confluent_versions(),
         "pyarrow": pyarrow.__version__,
         "kafka_clients_jar": jars[-1] if jars else None,
         "git": _git(),
     }
+
+
+def _confluent_versions() -> str | None:
+    try:
+        import confluent_kafka
+    except ImportError:
+        return None
+    return f"{confluent_kafka.version()[0]} (librdkafka {confluent_kafka.libversion()[0]})"
 
 
 def _git() -> str | None:
@@ -666,16 +718,17 @@ def markdown(summary: dict[str, Any]) -> str:
         f"and values) over {d['partitions']} partitions; median of {summary['repetitions']} repetition(s); "
         f"{m['cpus']} CPUs, 1-min load average {min(loads):.1f}-{max(loads):.1f} during the run.",
         "",
-        "| contender | records/s | MB/s | wall s | CPU s | peak RSS MB | vs Java | vs bare | startup s | net vs bare "
-        "| CPU/record vs bare |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| contender | records/s | MB/s | wall s | CPU s | peak RSS MB | vs Java | vs bare | vs own client "
+        "| startup s | net vs bare | CPU/record vs bare |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in summary["results"].values():
         label = r["label"] + (f" ({r['records']:,} records)" if r["topic"] != "main" else "")
         lines.append(
             f"| {label} | {_fmt(r['records_per_s'], ',.0f')} | {_fmt(r['mb_per_s'], '.1f')} | "
             f"{_fmt(r['wall_s'], '.2f')} | {_fmt(r['cpu_s'], '.2f')} | {_fmt(r['peak_rss_mb'], '.0f')} | "
-            f"{_ratio(r['vs_java'])} | {_ratio(r['vs_bare'])} | {_fmt(r['startup_s'], '.2f')} | "
+            f"{_ratio(r['vs_java'])} | {_ratio(r['vs_bare'])} | {_ratio(r.get('vs_own_bare'))} | "
+            f"{_fmt(r['startup_s'], '.2f')} | "
             f"{_ratio(r['net_vs_bare'])} | {_fmt(r['cpu_per_record_vs_bare'], '.2f')} |"
         )
     lines += ["", "| target | measured | met | net of startup | met |", "|---|---:|---|---:|---|"]
@@ -706,7 +759,7 @@ def chart(summary: dict[str, Any], path: Path) -> None:
     labels = [results[n]["label"] for n in names]
     rates: list[float] = [results[n]["records_per_s"] or 0.0 for n in names]
     rss = [results[n]["peak_rss_mb"] or 0 for n in names]
-    colors = ["#7f7f7f" if n in ("java", "bare") else "#1f77b4" for n in names]
+    colors = ["#7f7f7f" if n in ("java", "bare", "bare-confluent") else "#1f77b4" for n in names]
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 0.55 * len(names) + 1.8), sharey=True)
     left.barh(labels, rates, color=colors)
     for y, n in enumerate(names):
@@ -783,6 +836,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = [n for n in args.only if n not in NAMES]
     if unknown:
         parser.error(f"unknown contender(s) {', '.join(unknown)}; choose from {', '.join(NAMES)}")
+    confluent = [n for n in args.only if n.endswith("confluent")]
+    if confluent and importlib.util.find_spec("confluent_kafka") is None:
+        print(
+            f"bench.py: confluent-kafka is not installed: skipping {', '.join(confluent)} "
+            "(install it with .venv/bin/pip install -e '.[fast]'; make bench does it)",
+            file=sys.stderr,
+        )
+        args.only = [n for n in args.only if n not in confluent]
     if args.records < 1 or args.repetitions < 1 or args.partitions < 1:
         parser.error("--records, --repetitions and --partitions must be positive")
     return args
