@@ -31,7 +31,6 @@ from .source import KafkaSource, Source
 
 log = logging.getLogger("kingest.pipeline")
 
-ENCODER_THREADS = max(1, min(4, os.cpu_count() or 1))  # batches of a flush encoded at once (see _encode)
 SWITCH_INTERVAL = 0.0005  # seconds: how long a thread holds the GIL while another waits for it (see run)
 
 
@@ -145,7 +144,9 @@ class Pipeline:
         self._encoder_thread = ThreadPoolExecutor(1, thread_name_prefix="kingest-encode")
         # The batches of a flush (one per partition, or more past max_records) are encoded side by side on these:
         # pyarrow's JSON reader and Parquet writer release the GIL, so each uses a core of its own.
-        self._encoder_pool = ThreadPoolExecutor(ENCODER_THREADS, thread_name_prefix="kingest-encode-batch")
+        # How many: as the source says (Source.encoders), at most one per core.
+        self._encoders = max(1, min(self.source.encoders, os.cpu_count() or 1))
+        self._encoder_pool = ThreadPoolExecutor(self._encoders, thread_name_prefix="kingest-encode-batch")
         self._encoding: Future[_Encoded] | None = None
         self._encoding_bytes = 0
 
@@ -252,7 +253,8 @@ class Pipeline:
         stopped: set[TopicPartition] = set()
         # All batches are encoded (encoding has no side effect but the encoder's schema hints); the results are
         # then taken in flush order, and those after a partition's failed batch are dropped.
-        results = self._encoder_pool.map(self.encoder.encode_batch, batches) if len(batches) > 1 else None
+        parallel = len(batches) > 1 and self._encoders > 1
+        results = self._encoder_pool.map(self.encoder.encode_batch, batches) if parallel else None
         for batch in batches:
             result = next(results) if results is not None else self.encoder.encode_batch(batch)
             if batch.tp in stopped:

@@ -27,6 +27,10 @@ Listener = Callable[[list[TopicPartition]], None]
 class Source(Protocol):
     """What the pipeline needs from Kafka."""
 
+    # How many batches the pipeline encodes at once next to this source: pyarrow's JSON reader and Parquet writer
+    # release the GIL, so each can use a core of its own, if the source leaves one free.
+    encoders: int
+
     def open(self, on_assigned: Listener, on_revoked: Listener, on_lost: Listener) -> None: ...
     def poll(self, timeout: float) -> dict[TopicPartition, Sequence[Any]]: ...
     def commit(self, offsets: dict[TopicPartition, int], wait: bool = True) -> None: ...
@@ -50,6 +54,11 @@ def _tp(tp: TopicPartition) -> Any:
 
 
 class KafkaSource:
+    # kafka-python parses every record in Python on the polling thread, holding the GIL: that keeps one core busy,
+    # and a second encoding thread only raised peak RSS (+25-35 MB) with no gain on 2 cores (see
+    # docs/performance.md).
+    encoders = 1
+
     def __init__(self, config: KafkaConfig) -> None:
         self.config = config
         self.consumer: Any = None
@@ -485,6 +494,8 @@ class MemorySource:
 
     One member that is assigned every partition at open; committed offsets survive across instances that
     share the same ``group`` dict, as they would in Kafka."""
+
+    encoders = 2  # the unit tests exercise batches encoded side by side
 
     def __init__(
         self,
