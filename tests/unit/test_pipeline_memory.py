@@ -125,6 +125,30 @@ def test_bad_json_stops_with_its_offset_and_commits_only_before_it(semantics, la
         assert ManifestStore(Lake(lake_url), "orders").load("orders", 1).next_offset == 137
 
 
+@pytest.mark.parametrize("semantics", SEMANTICS)
+def test_a_bad_record_stops_its_partition_when_a_flush_is_encoded_in_parallel(semantics, lake_url):
+    """A flush of many batches per partition (max_records 50, 500-record polls), encoded side by side: the
+    partition's batches after the one with the bad record are dropped though they were encoded too."""
+
+    def value(p, o):
+        return b"[1, 2" if (p, o) == (1, 37) else json.dumps({"id": o}).encode()
+
+    group: dict = {}
+    source = MemorySource(topic(records=400, value=value), group)
+    assert source.encoders > 1
+    pipeline = Pipeline(make_config(lake_url, semantics, max_records=50), source=source, until_caught_up=True)
+    with pytest.raises(BadRecord) as caught:
+        pipeline.run()
+    assert (caught.value.partition, caught.value.offset) == (1, 37)
+    assert group[("orders", 1)] == 37
+    offsets = lake_offsets(Lake(lake_url))
+    assert offsets[1] == list(range(37))
+    assert 0 in offsets  # polled with partition 1: its batches of that flush were saved, in order, without a gap
+    for p, saved in offsets.items():
+        if p != 1:
+            assert saved == list(range(len(saved))) and group[("orders", p)] == len(saved)
+
+
 def test_age_flush_fires_without_new_records(lake_url):
     data = topic(partitions=1, records=5)
     source = MemorySource(data, {})
