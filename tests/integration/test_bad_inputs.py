@@ -22,6 +22,7 @@ import yaml
 from typer.testing import CliRunner
 
 from kingest.cli import app
+from tests.conftest import kafka_client
 
 runner = CliRunner()
 
@@ -40,7 +41,7 @@ class Env:
     def config(self, **overrides: Any) -> dict[str, Any]:
         base: dict[str, Any] = {
             "pipeline": f"bad-{uuid.uuid4().hex[:8]}",
-            "kafka": {"bootstrap_servers": "127.0.0.1:9092", "topics": ["orders"]},
+            "kafka": {"bootstrap_servers": "127.0.0.1:9092", "topics": ["orders"], "client": kafka_client()},
             "records": {"format": "json"},
             "lake": {"path": str(self.tmp / "lake")},
             "batch": {"max_records": 100, "max_bytes": "1MiB", "max_age": "1s"},

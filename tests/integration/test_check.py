@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.conftest import kafka_client
+
 pytestmark = pytest.mark.integration
 
 
@@ -36,7 +38,7 @@ def write_config(
 ) -> Path:
     doc = {
         "pipeline": f"chk-{uuid.uuid4().hex[:8]}",
-        "kafka": {"bootstrap_servers": bootstrap, "topics": topics},
+        "kafka": {"bootstrap_servers": bootstrap, "topics": topics, "client": kafka_client()},
         "lake": {"path": lake, **lake_extra},
         "semantics": semantics,
     }
