@@ -97,6 +97,8 @@ class ConfluentSource:
         # librdkafka backs off up to 10 s between reconnects; like KafkaSource, notice a broker back within 1 s.
         settings.setdefault("reconnect.backoff.max.ms", 1000)
         settings.setdefault("statistics.interval.ms", 1000)
+        if LIBRDKAFKA_LOG.isEnabledFor(logging.DEBUG):  # --verbose: what the group does (joins, assignments)
+            settings.setdefault("debug", "cgrp")
         settings.update(logger=self._log, error_cb=self._errors.append, stats_cb=self._on_stats)
         try:
             self.consumer = ck.Consumer(settings)
