@@ -195,6 +195,13 @@ CASES = [
         config_only=False,
     ),
     Case(
+        "unknown librdkafka property (kafka.client: confluent)",
+        lambda env: env.write(env.with_services(kafka__client="confluent", kafka__consumer={"fetch_min_bytes": 1})),
+        'Kafka consumer settings rejected by librdkafka: No such configuration property: "fetch_min_bytes" '
+        "Check the kafka: section. With kafka.client: confluent, kafka.consumer takes librdkafka properties",
+        config_only=False,
+    ),
+    Case(
         "missing bucket",
         lambda env: env.write(env.s3(f"s3://kingest-missing-{uuid.uuid4().hex[:12]}/lake")),
         "does not exist Create the bucket first, or fix the bucket name in lake.path.",
