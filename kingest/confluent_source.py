@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from itertools import compress, islice
@@ -377,7 +378,7 @@ class ConfluentSource:
         delay, started, reported = 0.5, time.monotonic(), 0.0
         while True:
             try:
-                result = self.consumer.commit(offsets=explicit, asynchronous=False)
+                result = self._commit_watched(explicit)
                 failed = [tp.error for tp in result or [] if tp.error is not None]
                 if failed:
                     raise ck.KafkaException(failed[0])
@@ -410,6 +411,46 @@ class ConfluentSource:
             if reported:
                 log.warning("offsets committed after waiting %.0fs for Kafka", time.monotonic() - started)
             return
+
+    def _commit_watched(self, explicit: list[Any]) -> Any:
+        """librdkafka's synchronous commit waits for the group coordinator however long it is unreachable, and
+        serves no callback meanwhile (so no statistics: the ConnectionWatch would not see an outage that starts
+        during a commit). A helper thread asks for metadata once a second while the commit waits, feeds the
+        answer to the ConnectionWatch, and says that the commit waits once the broker has not answered for 5 s.
+        The main thread is blocked in commit() meanwhile: the watch is not used by two threads at once."""
+        done = threading.Event()
+        started = time.monotonic()
+
+        def watch() -> None:
+            said = False
+            while not done.wait(1.0):
+                try:
+                    self.consumer.list_topics(self.config.topics[0], timeout=1.0)
+                    up = 1
+                except Exception:  # any failure to answer is what is watched for
+                    up = 0
+                if done.is_set():
+                    return
+                self.connection.update(up)
+                waited = time.monotonic() - started
+                if not up and not said and waited >= 5:
+                    said = True
+                    log.warning(
+                        "committing offsets waits for Kafka at %s for %.0fs; retrying until it answers",
+                        self.where,
+                        waited,
+                    )
+
+        watcher = threading.Thread(target=watch, name="kingest-commit-watch", daemon=True)
+        watcher.start()
+        try:
+            result = self.consumer.commit(offsets=explicit, asynchronous=False)
+        finally:
+            done.set()
+            watcher.join()
+        if time.monotonic() - started >= 5:
+            log.warning("offsets committed after waiting %.0fs for Kafka", time.monotonic() - started)
+        return result
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         if self._assigning is not None:
