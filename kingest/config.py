@@ -589,6 +589,14 @@ def parse(text: str, source: str = "<config>") -> Config:
                     "value (a string, number or boolean)",
                     "See https://github.com/confluentinc/librdkafka/blob/master/CONFIGURATION.md.",
                 )
+        strategy = "partition.assignment.strategy"
+        if "cooperative" in str(consumer.get(strategy, "")):
+            raise ConfigError(
+                f"{doc.where('kafka.consumer.' + strategy)}: `kafka.consumer.{strategy}` = "
+                f"{consumer[strategy]!r} is not supported: kingest saves a partition's batch when the group takes "
+                "it back, as the eager protocol does; the cooperative protocol is not supported (not tested)",
+                "Use range, roundrobin (the default) or both.",
+            )
     kafka_config = KafkaConfig(
         bootstrap_servers=kafka.get("bootstrap_servers", _string_list, expected="host:port, such as localhost:9092"),
         topics=kafka.get("topics", _string_list, expected="a list of topic names"),

@@ -159,10 +159,7 @@ class ConfluentSource:
             finally:
                 asked, self._assigning = self._assigning, None
             starts = [ck.TopicPartition(t, p, asked.get((t, p), ck.OFFSET_INVALID)) for t, p in tps]
-            if self._cooperative():
-                consumer.incremental_assign(starts)
-            else:
-                consumer.assign(starts)
+            consumer.assign(starts)  # the eager protocol (config.py refuses the cooperative one)
             self._start.update(asked)
             paused = [tp for tp in tps if tp in self._paused]
             running = [tp for tp in tps if tp not in self._paused]
@@ -229,11 +226,6 @@ class ConfluentSource:
         else:
             kind = "failed"
         return credentials_error_for(kind, reason, self.config)
-
-    def _cooperative(self) -> bool:
-        """Whether the group rebalances incrementally (partition.assignment.strategy cooperative-sticky, set
-        through kafka.consumer): then assign callbacks add partitions instead of replacing the assignment."""
-        return "cooperative" in str(self.config.consumer.get("partition.assignment.strategy", ""))
 
     def _forget(self, tps: Iterable[TopicPartition]) -> None:
         for tp in tps:

@@ -130,6 +130,15 @@ def test_a_librdkafka_property_must_be_a_plain_value() -> None:
     assert "`kafka.consumer.debug` is not valid" in message and "librdkafka properties" in message
 
 
+def test_the_cooperative_protocol_is_refused() -> None:
+    message = error("  client: confluent\n  consumer: {partition.assignment.strategy: cooperative-sticky}\n")
+    assert "<config>:6: `kafka.consumer.partition.assignment.strategy` = 'cooperative-sticky' is not supported" in (
+        message
+    )
+    loaded = parse("  client: confluent\n  consumer: {partition.assignment.strategy: roundrobin}\n")
+    assert loaded.kafka.librdkafka_settings()["partition.assignment.strategy"] == "roundrobin"
+
+
 def test_the_passthrough_secrets_are_scrubbed_for_both_clients() -> None:
     loaded = parse("  client: confluent\n  consumer: {sasl.oauthbearer.client.secret: s3cr3t}\n")
     assert "s3cr3t" in loaded.secrets()
