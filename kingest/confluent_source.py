@@ -267,8 +267,8 @@ class ConfluentSource:
 
     def _columns(self, messages: list[Any]) -> dict[TopicPartition, Sequence[Any] | Columns]:
         """The messages of one consume() call as Columns per topic-partition, in C loops (``map`` over method
-        descriptors); only the places where the partition changes are found with a Python-level comprehension
-        over those places, not over the records."""
+        descriptors, ``compress`` for the places where the partition changes): Python code runs per run of
+        records of one partition, not per record."""
         message = self.ck.Message
         count = len(messages)
         partitions = list(map(message.partition, messages))
@@ -282,7 +282,7 @@ class ConfluentSource:
         key_bytes = list(map(message.key, messages))
         values = list(map(message.value, messages))
         headers = list(map(message.headers, messages))
-        if any(headers):
+        if [] in headers:  # librdkafka gives None for no headers; an empty list would cost memory (see batcher)
             headers = [h or None for h in headers]
         if keys[0] == keys[-1] and keys.count(keys[0]) == count:
             cuts = [0, count]
