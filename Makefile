@@ -44,8 +44,8 @@ lint: venv ## ruff check, ruff format --check, mypy
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy services/devservices.py services/produce_sample.py tests/conftest.py
 
-# The integration tests that run a pipeline run twice: with kafka-python (the whole suite), then with
-# kafka.client: confluent (pytest --kafka-client confluent). These do not consume through kingest's source: not rerun.
+# The integration tests run twice: with kafka-python (the whole suite), then with kafka.client: confluent (pytest
+# --kafka-client confluent), but for those that never consume through kingest's source (CONFLUENT_SKIP).
 CONFLUENT_SKIP := --ignore=tests/unit --ignore=tests/integration/test_services.py \
 	--ignore=tests/integration/test_manifest_race.py --ignore=tests/integration/test_guarantees_demo.py
 
