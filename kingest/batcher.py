@@ -37,6 +37,46 @@ class Record(NamedTuple):
     headers: Sequence[tuple[str, bytes]]
 
 
+class Columns:
+    """A polled chunk of one topic-partition already split into the five lists a Batch keeps (offsets,
+    timestamps, keys, values, headers; empty headers as None), in offset order. A source that can build these
+    in C loops (kingest/confluent_source.py) hands them over instead of record objects, and extending a batch is
+    then five list extends."""
+
+    __slots__ = ("offsets", "timestamps", "keys", "values", "headers")
+
+    def __init__(
+        self,
+        offsets: list[int],
+        timestamps: list[int],
+        keys: list[bytes | None],
+        values: list[bytes | None],
+        headers: list[Any],
+    ) -> None:
+        self.offsets = offsets
+        self.timestamps = timestamps
+        self.keys = keys
+        self.values = values
+        self.headers = headers
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def after(self, offset: int) -> Columns:
+        """The records past ``offset``."""
+        cut = bisect.bisect_right(self.offsets, offset)
+        return Columns(
+            self.offsets[cut:], self.timestamps[cut:], self.keys[cut:], self.values[cut:], self.headers[cut:]
+        )
+
+    def extend(self, other: Columns) -> None:
+        self.offsets += other.offsets
+        self.timestamps += other.timestamps
+        self.keys += other.keys
+        self.values += other.values
+        self.headers += other.headers
+
+
 @dataclass
 class Batch:
     """Raw records of one topic-partition, in offset order, not yet written."""
@@ -71,9 +111,13 @@ class Batch:
         """The offset to resume from once this batch is saved."""
         return self.offsets[-1] + 1
 
-    def extend(self, records: Sequence[Any]) -> None:
-        """Append a polled chunk. Offsets at or below the last one held are replays and are refused."""
+    def extend(self, records: Sequence[Any] | Columns) -> None:
+        """Append a polled chunk: records, or Columns. Offsets at or below the last one held are replays and are
+        refused."""
         if not records:
+            return
+        if isinstance(records, Columns):
+            self._extend_columns(records)
             return
         if self.offsets and records[0].offset <= self.offsets[-1]:
             last = self.offsets[-1]
@@ -89,6 +133,20 @@ class Batch:
         self.values.extend(values)
         self.headers.extend(headers)
         self.nbytes += _nbytes(keys, values)
+
+    def _extend_columns(self, columns: Columns) -> None:
+        if self.offsets and columns.offsets[0] <= self.offsets[-1]:
+            columns = columns.after(self.offsets[-1])
+            if not columns:
+                return
+        if self.started is None:
+            self.started = time.monotonic()
+        self.offsets += columns.offsets
+        self.timestamps += columns.timestamps
+        self.keys += columns.keys
+        self.values += columns.values
+        self.headers += columns.headers
+        self.nbytes += _nbytes(columns.keys, columns.values)
 
     def take_before(self, offset: int) -> Batch:
         """Split off the records below ``offset`` as a new batch (used to save the good part of a batch)."""
@@ -124,7 +182,7 @@ class Batcher:
         self.max_age = max_age
         self.batches: dict[TopicPartition, Batch] = {}
 
-    def add(self, tp: TopicPartition, records: Sequence[Any]) -> None:
+    def add(self, tp: TopicPartition, records: Sequence[Any] | Columns) -> None:
         batch = self.batches.get(tp)
         if batch is None:
             batch = self.batches[tp] = Batch(tp[0], tp[1])

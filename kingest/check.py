@@ -57,6 +57,13 @@ def _kafka_checks(config: Config) -> Iterator[Check]:
     from . import kafka_admin
 
     where = ", ".join(config.kafka.bootstrap_servers)
+    if config.kafka.client == "confluent":
+        from . import confluent_source
+
+        try:
+            yield Check("kafka client", True, confluent_source.check_settings(config.kafka))
+        except KingestError as error:
+            yield Check("kafka client", False, error.message, error.hint)
     try:
         with kafka_admin.inspection_consumer(config) as consumer:
             try:

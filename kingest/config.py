@@ -41,6 +41,19 @@ SCHEMA_TYPES = (
 RESERVED_COLUMNS = ("kafka_topic", "kafka_partition", "kafka_offset", "kafka_timestamp", "kafka_key", "kafka_headers")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+# The consumer library: kafka-python (pure Python, always installed) or confluent-kafka (librdkafka, C; the
+# `fast` extra). Both sit behind kingest/source.py's Source protocol.
+CLIENTS = ("kafka-python", "confluent")
+# Consumer settings kingest sets itself: refused under `kafka.consumer` (kafka-python and librdkafka spellings).
+RESERVED_CONSUMER_SETTINGS = (
+    "enable_auto_commit",
+    "group_id",
+    "bootstrap_servers",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "group.id",
+    "bootstrap.servers",
+)
 
 # Key names whose values are secrets wherever they appear (storage_options, consumer settings).
 # An S3 access key id (`key`, `aws_access_key_id`) names an identity, like a user name: it is not a secret, and
@@ -140,6 +153,7 @@ class KafkaConfig:
     max_partition_fetch_bytes: int = 1024 * 1024
     max_poll_records: int = 10000
     check_crcs: bool = True
+    client: str = "kafka-python"
     consumer: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     def consumer_settings(self) -> dict[str, Any]:
@@ -174,7 +188,50 @@ class KafkaConfig:
             "ssl_password": self.ssl_password,
         }
         settings.update({k: v for k, v in optional.items() if v is not None})
-        settings.update(self.consumer)
+        if self.client == "kafka-python":
+            settings.update(self.consumer)
+        return settings
+
+    def librdkafka_settings(self) -> dict[str, Any]:
+        """librdkafka configuration properties for confluent-kafka's Consumer (``kafka.client: confluent``), the
+        same settings as consumer_settings() under librdkafka's names; ``kafka.consumer`` holds librdkafka
+        properties then and is applied last. Secrets included: never print this. ``max_poll_records`` is no
+        librdkafka property: the source uses it as the number of messages one consume() call returns at most."""
+        settings: dict[str, Any] = {
+            "bootstrap.servers": ",".join(self.bootstrap_servers),
+            "group.id": self.group_id,
+            "client.id": self.client_id,
+            # kingest commits explicit offsets itself, synchronously, when the semantics says so.
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": self.auto_offset_reset,
+            "isolation.level": self.isolation_level,
+            "security.protocol": self.security_protocol.lower(),
+            "session.timeout.ms": self.session_timeout_ms,
+            "max.poll.interval.ms": self.max_poll_interval_ms,
+            "heartbeat.interval.ms": self.heartbeat_interval_ms,
+            "socket.timeout.ms": self.request_timeout_ms,
+            "fetch.min.bytes": self.fetch_min_bytes,
+            "fetch.wait.max.ms": self.fetch_max_wait_ms,
+            "fetch.max.bytes": self.fetch_max_bytes,
+            "max.partition.fetch.bytes": self.max_partition_fetch_bytes,
+            "check.crcs": self.check_crcs,
+        }
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            settings["ssl.endpoint.identification.algorithm"] = "https" if self.ssl_check_hostname else "none"
+        optional = {
+            "group.instance.id": self.group_instance_id,
+            "sasl.mechanism": self.sasl_mechanism,
+            "sasl.username": self.sasl_plain_username,
+            "sasl.password": self.sasl_plain_password,
+            "ssl.ca.location": self.ssl_cafile,
+            "ssl.certificate.location": self.ssl_certfile,
+            "ssl.key.location": self.ssl_keyfile,
+            "ssl.key.password": self.ssl_password,
+        }
+        settings.update({k: v for k, v in optional.items() if v is not None})
+        if self.client == "confluent":
+            settings.update(self.consumer)
         return settings
 
 
@@ -516,11 +573,29 @@ def parse(text: str, source: str = "<config>") -> Config:
         raise ConfigError(f"{source}: `kafka` is required (bootstrap_servers and topics)")
     ints = {name: kafka.get(name, _int(minimum), getattr(KafkaConfig, name)) for name, minimum in _INT_SETTINGS.items()}
     consumer = kafka.get("consumer", _mapping, {})
-    for reserved in ("enable_auto_commit", "group_id", "bootstrap_servers"):
+    for reserved in RESERVED_CONSUMER_SETTINGS:
         if reserved in consumer:
             raise ConfigError(
                 f"{doc.where('kafka.consumer.' + reserved)}: `kafka.consumer.{reserved}` cannot be set here",
                 "kingest commits offsets itself; set group_id and bootstrap_servers under `kafka:`.",
+            )
+    client = kafka.choice("client", CLIENTS, "kafka-python")
+    if client == "confluent":
+        for name, value in consumer.items():
+            if isinstance(value, dict | list):
+                raise ConfigError(
+                    f"{doc.where('kafka.consumer.' + str(name))}: `kafka.consumer.{name}` is not valid: "
+                    "with `kafka.client: confluent`, kafka.consumer holds librdkafka properties, each a plain "
+                    "value (a string, number or boolean)",
+                    "See https://github.com/confluentinc/librdkafka/blob/master/CONFIGURATION.md.",
+                )
+        strategy = "partition.assignment.strategy"
+        if "cooperative" in str(consumer.get(strategy, "")):
+            raise ConfigError(
+                f"{doc.where('kafka.consumer.' + strategy)}: `kafka.consumer.{strategy}` = "
+                f"{consumer[strategy]!r} is not supported: kingest saves a partition's batch when the group takes "
+                "it back, as the eager protocol does; the cooperative protocol is not supported (not tested)",
+                "Use range, roundrobin (the default) or both.",
             )
     kafka_config = KafkaConfig(
         bootstrap_servers=kafka.get("bootstrap_servers", _string_list, expected="host:port, such as localhost:9092"),
@@ -540,6 +615,7 @@ def parse(text: str, source: str = "<config>") -> Config:
         ssl_password=kafka.get("ssl_password", _string, None),
         ssl_check_hostname=kafka.get("ssl_check_hostname", _bool, True),
         check_crcs=kafka.get("check_crcs", _bool, True),
+        client=client,
         consumer=consumer,
         **ints,
     )

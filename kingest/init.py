@@ -32,7 +32,8 @@ kafka:
   # sasl_plain_username: kingest
   # sasl_plain_password: ${{KAFKA_PASSWORD}}
   # ssl_cafile: /etc/ssl/certs/kafka-ca.pem
-  # consumer: {{}}                   # any other kafka-python consumer setting, passed through
+  # client: kafka-python           # or confluent: librdkafka, less CPU a record (pip install 'kingest[fast]')
+  # consumer: {{}}                   # any other consumer setting, passed through (kafka-python's, or librdkafka's)
 
 records:
   # raw (the bytes) | string (UTF-8 text) | json (an object per record: one column per field)

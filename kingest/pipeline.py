@@ -27,7 +27,7 @@ from .encoder import EncodedFile, Encoder, Rejected
 from .errors import BadRecord, CommitFailed, KingestError, ManifestConflict, SetupError
 from .lake import Lake
 from .manifest import ManifestStore, PartitionState, new_writer_id
-from .source import KafkaSource, Source
+from .source import Source, make_source
 
 log = logging.getLogger("kingest.pipeline")
 
@@ -112,7 +112,7 @@ class Pipeline:
         self.config = config
         self.semantics = config.semantics
         self.lake = lake or Lake(config.lake.path, config.lake.storage_options)
-        self.source: Source = source or KafkaSource(config.kafka)
+        self.source: Source = source or make_source(config.kafka)
         self.until_caught_up = until_caught_up
         self.on_progress = on_progress
         batch = config.batch

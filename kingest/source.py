@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
 
-from .batcher import Record, TopicPartition
+from .batcher import Columns, Record, TopicPartition
 from .config import KafkaConfig
 from .errors import CommitFailed, SetupError, SourceUnavailable, TopicNotFound
 
@@ -32,7 +32,7 @@ class Source(Protocol):
     encoders: int
 
     def open(self, on_assigned: Listener, on_revoked: Listener, on_lost: Listener) -> None: ...
-    def poll(self, timeout: float) -> dict[TopicPartition, Sequence[Any]]: ...
+    def poll(self, timeout: float) -> dict[TopicPartition, Sequence[Any] | Columns]: ...
     def commit(self, offsets: dict[TopicPartition, int], wait: bool = True) -> None: ...
     def seek(self, tp: TopicPartition, offset: int) -> None: ...
     def seek_to_beginning(self, tp: TopicPartition) -> None: ...
@@ -45,6 +45,15 @@ class Source(Protocol):
     def highwater(self, tp: TopicPartition) -> int | None: ...
     def lag(self, tp: TopicPartition) -> int | None: ...
     def close(self) -> None: ...
+
+
+def make_source(config: KafkaConfig) -> Source:
+    """The one place the consumer library is chosen (``kafka.client``)."""
+    if config.client == "confluent":
+        from .confluent_source import ConfluentSource
+
+        return ConfluentSource(config)
+    return KafkaSource(config)
 
 
 def _tp(tp: TopicPartition) -> Any:
@@ -139,7 +148,7 @@ class KafkaSource:
 
         self.consumer.subscribe(list(self.config.topics), listener=Rebalance())
 
-    def poll(self, timeout: float) -> dict[TopicPartition, Sequence[Any]]:
+    def poll(self, timeout: float) -> dict[TopicPartition, Sequence[Any] | Columns]:
         from kafka import errors as kafka_errors
 
         try:
@@ -308,14 +317,21 @@ class ConnectionWatch:
         self._reported = 0.0
 
     def check(self, consumer: Any) -> None:
-        now = time.monotonic()
-        if now - self._checked < 1.0:
+        """kafka-python: the consumer's connection count, from its metrics."""
+        if time.monotonic() - self._checked < 1.0:
             return
-        self._checked = now
         try:
             count = consumer.metrics().get("consumer-metrics", {}).get("connection-count")
         except Exception:  # metrics are a convenience: never let them stop a run
             return
+        self.update(count)
+
+    def update(self, count: int | None) -> None:
+        """The number of broker connections open now (None: not known)."""
+        now = time.monotonic()
+        if now - self._checked < 1.0:
+            return
+        self._checked = now
         if count is None:
             return
         if count > 0:
@@ -427,6 +443,23 @@ def credential_check(settings: dict[str, Any], config: KafkaConfig) -> Iterator[
         settings.pop("kafka_client", None)
 
 
+def credentials_error_for(kind: str, reason: str, config: KafkaConfig, closed: int = 3) -> SetupError:
+    """The same SetupError as kafka-python's path gives, for a client that reports failures as text (librdkafka):
+    ``kind`` is "failed" (the broker rejected the credentials), "unsupported" (the mechanism), "unexpected" (a
+    listener without SASL answered a SASL handshake) or "closed" (the broker closed the connection during
+    set-up ``closed`` times in a row)."""
+    from kafka import errors as kafka_errors
+
+    exc: BaseException = {
+        "failed": kafka_errors.SaslAuthenticationFailedError,
+        "unsupported": kafka_errors.UnsupportedSaslMechanismError,
+        "unexpected": kafka_errors.IllegalSaslStateError,
+    }.get(kind, kafka_errors.SaslAuthenticationFailedError)(reason)
+    if kind == "closed":
+        exc = _ClosedByBroker(closed)
+    return _credentials_error(exc, config)
+
+
 class _ClosedByBroker(Exception):
     """The broker accepted connections and closed them during set-up, ``times`` times in a row."""
 
@@ -526,8 +559,8 @@ class MemorySource:
             return log_[0].offset if log_ else 0
         return log_[-1].offset + 1
 
-    def poll(self, timeout: float) -> dict[TopicPartition, Sequence[Any]]:
-        out: dict[TopicPartition, Sequence[Any]] = {}
+    def poll(self, timeout: float) -> dict[TopicPartition, Sequence[Any] | Columns]:
+        out: dict[TopicPartition, Sequence[Any] | Columns] = {}
         budget = self.max_poll_records
         for tp, position in self.positions.items():
             if tp in self.paused or budget <= 0:

@@ -25,6 +25,46 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DEVSERVICES_PATH = ROOT / "services" / "devservices.py"
+KAFKA_CLIENTS = ("kafka-python", "confluent")
+_chosen = {"client": "kafka-python"}
+
+
+# --------------------------------------------------------------------------------------------- Kafka client
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--kafka-client",
+        choices=KAFKA_CLIENTS,
+        default="kafka-python",
+        help="the consumer library the pipelines under test use (kafka.client in every config the tests write)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    client = config.getoption("--kafka-client")
+    if client == "confluent" and importlib.util.find_spec("confluent_kafka") is None:
+        raise pytest.UsageError("--kafka-client confluent: confluent-kafka is not installed (pip install -e '.[dev]')")
+    _chosen["client"] = client
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"kafka.client: {_chosen['client']}"
+
+
+def kafka_client() -> str:
+    """The `kafka.client` every pipeline config written by a test carries (pytest --kafka-client)."""
+    return _chosen["client"]
+
+
+def patient_bootstrap() -> dict[str, Any]:
+    """kafka: settings under which a client that failed to recognise rejected credentials would wait minutes
+    before giving up, so that a test of the fast, clear error cannot pass by timing out. kafka-python: its
+    bootstrap timeout (a consumer passthrough). confluent: none (kingest gives up after min(15 s,
+    request_timeout_ms) with "no Kafka broker answered", which such tests reject)."""
+    if kafka_client() == "kafka-python":
+        return {"consumer": {"bootstrap_timeout_ms": 600_000}}
+    return {}
 
 
 def load_devservices() -> ModuleType:

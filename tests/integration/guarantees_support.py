@@ -21,6 +21,8 @@ import duckdb
 import pyarrow.dataset as ds
 import yaml
 
+from tests.conftest import kafka_client
+
 PARTITIONS = 3
 
 
@@ -48,6 +50,7 @@ def write_config(
             "session_timeout_ms": 6000,
             "heartbeat_interval_ms": 1000,
             "max_poll_records": 150,
+            "client": kafka_client(),
             **(kafka or {}),
         },
         "records": {"format": "json"},

@@ -20,6 +20,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import yaml
 
+from tests.conftest import kafka_client
+
 SESSION_TIMEOUT_MS = 6000  # the dev broker's group.min.session.timeout.ms
 HEARTBEAT_INTERVAL_MS = 1000
 
@@ -45,6 +47,7 @@ def write_config(
             "client_id": "${KINGEST_TEST_INSTANCE:-kingest}",
             "session_timeout_ms": SESSION_TIMEOUT_MS,
             "heartbeat_interval_ms": HEARTBEAT_INTERVAL_MS,
+            "client": kafka_client(),
             **(kafka or {}),
         },
         "records": {"format": "json"},

@@ -22,6 +22,7 @@ import yaml
 from typer.testing import CliRunner
 
 from kingest.cli import app
+from tests.conftest import kafka_client
 
 runner = CliRunner()
 
@@ -40,7 +41,7 @@ class Env:
     def config(self, **overrides: Any) -> dict[str, Any]:
         base: dict[str, Any] = {
             "pipeline": f"bad-{uuid.uuid4().hex[:8]}",
-            "kafka": {"bootstrap_servers": "127.0.0.1:9092", "topics": ["orders"]},
+            "kafka": {"bootstrap_servers": "127.0.0.1:9092", "topics": ["orders"], "client": kafka_client()},
             "records": {"format": "json"},
             "lake": {"path": str(self.tmp / "lake")},
             "batch": {"max_records": 100, "max_bytes": "1MiB", "max_age": "1s"},
@@ -191,6 +192,13 @@ CASES = [
             env.config(kafka__bootstrap_servers=env.fixture("kafka_bootstrap"), kafka__topics=["kingest-no-such-topic"])
         ),  # fmt: skip
         "kingest-no-such-topic not found on",
+        config_only=False,
+    ),
+    Case(
+        "unknown librdkafka property (kafka.client: confluent)",
+        lambda env: env.write(env.with_services(kafka__client="confluent", kafka__consumer={"fetch_min_bytes": 1})),
+        'Kafka consumer settings rejected by librdkafka: No such configuration property: "fetch_min_bytes" '
+        "Check the kafka: section. With kafka.client: confluent, kafka.consumer takes librdkafka properties",
         config_only=False,
     ),
     Case(

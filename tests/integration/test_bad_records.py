@@ -20,6 +20,7 @@ import yaml
 from kingest.deadletter import count_dead_letters, dead_letters_in_state
 from kingest.lake import Lake
 from kingest.manifest import ManifestStore
+from tests.conftest import kafka_client
 
 from .cli import kingest
 
@@ -45,7 +46,7 @@ def write_config(
 ) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "pipeline": f"bad-{uuid.uuid4().hex[:8]}",
-        "kafka": {"bootstrap_servers": bootstrap, "topics": [topic]},
+        "kafka": {"bootstrap_servers": bootstrap, "topics": [topic], "client": kafka_client()},
         "records": {"format": "json"},
         "lake": {"path": lake, "storage_options": storage_options or {}},
         "batch": {"max_records": 5, "max_bytes": "1MiB", "max_age": "1s"},

@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.conftest import kafka_client
+
 pytestmark = pytest.mark.integration
 
 
@@ -36,7 +38,7 @@ def write_config(
 ) -> Path:
     doc = {
         "pipeline": f"chk-{uuid.uuid4().hex[:8]}",
-        "kafka": {"bootstrap_servers": bootstrap, "topics": topics},
+        "kafka": {"bootstrap_servers": bootstrap, "topics": topics, "client": kafka_client()},
         "lake": {"path": lake, **lake_extra},
         "semantics": semantics,
     }
@@ -68,9 +70,12 @@ def test_everything_passes_and_the_probe_object_is_removed(store, tmp_path, requ
     result = kingest("check", "-c", str(config))
     assert result.returncode == 0, result.stdout + result.stderr
     got = lines(result)
-    assert list(got) == ["config", "kafka", f"topic {topics[0]}", f"topic {topics[1]}", "lake",
+    client = ["kafka client"] if kafka_client() == "confluent" else []  # librdkafka accepts the settings
+    assert list(got) == ["config", *client, "kafka", f"topic {topics[0]}", f"topic {topics[1]}", "lake",
                          "exclusive create", "offsets manifest"]  # fmt: skip
     assert all(line.startswith("✓ ") for line in got.values())
+    if client:
+        assert "accepts the consumer settings" in got["kafka client"]
     assert got[f"topic {topics[0]}"].endswith("exists, 2 partitions")
     assert "exactly-once is safe" in got["exclusive create"]
     assert "Traceback" not in result.stderr

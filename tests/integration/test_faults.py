@@ -32,6 +32,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.conftest import kafka_client
+
 from .guarantees_support import duplicates, folder_offsets, missing
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -204,6 +206,7 @@ def log_end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
 
 
 def write_config(path: Path, **sections: Any) -> Path:
+    sections["kafka"] = {"client": kafka_client(), **sections["kafka"]}
     path.write_text(yaml.safe_dump(sections))
     return path
 

@@ -21,13 +21,15 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.conftest import kafka_client
+
 pytestmark = pytest.mark.integration
 
 
 def write_config(path: Path, bootstrap: str, topic: str, lake: Path, **extra: Any) -> Path:
     config = {
         "pipeline": f"metrics-{uuid.uuid4().hex[:8]}",
-        "kafka": {"bootstrap_servers": bootstrap, "topics": [topic]},
+        "kafka": {"bootstrap_servers": bootstrap, "topics": [topic], "client": kafka_client()},
         "records": {"format": "json"},
         "lake": {"path": str(lake)},
         "batch": {"max_records": 100, "max_age": "1s"},

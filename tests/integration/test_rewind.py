@@ -27,6 +27,7 @@ from kingest import config as config_module
 from kingest import kafka_admin
 from kingest.lake import Lake
 from kingest.manifest import ManifestStore
+from tests.conftest import kafka_client
 
 from .cli import kingest, start_run
 
@@ -45,7 +46,7 @@ def write_config(
 ) -> Path:
     config = {
         "pipeline": f"p-{uuid.uuid4().hex[:8]}",
-        "kafka": {"bootstrap_servers": bootstrap, "topics": [topic]},
+        "kafka": {"bootstrap_servers": bootstrap, "topics": [topic], "client": kafka_client()},
         "records": {"format": "json"},
         "lake": {"path": lake, "storage_options": storage_options or {}},
         "batch": {"max_records": max_records, "max_bytes": "8MiB", "max_age": "2s"},

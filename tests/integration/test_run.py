@@ -14,6 +14,8 @@ import pyarrow.dataset as ds
 import pytest
 import yaml
 
+from tests.conftest import kafka_client
+
 from .cli import kingest, start_run
 
 pytestmark = pytest.mark.integration
@@ -28,7 +30,7 @@ def write_config(
 ) -> Path:
     config = {
         "pipeline": f"p-{uuid.uuid4().hex[:8]}",
-        "kafka": {"bootstrap_servers": bootstrap, "topics": [topic]},
+        "kafka": {"bootstrap_servers": bootstrap, "topics": [topic], "client": kafka_client()},
         "records": {"format": "json"},
         "lake": {"path": lake, "storage_options": storage_options or {}},
         "batch": {"max_records": 250, "max_bytes": "8MiB", "max_age": "2s", **batch},

@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.conftest import kafka_client
+
 pytestmark = pytest.mark.integration
 
 SASL_VAR, S3_VAR, SSL_VAR = "KT_A", "KT_B", "KT_C"
@@ -32,7 +34,8 @@ def write_config(path: Path, *, kafka_sasl: dict[str, Any], topic: str, lake: st
             "sasl_mechanism": "SCRAM-SHA-512",
             "sasl_plain_username": kafka_sasl["username"],
             "sasl_plain_password": "${" + SASL_VAR + "}",
-            "ssl_password": "${" + SSL_VAR + "}",  # unused without SSL: a sentinel kafka-python still receives
+            "ssl_password": "${" + SSL_VAR + "}",  # unused without SSL: a sentinel the client still receives
+            "client": kafka_client(),
         },
         "records": {"format": "json"},
         "lake": {

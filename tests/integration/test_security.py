@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.conftest import kafka_client, patient_bootstrap
+
 from .guarantees_support import duplicates, folder_offsets, missing
 
 pytestmark = pytest.mark.integration
@@ -37,6 +39,7 @@ def sasl_config(path: Path, *, bootstrap: str, topic: str, mechanism: str, user:
             "sasl_mechanism": mechanism,
             "sasl_plain_username": user,
             "sasl_plain_password": "${" + PASSWORD_VAR + "}",
+            "client": kafka_client(),
             **kafka,
         },
         "records": {"format": "json"},
@@ -95,8 +98,9 @@ def test_wrong_password_is_a_clear_error_without_waiting(
         mechanism=mechanism,
         user=kafka_sasl["username"],
         lake=tmp_path / "lake",
-        # Ten minutes: if kingest waited for kafka-python's bootstrap to give up, the test would time out.
-        consumer={"bootstrap_timeout_ms": 600_000},
+        # If kingest waited for the client's bootstrap to give up, the test would time out (kafka-python: ten
+        # minutes) or fail on the message ("no Kafka broker answered").
+        **patient_bootstrap(),
     )
     done = kingest("run", "-c", str(config), "--until-caught-up", password=wrong)
     assert done.returncode == 2, done.stderr
@@ -143,7 +147,7 @@ def test_sasl_against_a_plaintext_listener(
         mechanism="PLAIN",
         user=kafka_sasl["username"],
         lake=tmp_path / "lake",
-        consumer={"bootstrap_timeout_ms": 600_000},
+        **patient_bootstrap(),
     )
     done = kingest("run", "-c", str(config), "--until-caught-up", password=kafka_sasl["password"])
     assert done.returncode == 2, done.stderr
@@ -163,7 +167,8 @@ def test_plaintext_against_a_sasl_listener(kafka_sasl: dict[str, Any], topic_fac
                 "kafka": {
                     "bootstrap_servers": kafka_sasl["bootstrap"],
                     "topics": [topic],
-                    "consumer": {"bootstrap_timeout_ms": 600_000},
+                    "client": kafka_client(),
+                    **patient_bootstrap(),
                 },
                 "lake": {"path": str(tmp_path / "lake")},
             }
