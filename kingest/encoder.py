@@ -76,11 +76,14 @@ _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError
 _HAS_ZONE = r"(?:[zZ]|[+-]\d\d(?::?\d\d)?)$"
 
 # Arrow's default pool (mimalloc) keeps memory it has freed: a run's RSS then grows past what its batches need.
-# The C library's allocator returns it best now that batches are encoded on several threads (measured, 500k
-# records, 64MiB batches: peak RSS mimalloc 360, jemalloc 265-345, system 241-289 MB, at equal CPU). An
-# ARROW_DEFAULT_MEMORY_POOL set by the user wins.
+# jemalloc returns it (measured, 500k records, 64MiB batches, peak RSS: mimalloc 360; the C library's allocator
+# 262-268, 303-306 to S3, 303-311 with the confluent client; jemalloc 250-256, 276-280, 259-261, at equal CPU).
+# An ARROW_DEFAULT_MEMORY_POOL set by the user wins.
 if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
-    pa.set_memory_pool(pa.system_memory_pool())
+    try:
+        pa.set_memory_pool(pa.jemalloc_memory_pool())
+    except NotImplementedError:  # a pyarrow built without jemalloc keeps its default
+        pass
 
 
 @dataclass(frozen=True)
