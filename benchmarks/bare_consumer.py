@@ -91,19 +91,19 @@ def kafka_python_loop(args: argparse.Namespace) -> tuple[int, float | None]:
 
 
 def confluent_loop(args: argparse.Namespace) -> tuple[int, float | None]:
-    """The same with confluent-kafka: kingest's librdkafka settings (KafkaConfig.librdkafka_settings() plus
-    what ConfluentSource.open adds), consume() in chunks of max_poll_records, stopping at the log end offsets
-    seen at assignment. Per chunk it only counts the messages and notes the last offset of each partition."""
+    """The same with confluent-kafka: kingest's librdkafka settings (kingest.confluent_source.librdkafka_settings:
+    the config's and what ConfluentSource adds, such as its 8 MiB pre-fetch queue), consume() in chunks of
+    max_poll_records, stopping at the log end offsets seen at assignment. Per chunk it only counts the messages
+    and notes the last offset of each partition."""
     import confluent_kafka as ck
 
     from kingest.config import KafkaConfig
+    from kingest.confluent_source import librdkafka_settings
 
     config = KafkaConfig(
         bootstrap_servers=(args.bootstrap,), topics=(args.topic,), group_id=args.group, client="confluent"
     )
-    settings = config.librdkafka_settings()
-    settings.setdefault("reconnect.backoff.max.ms", 1000)
-    consumer = ck.Consumer(settings)
+    consumer = ck.Consumer(librdkafka_settings(config))
     targets: dict[int, int] = {}
     done: set[int] = set()
 
