@@ -28,7 +28,6 @@ the Parquet footer's key-value metadata.
 from __future__ import annotations
 
 import json
-import os
 import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -74,16 +73,6 @@ DECLARED_TYPES: dict[str, pa.DataType] = {
 ROW_GROUP_ROWS = 1_000_000  # one row group per file unless the batch is huge
 _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
 _HAS_ZONE = r"(?:[zZ]|[+-]\d\d(?::?\d\d)?)$"
-
-# Arrow's default pool (mimalloc) keeps memory it has freed: a run's RSS then grows past what its batches need.
-# jemalloc returns it (measured, 500k records, 64MiB batches, peak RSS: mimalloc 360; the C library's allocator
-# 262-268, 303-306 to S3, 303-311 with the confluent client; jemalloc 250-256, 276-280, 259-261, at equal CPU).
-# An ARROW_DEFAULT_MEMORY_POOL set by the user wins.
-if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
-    try:
-        pa.set_memory_pool(pa.jemalloc_memory_pool())
-    except NotImplementedError:  # a pyarrow built without jemalloc keeps its default
-        pass
 
 
 @dataclass(frozen=True)
