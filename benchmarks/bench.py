@@ -652,7 +652,7 @@ def _confluent_versions() -> str | None:
         import confluent_kafka
     except ImportError:
         return None
-    return f"{confluent_kafka.version()[0]} (librdkafka {confluent_kafka.libversion()[0]})"
+    return f"{confluent_kafka.__version__} (librdkafka {confluent_kafka.libversion()[0]})"
 
 
 def _git() -> str | None:
@@ -769,7 +769,7 @@ def chart(summary: dict[str, Any], path: Path) -> None:
             note += f"  {_ratio(r['vs_bare'])}x bare"
         left.text((r["records_per_s"] or 0) * 1.01, y, note, va="center", fontsize=8)
     left.set_xlabel("records/s (median, wall clock, process start to exit)")
-    left.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:,.0f}"))
+    left.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x / 1000:,.0f}k"))
     fastest = max(rates, default=0.0)
     left.set_xlim(0, fastest * 1.45 if fastest else 1.0)
     right.barh(labels, rss, color=colors)
