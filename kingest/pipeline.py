@@ -23,7 +23,7 @@ from typing import Any
 from . import crash
 from .batcher import Batch, Batcher, TopicPartition
 from .config import Config
-from .encoder import EncodedFile, Encoder, Rejected
+from .encoder import EncodedBatch, EncodedFile, Encoder, Rejected
 from .errors import BadRecord, CommitFailed, KingestError, ManifestConflict, SetupError
 from .lake import Lake
 from .manifest import ManifestStore, PartitionState, new_writer_id
@@ -250,22 +250,33 @@ class Pipeline:
         _save like the others)."""
         started = time.monotonic()
         out = _Encoded(started=started)
-        stopped: set[TopicPartition] = set()
-        # All batches are encoded (encoding has no side effect but the encoder's schema hints); the results are
-        # then taken in flush order, and those after a partition's failed batch are dropped.
-        parallel = len(batches) > 1 and self._encoders > 1
-        results = self._encoder_pool.map(self.encoder.encode_batch, batches) if parallel else None
+        # Partitions are encoded side by side, each partition's batches in offset order on one thread: the
+        # encoder's schema evolves record after record within a partition (a field's first type wins; later
+        # records that conflict are the bad ones), whatever the timing.
+        by_tp: dict[TopicPartition, list[Batch]] = {}
         for batch in batches:
-            result = next(results) if results is not None else self.encoder.encode_batch(batch)
-            if batch.tp in stopped:
-                continue
+            by_tp.setdefault(batch.tp, []).append(batch)
+        if self._encoders > 1 and len(by_tp) > 1:
+            results = list(self._encoder_pool.map(self._encode_partition, by_tp.values()))
+        else:
+            results = [self._encode_partition(parts) for parts in by_tp.values()]
+        for result in (r for partition in results for r in partition):
             if len(result.batch):
                 out.encoded.append((result.batch, result.files))
             out.rejected += result.rejected
             if result.error is not None:
-                stopped.add(batch.tp)
                 out.bad = out.bad or result.error
         return out
+
+    def _encode_partition(self, batches: list[Batch]) -> list[EncodedBatch]:
+        """One partition's batches of a flush, in order, up to and including the first that stops at a bad
+        record (records.on_error: fail): the later ones are not encoded, nor saved."""
+        results = []
+        for batch in batches:
+            results.append(self.encoder.encode_batch(batch))
+            if results[-1].error is not None:
+                break
+        return results
 
     def _drain(self, lost: Collection[TopicPartition] = ()) -> None:
         """Save the flush the encoder thread is working on, once it is done. Nothing is decided before all of a

@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import uuid
 
+import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pytest
 
 from kingest import config as config_module
@@ -127,8 +129,8 @@ def test_bad_json_stops_with_its_offset_and_commits_only_before_it(semantics, la
 
 @pytest.mark.parametrize("semantics", SEMANTICS)
 def test_a_bad_record_stops_its_partition_when_a_flush_is_encoded_in_parallel(semantics, lake_url):
-    """A flush of many batches per partition (max_records 50, 500-record polls), encoded side by side: the
-    partition's batches after the one with the bad record are dropped though they were encoded too."""
+    """A flush of many batches per partition (max_records 50, 500-record polls), partitions encoded side by side:
+    the partition's batches after the one with the bad record are neither encoded nor saved."""
 
     def value(p, o):
         return b"[1, 2" if (p, o) == (1, 37) else json.dumps({"id": o}).encode()
@@ -147,6 +149,26 @@ def test_a_bad_record_stops_its_partition_when_a_flush_is_encoded_in_parallel(se
     for p, saved in offsets.items():
         if p != 1:
             assert saved == list(range(len(saved))) and group[("orders", p)] == len(saved)
+
+
+def test_a_partitions_batches_evolve_the_schema_in_offset_order_when_encoded_in_parallel(lake_url):
+    """Two batches of one partition in a flush, partitions encoded side by side: the first file keeps the first
+    batch's own columns and types (the second batch, which adds a field and widens another, cannot race ahead)."""
+
+    def value(p, o):
+        if o < 5:
+            return json.dumps({"id": o, "amount": o}).encode()
+        return json.dumps({"id": o, "amount": o + 0.5, "coupon": f"c{o}"}).encode()
+
+    for attempt in range(5):  # the race this guards against depended on thread timing
+        lake = f"{lake_url}-{attempt}"
+        source = MemorySource(topic(partitions=2, records=10, value=value), {})
+        Pipeline(make_config(lake, "at-least-once", max_records=5), source=source, until_caught_up=True).run()
+        files = sorted(p for p in Lake(lake).find() if "partition=0" in p and p.endswith(".parquet"))
+        assert len(files) == 2
+        first, second = (pq.read_schema(Lake(lake).full(f)) for f in files)
+        assert "coupon" not in first.names and first.field("amount").type == pa.int64()
+        assert second.field("coupon").type == pa.string() and second.field("amount").type == pa.float64()
 
 
 def test_age_flush_fires_without_new_records(lake_url):
