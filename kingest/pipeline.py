@@ -142,8 +142,8 @@ class Pipeline:
         # the GIL; kafka-python's record parsing holds it). One flush at a time is being encoded; its result is
         # saved (written and committed) by the thread that owns the consumer, in flush order.
         self._encoder_thread = ThreadPoolExecutor(1, thread_name_prefix="kingest-encode")
-        # The batches of a flush (one per partition, or more past max_records) are encoded side by side on these:
-        # pyarrow's JSON reader and Parquet writer release the GIL, so each uses a core of its own.
+        # The partitions of a flush are encoded side by side on these (see _encode): pyarrow's JSON reader and
+        # Parquet writer release the GIL, so each uses a core of its own.
         # How many: as the source says (Source.encoders), at most one per core.
         self._encoders = max(1, min(self.source.encoders, os.cpu_count() or 1))
         self._encoder_pool = ThreadPoolExecutor(self._encoders, thread_name_prefix="kingest-encode-batch")

@@ -27,8 +27,8 @@ Listener = Callable[[list[TopicPartition]], None]
 class Source(Protocol):
     """What the pipeline needs from Kafka."""
 
-    # How many batches the pipeline encodes at once next to this source: pyarrow's JSON reader and Parquet writer
-    # release the GIL, so each can use a core of its own, if the source leaves one free.
+    # How many partitions' batches the pipeline encodes at once next to this source: pyarrow's JSON reader and
+    # Parquet writer release the GIL, so each can use a core of its own, if the source leaves one free.
     encoders: int
 
     def open(self, on_assigned: Listener, on_revoked: Listener, on_lost: Listener) -> None: ...
