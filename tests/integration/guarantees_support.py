@@ -134,7 +134,9 @@ def folder_offsets(lake: str, storage_options: dict[str, Any] | None = None) -> 
     if lake.startswith("s3://"):
         import s3fs
 
-        fs = s3fs.S3FileSystem(**(storage_options or {}))
+        # No listings cache: a reader polling a folder being written must not open a file it listed through a
+        # fresh listing and then test it against a stale cached one (FileNotFoundError mid-run).
+        fs = s3fs.S3FileSystem(**(storage_options or {}), skip_instance_cache=True, use_listings_cache=False)
         if not fs.exists(lake):
             return {}
         table = ds.dataset(lake.removeprefix("s3://"), filesystem=fs, format="parquet").to_table(

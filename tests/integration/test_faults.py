@@ -280,8 +280,7 @@ def offsets_seen(lake: str, storage_options: dict[str, Any] | None = None) -> di
     if lake.startswith("s3://"):
         import s3fs
 
-        fs = s3fs.S3FileSystem(**(storage_options or {}))
-        fs.invalidate_cache()
+        fs = s3fs.S3FileSystem(**(storage_options or {}), skip_instance_cache=True, use_listings_cache=False)
         visible = [
             path
             for path in fs.find(lake)
