@@ -32,7 +32,7 @@ from typing import Any
 from .batcher import Columns, TopicPartition
 from .config import KafkaConfig
 from .errors import CommitFailed, SetupError, SourceUnavailable, TopicNotFound
-from .source import ConnectionWatch, Listener, credentials_error_for
+from .source import CommitRetry, ConnectionWatch, Listener, credentials_error_for
 
 log = logging.getLogger("kingest.source")
 # librdkafka's own log lines: under "kafka." like kafka-python's, so kingest's handler shows them only with
@@ -372,7 +372,7 @@ class ConfluentSource:
             except ck.KafkaException as exc:
                 log.warning("could not commit the offsets of %s to Kafka: %s", _tps(offsets), _reason(exc))
             return
-        delay, started, reported = 0.5, time.monotonic(), 0.0
+        retry = CommitRetry(self.where)
         while True:
             try:
                 result = self._commit_watched(explicit)
@@ -393,20 +393,9 @@ class ConfluentSource:
                     ) from None
                 self.retries += 1
                 self.connection.update(0)
-                waited = time.monotonic() - started
-                if not reported or time.monotonic() - reported >= ConnectionWatch.REPEAT:
-                    reported = time.monotonic()
-                    log.warning(
-                        "committing offsets waits for Kafka at %s (%s)%s; retrying until it answers",
-                        self.where,
-                        _reason(exc),
-                        f" for {waited:.0f}s" if waited >= 1 else "",
-                    )
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                retry.wait(_reason(exc))
                 continue
-            if reported:
-                log.warning("offsets committed after waiting %.0fs for Kafka", time.monotonic() - started)
+            retry.done()
             return
 
     def _commit_watched(self, explicit: list[Any]) -> Any:

@@ -207,7 +207,7 @@ class KafkaSource:
         outage: CommitFailedError and the like), which is raised."""
         from kafka import errors as kafka_errors
 
-        delay, started, reported = 0.5, time.monotonic(), 0.0
+        retry = CommitRetry(self.connection.where)
         while True:
             try:
                 self.consumer.commit(offsets)
@@ -217,20 +217,9 @@ class KafkaSource:
                 if not getattr(exc, "retriable", False):
                     raise
                 self.retries += 1
-                waited = time.monotonic() - started
-                if not reported or time.monotonic() - reported >= ConnectionWatch.REPEAT:
-                    reported = time.monotonic()
-                    log.warning(
-                        "committing offsets waits for Kafka at %s (%s)%s; retrying until it answers",
-                        self.connection.where,
-                        _kafka_reason(exc),
-                        f" for {waited:.0f}s" if waited >= 1 else "",
-                    )
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                retry.wait(_kafka_reason(exc))
                 continue
-            if reported:
-                log.warning("offsets committed after waiting %.0fs for Kafka", time.monotonic() - started)
+            retry.done()
             return
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
@@ -298,6 +287,36 @@ class KafkaSource:
             except Exception as exc:  # closing is best effort: the group notices a lost member anyway
                 log.debug("closing the consumer: %s", exc)
             self.consumer = None
+
+
+class CommitRetry:
+    """The backoff and the messages of a commit retried until the broker answers (both sources): one warning
+    at once, then every ConnectionWatch.REPEAT seconds; 0.5 s between attempts, doubling up to 5 s."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.delay = 0.5
+        self.started = time.monotonic()
+        self.reported = 0.0
+
+    def wait(self, reason: str) -> None:
+        """After a failed attempt: say so when due, then sleep before the next one."""
+        now = time.monotonic()
+        if not self.reported or now - self.reported >= ConnectionWatch.REPEAT:
+            self.reported = now
+            waited = now - self.started
+            log.warning(
+                "committing offsets waits for Kafka at %s (%s)%s; retrying until it answers",
+                self.where,
+                reason,
+                f" for {waited:.0f}s" if waited >= 1 else "",
+            )
+        time.sleep(self.delay)
+        self.delay = min(self.delay * 2, 5.0)
+
+    def done(self) -> None:
+        if self.reported:
+            log.warning("offsets committed after waiting %.0fs for Kafka", time.monotonic() - self.started)
 
 
 class ConnectionWatch:
