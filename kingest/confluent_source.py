@@ -451,6 +451,10 @@ class ConfluentSource:
     def seek_to_end(self, tp: TopicPartition) -> None:
         self.seek(tp, self._watermarks(tp)[1])
 
+    def seek_to_committed(self, tps: Iterable[TopicPartition]) -> None:
+        """Nothing to do: the assign callback hands librdkafka the partitions without a position, and it starts
+        each from the group's committed offset (or the reset policy)."""
+
     def position(self, tp: TopicPartition) -> int:
         """The offset of the next record to consume. librdkafka knows it once a record of the partition was
         consumed (and then moves it past transaction markers, as kafka-python does); before, it is the start

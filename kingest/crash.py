@@ -1,9 +1,15 @@
-"""Crash injection for testing the delivery guarantees: inert unless ``KINGEST_CRASH_AT`` is set.
+"""Crash and pause injection for testing the delivery guarantees: inert unless an environment variable or a test
+sets it up.
 
 ``KINGEST_CRASH_AT=<point>[:<n>]`` kills the process with SIGKILL at the n-th pass (default 1st) through a
-named point. The points, in the order a batch meets them:
+named point. ``KINGEST_PAUSE_AT=<point>[:<n>]`` with ``KINGEST_PAUSE_FILE=<path>`` stops there instead: the
+process writes its pid to ``<path>.paused`` and waits, as a process frozen by a GC pause, a stalled VM or
+SIGSTOP would, until ``<path>`` exists (a test then makes other writers move on meanwhile, and releases it).
+In-process tests use ``at(point, action)``. The points, in the order a batch meets them:
 
 - ``after-poll``    records were polled, nothing of them written or committed;
+- ``after-claim``   exactly-once: a ``claim`` version was committed for a partition; recovery of the files of
+                    earlier writers has not run yet;
 - ``after-commit``  at-most-once: offsets committed to Kafka, the batch not yet written;
 - ``mid-write``     a data file is partly written (local disk: a hidden temporary file holds half of it;
                     S3: the upload has not been sent, since a single PUT is atomic);
@@ -16,42 +22,75 @@ from __future__ import annotations
 
 import os
 import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from .errors import ConfigError
 
-POINTS = ("after-poll", "after-commit", "mid-write", "after-write", "mid-manifest")
+POINTS = ("after-poll", "after-claim", "after-commit", "mid-write", "after-write", "mid-manifest")
 ENV = "KINGEST_CRASH_AT"
+PAUSE_ENV = "KINGEST_PAUSE_AT"
+PAUSE_FILE_ENV = "KINGEST_PAUSE_FILE"
 
 _target: tuple[str, int] | None = None
-_passes = 0
+_pause: tuple[str, int] | None = None
+_pause_file: str | None = None
+_passes: dict[str, int] = {}
 _parsed = False
+_actions: dict[str, Callable[[], None]] = {}
 
 
-def parse(value: str | None) -> tuple[str, int] | None:
+def parse(value: str | None, env: str = ENV) -> tuple[str, int] | None:
     if not value:
         return None
     name, _, count = value.partition(":")
     if name not in POINTS or (count and (not count.isdigit() or int(count) < 1)):
         raise ConfigError(
-            f"{ENV}={value!r} is not valid",
-            f"Use <point>[:<n>] with a point among {', '.join(POINTS)} and n >= 1, or unset {ENV}.",
+            f"{env}={value!r} is not valid",
+            f"Use <point>[:<n>] with a point among {', '.join(POINTS)} and n >= 1, or unset {env}.",
         )
     return name, int(count or 1)
 
 
 def arm() -> None:
-    """Read ``KINGEST_CRASH_AT`` (raises ConfigError when malformed). Called once at the start of a run."""
-    global _target, _passes, _parsed
-    _target, _passes, _parsed = parse(os.environ.get(ENV)), 0, True
+    """Read the environment (raises ConfigError when malformed). Called once at the start of a run."""
+    global _target, _pause, _pause_file, _parsed
+    _target = parse(os.environ.get(ENV))
+    _pause = parse(os.environ.get(PAUSE_ENV), PAUSE_ENV)
+    _pause_file = os.environ.get(PAUSE_FILE_ENV) or None
+    if _pause is not None and _pause_file is None:
+        raise ConfigError(f"{PAUSE_ENV} is set but {PAUSE_FILE_ENV} is not", f"Set {PAUSE_FILE_ENV} to a path.")
+    _passes.clear()
+    _parsed = True
+
+
+@contextmanager
+def at(name: str, action: Callable[[], None]) -> Iterator[None]:
+    """In-process tests: run ``action`` on every pass through point ``name`` while the block runs (another
+    writer's whole turn, say: a deterministic interleaving)."""
+    assert name in POINTS, name
+    _actions[name] = action
+    try:
+        yield
+    finally:
+        _actions.pop(name, None)
 
 
 def point(name: str) -> None:
-    """A named crash point: SIGKILL this process when it is the armed point's n-th pass."""
-    global _passes
+    """A named point: SIGKILL this process, or pause it, when it is the armed point's n-th pass."""
     if not _parsed:
         arm()
-    if _target is None or _target[0] != name:
+    action = _actions.get(name)
+    if action is not None:
+        action()
+    if _target is None and _pause is None:
         return
-    _passes += 1
-    if _passes == _target[1]:
+    passes = _passes[name] = _passes.get(name, 0) + 1
+    if _target == (name, passes):
         os.kill(os.getpid(), signal.SIGKILL)
+    if _pause == (name, passes) and _pause_file is not None:
+        with open(f"{_pause_file}.paused", "w") as handle:
+            handle.write(str(os.getpid()))
+        while not os.path.exists(_pause_file):
+            time.sleep(0.01)

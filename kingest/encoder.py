@@ -27,6 +27,7 @@ the Parquet footer's key-value metadata.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import threading
@@ -169,6 +170,9 @@ class Encoder:
         on_error: str = "fail",
     ) -> None:
         self.file_tag = file_tag
+        # exactly-once: a data file name is used once, ever (recovery relies on it: see ManifestStore.recover).
+        # The writer tag alone repeats when one writer cuts the same offsets again (after a rewind).
+        self._file_serial = itertools.count()
         self.format = record_format
         self.on_error = on_error
         self.declared = (
@@ -179,6 +183,9 @@ class Encoder:
         self.compression = None if compression == "none" else compression
         self.partition_by = tuple(partition_by)
         self.lineage = dict(lineage or {})
+
+    def _tag(self) -> str | None:
+        return f"{self.file_tag}-{next(self._file_serial)}" if self.file_tag else None
 
     # -------------------------------------------------------------------------------------- decoding
 
@@ -488,7 +495,7 @@ class Encoder:
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink, compression=self.compression, row_group_size=ROW_GROUP_ROWS)
         return EncodedFile(
-            path=f"{folder}/{file_name(topic, partition, first, last, self.file_tag)}",
+            path=f"{folder}/{file_name(topic, partition, first, last, self._tag())}",
             data=sink.getvalue().to_pybytes(),
             topic=topic,
             partition=partition,

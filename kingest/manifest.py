@@ -4,13 +4,17 @@ Layout, under ``<lake>/_kingest/<pipeline>/`` (the leading underscore hides it f
 
     manifest/topic=<t>/partition=<p>/<version:020d>.json      one file per committed version
     checkpoints/topic=<t>/partition=<p>/<version:020d>.json   the whole state at a version (every 25th)
-    pending/topic=<t>/partition=<p>/<writer>.json             data files a writer is about to commit
+    pending/topic=<t>/partition=<p>/<version:020d>-<writer>.json  data files a writer is about to commit
 
 Each topic-partition has its own sequence of versions, so that instances owning different partitions never
 contend. A version is committed by exclusive create of ``<version+1>.json`` (``If-None-Match: *`` on S3,
 ``link`` on local disk): of two writers racing for one version exactly one wins, and the loser is a zombie for
 that partition. A writer claims a partition (commits a ``claim`` version) before touching it, which fences
 any earlier owner. The state of a partition is its latest checkpoint plus the versions after it.
+
+Before writing data files a writer records them in a pending record for the version it is about to commit
+(``pending/.../<version>-<writer>.json``). Once that version exists, the files either are in it or can never be
+committed: recovery deletes only those, so that no pause of any length lets it delete a committed file.
 
 A version holds the next offset to consume and the data files it adds and removes; the format is documented
 in docs/manifest.md and carries ``format_version``.
@@ -19,6 +23,7 @@ in docs/manifest.md and carries ``format_version``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import uuid
@@ -33,6 +38,8 @@ from .lake import Lake
 
 if TYPE_CHECKING:
     from .encoder import EncodedFile
+
+log = logging.getLogger("kingest.manifest")
 
 FORMAT_VERSION = 1
 CHECKPOINT_EVERY = 25
@@ -218,6 +225,9 @@ class ManifestStore:
         new.apply(doc)
         if version % CHECKPOINT_EVERY == 0:
             self._checkpoint(new)
+            # A long-lived owner never claims again: settle the pending records here too, so that they do not
+            # pile up (one per version) between rebalances.
+            self.recover(new)
         return new
 
     def _checkpoint(self, state: PartitionState) -> None:
@@ -275,45 +285,67 @@ class ManifestStore:
 
     # ------------------------------------------------------------------------------------------ recovery
 
-    def _pending_rel(self, topic: str, partition: int, owner: str) -> str:
-        return f"{self._folder('pending', topic, partition)}/{owner}.json"
+    def _pending_rel(self, topic: str, partition: int, version: int, owner: str) -> str:
+        return f"{self._folder('pending', topic, partition)}/{version:0{_NAME_DIGITS}d}-{owner}.json"
 
-    def write_pending(self, topic: str, partition: int, owner: str, paths: Sequence[str]) -> None:
-        """Record, before writing them, the data files this writer is about to commit, so that recovery can
-        find them if the commit never happens."""
-        body = {"format_version": FORMAT_VERSION, "owner": owner, "paths": list(paths), "written_at": now_iso()}
-        self.lake.put(self._pending_rel(topic, partition, owner), json.dumps(body).encode())
+    def write_pending(self, topic: str, partition: int, owner: str, paths: Sequence[str], *, version: int) -> None:
+        """Record, before writing them, the data files this writer is about to commit as ``version``, so that
+        recovery can find them if that commit never happens. One record per intended version, never rewritten:
+        what recovery decides from it stays true whenever it acts (see ``recover``)."""
+        body = {
+            "format_version": FORMAT_VERSION,
+            "owner": owner,
+            "version": version,
+            "paths": list(paths),
+            "written_at": now_iso(),
+        }
+        self.lake.put(self._pending_rel(topic, partition, version, owner), json.dumps(body).encode())
 
-    def recover(self, state: PartitionState, owner: str) -> list[str]:
-        """Delete data files that writers announced but never committed. Call right after ``claim``: the claim
-        fences every other writer, so no announced file can be committed any more. Returns what was removed."""
+    def _settled_records(self, state: PartitionState) -> tuple[list[str], list[str]]:
+        """The pending records that ``state`` settles, and the files they announced that ``state`` does not name.
+
+        A record announces files for one version ``t``, and only its writer, committing exactly ``t``, can ever
+        add them (data file names are never reused). Once version ``t`` exists the outcome is decided for good:
+        either ``t`` added the files, or they can never be added. So a record with ``t <= state.version`` is
+        settled, and its files that ``state`` does not name are garbage (never committed, or taken out by a
+        later rewind). Both facts are permanent: a writer acting on them after a pause of any length, with a
+        state other writers have long moved past, still deletes nothing that is or can become committed.
+        Records of later versions (a writer that may still commit) are left alone, and so are records this
+        kingest cannot read (a newer format, or a name it does not know): their files wait for ``kingest gc``."""
         folder = self._folder("pending", state.topic, state.partition)
-        names = [n for n in self.lake.listdir(folder) if n.endswith(".json")]
-        rels = [f"{folder}/{n}" for n in names if n != f"{owner}.json"]
-        orphans: list[str] = []
-        for data in self.lake.read_many(rels).values():
+        settled = [
+            f"{folder}/{name}"
+            for name in self.lake.listdir(folder)
+            if name.endswith(".json") and name[:_NAME_DIGITS].isdigit() and int(name[:_NAME_DIGITS]) <= state.version
+        ]
+        records: list[str] = []
+        garbage: list[str] = []
+        for rel, data in self.lake.read_many(settled).items():
             try:
-                paths = json.loads(data).get("paths", [])
-            except (ValueError, AttributeError):
-                paths = []
-            orphans += [p for p in paths if p not in state.files and p not in orphans]
-        self.lake.delete(orphans)
-        self.lake.delete(rels)
-        return orphans
+                doc = json.loads(data)
+                paths = doc["paths"] if doc.get("format_version") == FORMAT_VERSION else None
+            except (ValueError, UnicodeDecodeError, TypeError, KeyError, AttributeError):
+                paths = None
+            if not isinstance(paths, list):
+                log.warning("pending record %s is not readable by this kingest; left in place", self.lake.display(rel))
+                continue
+            records.append(rel)
+            garbage += [p for p in paths if isinstance(p, str) and p not in state.files and p not in garbage]
+        return records, garbage
+
+    def recover(self, state: PartitionState) -> list[str]:
+        """Delete the data files of settled pending records (see ``_settled_records``) that ``state`` does not
+        name, then the records. Safe whoever calls it, whenever, with any committed state of the partition:
+        a pause between reading and deleting changes nothing it relies on. Returns what was removed."""
+        records, garbage = self._settled_records(state)
+        self.lake.delete(garbage)
+        self.lake.delete(records)  # after the files: a crash in between leaves the record to find them again
+        return garbage
 
     def pending_files(self, state: PartitionState) -> list[str]:
-        """Data files announced in pending records and not named by ``state``: what ``recover`` would delete
-        (files of an interrupted writer, or files a crashed rewind meant to delete). Reads only."""
-        folder = self._folder("pending", state.topic, state.partition)
-        rels = [f"{folder}/{n}" for n in self.lake.listdir(folder) if n.endswith(".json")]
-        found: list[str] = []
-        for data in self.lake.read_many(rels).values():
-            try:
-                paths = json.loads(data).get("paths", [])
-            except (ValueError, AttributeError):
-                paths = []
-            found += [p for p in paths if p not in state.files and p not in found]
-        return found
+        """What ``recover`` would delete at ``state``: files of an interrupted or fenced writer, or files a
+        crashed rewind meant to delete. Reads only."""
+        return self._settled_records(state)[1]
 
     def rewind(
         self,
@@ -330,17 +362,18 @@ class ManifestStore:
         latest any more (a writer committed since): then nothing of this rewind remains.
 
         Ordered so that a crash at any line leaves the lake consistent once recovered:
-        1. a pending record names the new files *and* the removed ones. Recovery deletes the files it names
-           that the committed state does not: before the commit that is the new files (the old ones are still
-           committed), after it the removed ones (the new ones are committed);
+        1. a pending record for the version about to be committed names the new files *and* the removed ones;
         2. the new files are written (not yet part of the lake);
         3. the version is committed by exclusive create. It fences every other writer: their next commit needs
-           a version this one took, so no announced file can be committed any more;
-        4. hence recovery of every pending record is safe now: it deletes the removed files, and orphans of
-           interrupted writers. If this crashes before step 4, the next claim (``kingest run``) or rewind does it.
+           a version this one took;
+        4. recovery at the new version: the record is settled now, and its files the new state does not name
+           are the removed ones (had the commit lost the race, they would be the new files). If this crashes
+           before step 4, the next claim (``kingest run``), rewind or checkpoint does it.
         """
         added = [f.path for f in write]
-        self.write_pending(state.topic, state.partition, owner, added + [p for p in remove if p not in added])
+        version = state.version + 1
+        removed = [p for p in remove if p not in added]
+        self.write_pending(state.topic, state.partition, owner, added + removed, version=version)
         for f in write:
             self.lake.put(f.path, f.data)
         crash.point("after-write")
@@ -357,10 +390,10 @@ class ManifestStore:
         except ManifestConflict:
             # Never committed: these names carry this rewind's own tag, nobody else can use them.
             self.lake.delete(added)
-            self.lake.delete([self._pending_rel(state.topic, state.partition, owner)])
+            self.lake.delete([self._pending_rel(state.topic, state.partition, version, owner)])
             raise
         crash.point("after-commit")
-        return new, list(dict.fromkeys(self.recover(new, owner="")))  # two records may name one file
+        return new, self.recover(new)
 
 
 def _numbered(names: Iterable[str]) -> list[int]:

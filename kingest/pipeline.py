@@ -310,8 +310,11 @@ class Pipeline:
 
         if self.semantics == "at-most-once":
             # Offsets first. A crash after the commit loses these records; none is ever written twice.
-            if not self._commit_kafka(offsets):
-                return  # the partitions moved to another instance, which resumes from the old offsets
+            firsts: dict[TopicPartition, int] = {}
+            for batch, _ in encoded:
+                firsts.setdefault(batch.tp, batch.first_offset)
+            if not self._commit_kafka(offsets, resume=firsts):
+                return  # refused: whoever owns the partitions next resumes from the old offsets
             crash.point("after-commit")
             self._write(encoded)
 
@@ -319,7 +322,7 @@ class Pipeline:
             # Data first. A crash before the commit replays these records; none is ever lost.
             self._write(encoded)
             crash.point("after-write")
-            self._commit_kafka(offsets)
+            self._commit_kafka(offsets, resume=offsets)
 
         else:
             # exactly-once, per partition: announce the files, write them, then commit the manifest version
@@ -347,7 +350,9 @@ class Pipeline:
                     self.source.seek(batch.tp, state.next_offset)
                     dropped.add(batch.tp)
                     continue
-                self.manifests.write_pending(batch.topic, batch.partition, self.writer, [f.path for f in files])
+                self.manifests.write_pending(
+                    batch.topic, batch.partition, self.writer, [f.path for f in files], version=state.version + 1
+                )
                 self._write([(batch, files)])
                 crash.point("after-write")
                 try:
@@ -364,8 +369,9 @@ class Pipeline:
                 self.stats.commits += 1
                 committed[batch.tp] = batch.next_offset
             # Kafka's committed offsets follow the manifest, for lag tools only; they are never read back, so
-            # this commit does not wait out a broker outage (the data and the manifest need no broker).
-            self._commit_kafka(committed, count=False, wait=False)
+            # this commit does not wait out a broker outage (the data and the manifest need no broker), and its
+            # failure changes nothing here: the manifest is committed, the buffered records stay as they are.
+            self._commit_lag(committed)
 
     def _write(self, encoded: list[tuple[Batch, list[EncodedFile]]]) -> None:
         for _, files in encoded:
@@ -379,20 +385,41 @@ class Pipeline:
                 self.stats.bytes += len(f.data)
                 self.stats.written += f.rows
 
-    def _commit_kafka(self, offsets: dict[TopicPartition, int], count: bool = True, wait: bool = True) -> bool:
+    def _commit_kafka(self, offsets: dict[TopicPartition, int], resume: dict[TopicPartition, int]) -> bool:
+        """at-most-once and at-least-once: commit ``offsets`` to the consumer group, waiting out an outage. On a
+        refusal (the group moved on: a rebalance) the partitions are given up until the group assigns them
+        again: what is buffered for them is dropped, and the consumer goes back to ``resume`` (the first offset
+        not written), so that nothing is skipped if the group hands them back to this instance."""
         if not offsets:
             return True
         try:
-            self.source.commit(offsets, wait=wait)
+            self.source.commit(offsets, wait=True)
         except CommitFailed as exc:
-            # A rebalance took the partitions away: drop what is buffered for them, do not crash.
             log.warning("%s", exc)
             self.stats.errors["CommitFailed"] += 1
-            self.batcher.drop(offsets)
+            self._discard(resume)
             return False
-        if count:
-            self.stats.commits += 1
+        self.stats.commits += 1
         return True
+
+    def _commit_lag(self, offsets: dict[TopicPartition, int]) -> None:
+        """exactly-once: the group's offsets follow the manifest, for lag tools only. Best effort."""
+        if not offsets:
+            return
+        try:
+            self.source.commit(offsets, wait=False)
+        except CommitFailed as exc:
+            log.info("the consumer group's offsets (for lag tools only) were not updated: %s", exc)
+
+    def _discard(self, resume: dict[TopicPartition, int]) -> None:
+        """Drop what is buffered for these partitions and move the consumer back to ``resume`` (the first offset
+        not saved) where it still holds the partition: dropping records without seeking back would let the
+        next batch start past them, and its commit would skip them."""
+        self.batcher.drop(resume)
+        assigned = self.source.assignment()
+        for tp, offset in resume.items():
+            if tp in assigned:
+                self.source.seek(tp, offset)
 
     def _fence(self, tp: TopicPartition, files: list[EncodedFile], conflict: ManifestConflict) -> None:
         """Another writer owns this partition now (we are a zombie for it): stop touching it."""
@@ -415,6 +442,9 @@ class Pipeline:
             # kafka-python 3 keeps a partition's state (paused flag, position) when a rebalance hands it back to
             # the same member: a partition paused by _fence must fetch again now that it is ours.
             self.source.resume(tps)
+            if self.manifests is None and tps:
+                # The group's committed offsets say where to resume (see Source.seek_to_committed).
+                self.source.seek_to_committed(tps)
             wanted = tps and (self.manifests is not None or self.until_caught_up)
             ends = self.source.end_offsets(tps) if wanted else {}
             if self.manifests is not None:
@@ -464,7 +494,8 @@ class Pipeline:
         except ManifestConflict as conflict:
             self._fence(tp, [], conflict)
             return None
-        removed = self.manifests.recover(state, self.writer)
+        crash.point("after-claim")
+        removed = self.manifests.recover(state)
         if removed:
             log.info("%s[%d]: removed %d uncommitted file(s) of a crashed or fenced writer", *tp, len(removed))
         self.owned[tp] = state

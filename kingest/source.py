@@ -37,6 +37,11 @@ class Source(Protocol):
     def seek(self, tp: TopicPartition, offset: int) -> None: ...
     def seek_to_beginning(self, tp: TopicPartition) -> None: ...
     def seek_to_end(self, tp: TopicPartition) -> None: ...
+    def seek_to_committed(self, tps: Iterable[TopicPartition]) -> None:
+        """Resume these newly assigned partitions from the group's committed offsets (or the reset policy where
+        none is committed), whatever position this consumer held before the rebalance."""
+        ...
+
     def position(self, tp: TopicPartition) -> int: ...
     def end_offsets(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]: ...
     def assignment(self) -> set[TopicPartition]: ...
@@ -230,6 +235,23 @@ class KafkaSource:
 
     def seek_to_end(self, tp: TopicPartition) -> None:
         self.consumer.seek_to_end(_tp(tp))
+
+    def seek_to_committed(self, tps: Iterable[TopicPartition]) -> None:
+        # kafka-python 3 keeps the position of a partition that a rebalance hands back to the same member
+        # (SubscriptionState.assign_from_subscribed), and that position can be past records the pipeline
+        # dropped unsaved (partitions lost to the group, a refused commit): resuming there would skip them.
+        ktps = [_tp(tp) for tp in tps]
+        if not ktps:
+            return
+        committed = self.consumer._coordinator.fetch_committed_offsets(ktps)
+        for ktp in ktps:
+            found = committed.get(ktp)
+            if found is not None and found.offset >= 0:
+                self.consumer.seek(ktp, found.offset)
+            elif self.config.auto_offset_reset == "earliest":
+                self.consumer.seek_to_beginning(ktp)
+            else:
+                self.consumer.seek_to_end(ktp)
 
     def position(self, tp: TopicPartition) -> int:
         """The offset of the next record to consume (-1: not known yet)."""
@@ -606,6 +628,10 @@ class MemorySource:
 
     def seek_to_end(self, tp: TopicPartition) -> None:
         self.positions[tp] = self.end_offsets([tp])[tp]
+
+    def seek_to_committed(self, tps: Iterable[TopicPartition]) -> None:
+        for tp in tps:
+            self.positions[tp] = self.group.get(tp, self._reset_offset(tp))
 
     def position(self, tp: TopicPartition) -> int:
         return self.positions[tp]

@@ -274,7 +274,10 @@ def test_each_file_records_its_schema_and_lineage_in_the_parquet_footer():
     batch = make_batch([b'{"a": 1, "b": "x"}', b'{"a": 2}'], topic="orders", partition=3, first=40)
     [file] = encoder.encode(batch)
     table, metadata = read_file(file.data)
-    assert file.path == "topic=orders/partition=3/orders-3-00000000000000000040-00000000000000000042-abc123.parquet"
+    assert file.path == "topic=orders/partition=3/orders-3-00000000000000000040-00000000000000000042-abc123-0.parquet"
+    # The same offsets cut again by the same writer (after a rewind) get a new name: names are never reused.
+    [again] = encoder.encode(batch)
+    assert again.path != file.path
     assert {k: metadata[k.encode()].decode() for k in [
         "kingest.topic", "kingest.partition", "kingest.first_offset", "kingest.last_offset", "kingest.rows",
         "kingest.pipeline", "kingest.semantics", "kingest.kind",
@@ -319,7 +322,7 @@ def test_on_error_dead_letter_adds_a_file_of_the_raw_bad_records():
     result = encoder.encode_batch(batch)
     data, dead = result.files
     assert data.kind == "data" and dead.kind == "dead-letter"
-    assert dead.path == "_dead_letters/topic=t/partition=2/t-2-00000000000000000102-00000000000000000106-w1.parquet"
+    assert dead.path == "_dead_letters/topic=t/partition=2/t-2-00000000000000000102-00000000000000000106-w1-1.parquet"
     assert dead.entry()["kind"] == "dead-letter" and "kind" not in data.entry()
     table, metadata = read_file(dead.data)
     assert metadata[b"kingest.kind"] == b"dead-letter" and metadata[b"kingest.pipeline"] == b"p"

@@ -202,23 +202,24 @@ def test_recovery_deletes_only_announced_but_uncommitted_files(store, lake):
     committed, orphan_1, orphan_2, unrelated = (f"{folder}/{n}.parquet" for n in ("committed", "o1", "o2", "other"))
     for rel in (committed, orphan_1, orphan_2, unrelated):
         lake.put(rel, b"PAR1")
-    # Writer w1 committed one file, then announced two more and died before committing them.
+    # Writer w1 committed one file (version 1), then announced two more for version 2 and died before committing.
     state = store.load(TOPIC, 0)
-    store.write_pending(TOPIC, 0, "w1", [committed])
+    store.write_pending(TOPIC, 0, "w1", [committed], version=1)
     state = store.commit(state, operation="write", owner="w1", next_offset=10, add=[entry(committed, 0, 9)])
-    store.write_pending(TOPIC, 0, "w1", [orphan_1, orphan_2])
-    # Writer w2 has announced files too (its own, in flight): recovery by w2 leaves them alone.
-    store.write_pending(TOPIC, 0, "w2", [f"{folder}/w2-in-flight.parquet"])
-    lake.put(f"{folder}/w2-in-flight.parquet", b"PAR1")
+    store.write_pending(TOPIC, 0, "w1", [orphan_1, orphan_2], version=2)
 
-    claimed = store.claim(TOPIC, 0, "w2")
-    removed = store.recover(claimed, "w2")
+    claimed = store.claim(TOPIC, 0, "w2")  # version 2: w1's announced files can never be committed now
+    # A writer that claimed after w2 has announced files for version 4 (in flight): recovery leaves them alone.
+    in_flight = f"{folder}/w3-in-flight.parquet"
+    store.write_pending(TOPIC, 0, "w3", [in_flight], version=4)
+    lake.put(in_flight, b"PAR1")
+    removed = store.recover(claimed)
 
     assert sorted(removed) == sorted([orphan_1, orphan_2])
     remaining = set(lake.find(folder))
-    assert remaining == {committed, unrelated, f"{folder}/w2-in-flight.parquet"}
+    assert remaining == {committed, unrelated, in_flight}
     pending = lake.listdir(f"{store.prefix}/pending/topic={TOPIC}/partition=0")
-    assert set(pending) == {"w2.json"}  # w1's record is consumed; w2's own is kept
+    assert set(pending) == {f"{4:020d}-w3.json"}  # the settled records are consumed; the one in flight is kept
     assert same(store.load(TOPIC, 0), claimed)
 
 
@@ -228,15 +229,76 @@ def test_recovery_keeps_announced_files_that_were_committed_later(store, lake):
     for rel in paths:
         lake.put(rel, b"PAR1")
     state = store.load(TOPIC, 0)
-    store.write_pending(TOPIC, 0, "w1", paths)
+    store.write_pending(TOPIC, 0, "w1", paths, version=1)
     store.commit(
         state, operation="write", owner="w1", next_offset=20, add=[entry(paths[0], 0, 9), entry(paths[1], 10, 19)]
     )
     claimed = store.claim(TOPIC, 0, "w2")
-    assert store.recover(claimed, "w2") == []
+    assert store.recover(claimed) == []
     assert set(lake.find(folder)) == set(paths)
+
+
+def test_recovery_with_a_stale_state_never_deletes_a_file_committed_since(store, lake):
+    """The interleaving of issue 12: writer b claims (version 1) and is paused before its recovery; writer c
+    claims (2), announces, writes and commits a file (3); b resumes and recovers with the state of its claim.
+    b must not delete c's file: c's pending record is for version 3, which b's state does not settle."""
+    folder = f"topic={TOPIC}/partition=0"
+    b_claim = store.claim(TOPIC, 0, "b")
+    c_state = store.claim(TOPIC, 0, "c")
+    c_file = f"{folder}/c.parquet"
+    store.write_pending(TOPIC, 0, "c", [c_file], version=c_state.version + 1)
+    lake.put(c_file, b"PAR1")
+    store.commit(c_state, operation="write", owner="c", next_offset=10, add=[entry(c_file, 0, 9)])
+
+    assert store.recover(b_claim) == []  # b, resumed
+
+    latest = store.load(TOPIC, 0)
+    assert set(latest.files) == {c_file}
+    assert c_file in lake.find(folder)
+
+
+def test_recovery_with_a_stale_state_deletes_what_the_version_it_knows_settled(store, lake):
+    """A paused writer's recovery still does its job for what its state settles: the files of a writer fenced
+    by its claim, though a later writer has committed since."""
+    folder = f"topic={TOPIC}/partition=0"
+    a_state = store.claim(TOPIC, 0, "a")
+    a_file = f"{folder}/a.parquet"
+    store.write_pending(TOPIC, 0, "a", [a_file], version=a_state.version + 1)
+    lake.put(a_file, b"PAR1")  # a is frozen here, before its commit
+    b_claim = store.claim(TOPIC, 0, "b")  # version 2: a's commit of version 2 can never happen
+    c_state = store.claim(TOPIC, 0, "c")
+    store.commit(c_state, operation="write", owner="c", next_offset=5, add=[entry(f"{folder}/c.parquet", 0, 4)])
+    lake.put(f"{folder}/c.parquet", b"PAR1")
+
+    assert store.recover(b_claim) == [a_file]
+    assert set(lake.find(folder)) == {f"{folder}/c.parquet"}
+
+
+@pytest.mark.parametrize("content", [b"{not json", json.dumps({"format_version": 99, "paths": ["x"]}).encode()])
+def test_a_pending_record_this_kingest_cannot_read_is_left_with_its_files(store, lake, content):
+    folder = f"topic={TOPIC}/partition=0"
+    lake.put(f"{folder}/x.parquet", b"PAR1")
+    record = f"{store.prefix}/pending/topic={TOPIC}/partition=0/{1:020d}-w1.json"
+    lake.put(record, content)
+    claimed = store.claim(TOPIC, 0, "w2")
+    assert store.recover(claimed) == []
+    assert lake.read(record) == content
+
+
+def test_pending_records_of_a_long_lived_owner_do_not_pile_up(store, lake):
+    """One record per version: the owner's checkpoints settle them, so that a writer that never claims again
+    leaves at most a checkpoint interval of them behind."""
+    state = store.claim(TOPIC, 0, "w1")
+    for i in range(CHECKPOINT_EVERY * 2):
+        path = f"topic={TOPIC}/partition=0/f{i}.parquet"
+        store.write_pending(TOPIC, 0, "w1", [path], version=state.version + 1)
+        lake.put(path, b"PAR1")
+        state = store.commit(state, operation="write", owner="w1", next_offset=i + 1, add=[entry(path, i, i)])
+    pending = lake.listdir(f"{store.prefix}/pending/topic={TOPIC}/partition=0")
+    assert len(pending) < CHECKPOINT_EVERY
+    assert len(lake.find(f"topic={TOPIC}/partition=0")) == CHECKPOINT_EVERY * 2
 
 
 def test_recovery_with_nothing_pending_removes_nothing(store):
     claimed = store.claim(TOPIC, 0, "w1")
-    assert store.recover(claimed, "w1") == []
+    assert store.recover(claimed) == []

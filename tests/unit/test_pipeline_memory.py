@@ -222,7 +222,7 @@ def test_exactly_once_recovery_removes_uncommitted_files(lake_url):
     lake = Lake(lake_url)
     # A crashed attempt: announced and wrote a file, never committed the manifest version.
     store = ManifestStore(lake, "orders")
-    store.write_pending("orders", 0, "crashed-writer", ["topic=orders/partition=0/orphan.parquet"])
+    store.write_pending("orders", 0, "crashed-writer", ["topic=orders/partition=0/orphan.parquet"], version=1)
     lake.put("topic=orders/partition=0/orphan.parquet", b"half a batch")
     Pipeline(cfg, source=MemorySource(data, {}), until_caught_up=True).run()
     assert "topic=orders/partition=0/orphan.parquet" not in lake.find()
