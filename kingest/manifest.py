@@ -4,7 +4,7 @@ Layout, under ``<lake>/_kingest/<pipeline>/`` (the leading underscore hides it f
 
     manifest/topic=<t>/partition=<p>/<version:020d>.json      one file per committed version
     checkpoints/topic=<t>/partition=<p>/<version:020d>.json   the whole state at a version (every 25th)
-    pending/topic=<t>/partition=<p>/<version:020d>-<writer>.json  data files a writer is about to commit
+    pending-v2/topic=<t>/partition=<p>/<version:020d>-<writer>.json  data files a writer is about to commit
 
 Each topic-partition has its own sequence of versions, so that instances owning different partitions never
 contend. A version is committed by exclusive create of ``<version+1>.json`` (``If-None-Match: *`` on S3,
@@ -13,7 +13,7 @@ that partition. A writer claims a partition (commits a ``claim`` version) before
 any earlier owner. The state of a partition is its latest checkpoint plus the versions after it.
 
 Before writing data files a writer records them in a pending record for the version it is about to commit
-(``pending/.../<version>-<writer>.json``). Once that version exists, the files either are in it or can never be
+(``pending-v2/.../<version>-<writer>.json``). Once that version exists, the files either are in it or can never be
 committed: recovery deletes only those, so that no pause of any length lets it delete a committed file.
 
 A version holds the next offset to consume and the data files it adds and removes; the format is documented
@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from . import crash
-from .errors import ManifestConflict, StateError
+from .errors import KingestError, ManifestConflict, StateError
 from .lake import Lake
 
 if TYPE_CHECKING:
@@ -43,6 +43,11 @@ log = logging.getLogger("kingest.manifest")
 
 FORMAT_VERSION = 1
 CHECKPOINT_EVERY = 25
+# Pending records, one per intended version. Not the ``pending/`` folder of kingest before 2026-12, whose
+# recovery deleted what any record there named that its own state did not: a writer of that version running
+# beside this one would delete files this one committed. Its records (``pending/.../<writer>.json``) are not
+# read here; their files are never part of the lake (kingest verify lists them).
+PENDING = "pending-v2"
 _NAME_DIGITS = 20
 
 
@@ -67,6 +72,10 @@ class PartitionState:
     owner: str | None = None
     committed_at: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def tp(self) -> tuple[str, int]:
+        return (self.topic, self.partition)
 
     @property
     def rows(self) -> int:
@@ -224,10 +233,17 @@ class ManifestStore:
         new = state.copy()
         new.apply(doc)
         if version % CHECKPOINT_EVERY == 0:
-            self._checkpoint(new)
-            # A long-lived owner never claims again: settle the pending records here too, so that they do not
-            # pile up (one per version) between rebalances.
-            self.recover(new)
+            # Housekeeping after the commit: derived data and clean-up, which a later checkpoint, claim or
+            # rewind redoes. Its failure must not look like a failed commit (the version exists).
+            try:
+                self._checkpoint(new)
+                # A long-lived owner never claims again: settle the pending records here too, so that they do
+                # not pile up (one per version) between rebalances.
+                self.recover(new)
+            except KingestError as exc:
+                log.warning(
+                    "%s[%d]: version %d committed; its checkpoint or clean-up failed: %s", *new.tp, version, exc
+                )
         return new
 
     def _checkpoint(self, state: PartitionState) -> None:
@@ -286,7 +302,7 @@ class ManifestStore:
     # ------------------------------------------------------------------------------------------ recovery
 
     def _pending_rel(self, topic: str, partition: int, version: int, owner: str) -> str:
-        return f"{self._folder('pending', topic, partition)}/{version:0{_NAME_DIGITS}d}-{owner}.json"
+        return f"{self._folder(PENDING, topic, partition)}/{version:0{_NAME_DIGITS}d}-{owner}.json"
 
     def write_pending(self, topic: str, partition: int, owner: str, paths: Sequence[str], *, version: int) -> None:
         """Record, before writing them, the data files this writer is about to commit as ``version``, so that
@@ -312,7 +328,7 @@ class ManifestStore:
         state other writers have long moved past, still deletes nothing that is or can become committed.
         Records of later versions (a writer that may still commit) are left alone, and so are records this
         kingest cannot read (a newer format, or a name it does not know): their files wait for ``kingest gc``."""
-        folder = self._folder("pending", state.topic, state.partition)
+        folder = self._folder(PENDING, state.topic, state.partition)
         settled = [
             f"{folder}/{name}"
             for name in self.lake.listdir(folder)

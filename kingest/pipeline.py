@@ -133,7 +133,11 @@ class Pipeline:
         self.manifests = ManifestStore(self.lake, config.pipeline) if self.semantics == "exactly-once" else None
         self.loaded: dict[TopicPartition, PartitionState] = {}  # exactly-once: manifest state at assignment
         self.owned: dict[TopicPartition, PartitionState] = {}  # exactly-once: partitions claimed in the manifest
-        self.fenced: set[TopicPartition] = set()  # partitions lost to another writer until the next assignment
+        # exactly-once: partitions another writer claimed after us, and since when. We stop touching them; if the
+        # group still gives them to us a session timeout later, that writer was the zombie (or is gone), and we
+        # take them back (see _retry_fenced).
+        self.fenced: dict[TopicPartition, float] = {}
+        self.fence_retry = config.kafka.session_timeout_ms / 1000
         self.targets: dict[TopicPartition, int] = {}  # --until-caught-up: log end offsets seen at assignment
         self.stats = Stats()
         self.stop_requested = False
@@ -180,6 +184,7 @@ class Pipeline:
                 if time.monotonic() - lag_updated >= 1.0:
                     lag_updated = time.monotonic()
                     self._update_lag()
+                    self._retry_fenced()
                 if polled:
                     crash.point("after-poll")
                     for tp, records in polled.items():
@@ -212,8 +217,9 @@ class Pipeline:
         self.stop_requested = True
 
     def _caught_up(self) -> bool:
-        assigned = self.source.assignment() - self.fenced
-        if not assigned or any(tp not in self.targets for tp in assigned):
+        assigned = self.source.assignment()
+        # A fenced partition is not caught up: it is taken back, or leaves with the next rebalance.
+        if not assigned or any(tp not in self.targets or tp in self.fenced for tp in assigned):
             return False
         return all(self.source.position(tp) >= self.targets[tp] for tp in assigned)
 
@@ -425,7 +431,7 @@ class Pipeline:
         """Another writer owns this partition now (we are a zombie for it): stop touching it."""
         log.warning("%s; dropping its buffer", conflict)
         self.stats.fenced += 1
-        self.fenced.add(tp)
+        self.fenced[tp] = time.monotonic()
         self.owned.pop(tp, None)
         self.batcher.drop([tp])
         self.lake.delete([f.path for f in files])  # ours alone: exactly-once file names carry our writer id
@@ -438,7 +444,8 @@ class Pipeline:
         if tps:
             self.stats.rebalances["assigned"] += 1
         try:
-            self.fenced.difference_update(tps)
+            for tp in tps:
+                self.fenced.pop(tp, None)
             # kafka-python 3 keeps a partition's state (paused flag, position) when a rebalance hands it back to
             # the same member: a partition paused by _fence must fetch again now that it is ours.
             self.source.resume(tps)
@@ -468,7 +475,7 @@ class Pipeline:
                 self.targets.update({tp: ends[tp] for tp in tps if tp not in self.targets})
         except BaseException as exc:
             self._callback_error = self._callback_error or exc
-            self.fenced.update(tps)
+            self.fenced.update(dict.fromkeys(tps, time.monotonic()))
 
     def _seek_to(self, tp: TopicPartition, state: PartitionState) -> None:
         if state.next_offset is not None:
@@ -507,6 +514,29 @@ class Pipeline:
             self._seek_to(tp, state)
             return None
         return state
+
+    def _retry_fenced(self) -> None:
+        """Take back a partition fenced a session timeout ago that the group still assigns to us. The writer whose
+        claim fenced us was then the zombie (a resumed instance claims before its consumer notices it left the
+        group; it does within a session timeout), or it claimed and died, or a rewind committed meanwhile: no
+        rebalance would ever come to give the partition back, and it would stay unconsumed. Reload the manifest
+        and resume from it; the next batch claims again (a real owner's claim since then fences us again)."""
+        if not self.fenced or self.manifests is None:
+            return
+        now = time.monotonic()
+        assigned = self.source.assignment()
+        for tp, since in list(self.fenced.items()):
+            if now - since < self.fence_retry or tp not in assigned:
+                continue
+            del self.fenced[tp]
+            self.owned.pop(tp, None)
+            self.batcher.drop([tp])
+            state = self.loaded[tp] = self.manifests.load(*tp)
+            self._seek_to(tp, state)
+            self.source.resume([tp])
+            log.warning(
+                "%s[%d]: still assigned to this instance; taking it back from the manifest's %s", *tp, state.next_offset
+            )
 
     def _on_revoked(self, tps: list[TopicPartition]) -> None:
         if tps:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import pyarrow.dataset as ds
@@ -180,3 +181,29 @@ def test_a_partition_lost_and_handed_back_resumes_where_its_offsets_were_saved(s
         assert manifest_offsets(lake) == list(range(3000))
     else:
         assert set(offsets_in(lake, [p for p in lake.find() if p.endswith(".parquet")])) == set(range(3000))
+
+
+def test_a_partition_fenced_while_the_group_still_assigns_it_is_taken_back():
+    """Another version lands between this owner's claim and its commit (here a rewind to the same offset; the
+    same happens when a zombie claims and dies): the commit loses, the partition is fenced. No rebalance will
+    ever come to hand it back, so the run takes it back itself a session timeout later, from the manifest."""
+    url = f"memory://lake-{uuid.uuid4().hex}"
+    config = make_config(url)
+    config = replace(config, kafka=replace(config.kafka, session_timeout_ms=100))
+    source = MemorySource(topic(500), {}, max_poll_records=50)
+    pipeline = Pipeline(config, source=source, lake=Lake(url), until_caught_up=True)
+    raced: list[int] = []
+
+    def a_rewind_commits_meanwhile() -> None:
+        if raced:
+            return  # the rewind's own pass through this point
+        store = ManifestStore(Lake(url), "orders")
+        state = store.load(TOPIC, 0)
+        raced.append(state.version + 1)
+        store.rewind(state, owner="rewind-x", next_offset=state.next_offset or 0)
+
+    with crash.at("after-write", a_rewind_commits_meanwhile):
+        pipeline.run()
+
+    assert raced and pipeline.stats.fenced == 1
+    assert manifest_offsets(Lake(url)) == list(range(500))

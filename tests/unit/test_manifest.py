@@ -218,7 +218,7 @@ def test_recovery_deletes_only_announced_but_uncommitted_files(store, lake):
     assert sorted(removed) == sorted([orphan_1, orphan_2])
     remaining = set(lake.find(folder))
     assert remaining == {committed, unrelated, in_flight}
-    pending = lake.listdir(f"{store.prefix}/pending/topic={TOPIC}/partition=0")
+    pending = lake.listdir(f"{store.prefix}/pending-v2/topic={TOPIC}/partition=0")
     assert set(pending) == {f"{4:020d}-w3.json"}  # the settled records are consumed; the one in flight is kept
     assert same(store.load(TOPIC, 0), claimed)
 
@@ -278,7 +278,7 @@ def test_recovery_with_a_stale_state_deletes_what_the_version_it_knows_settled(s
 def test_a_pending_record_this_kingest_cannot_read_is_left_with_its_files(store, lake, content):
     folder = f"topic={TOPIC}/partition=0"
     lake.put(f"{folder}/x.parquet", b"PAR1")
-    record = f"{store.prefix}/pending/topic={TOPIC}/partition=0/{1:020d}-w1.json"
+    record = f"{store.prefix}/pending-v2/topic={TOPIC}/partition=0/{1:020d}-w1.json"
     lake.put(record, content)
     claimed = store.claim(TOPIC, 0, "w2")
     assert store.recover(claimed) == []
@@ -294,7 +294,7 @@ def test_pending_records_of_a_long_lived_owner_do_not_pile_up(store, lake):
         store.write_pending(TOPIC, 0, "w1", [path], version=state.version + 1)
         lake.put(path, b"PAR1")
         state = store.commit(state, operation="write", owner="w1", next_offset=i + 1, add=[entry(path, i, i)])
-    pending = lake.listdir(f"{store.prefix}/pending/topic={TOPIC}/partition=0")
+    pending = lake.listdir(f"{store.prefix}/pending-v2/topic={TOPIC}/partition=0")
     assert len(pending) < CHECKPOINT_EVERY
     assert len(lake.find(f"topic={TOPIC}/partition=0")) == CHECKPOINT_EVERY * 2
 

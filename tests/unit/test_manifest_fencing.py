@@ -145,9 +145,9 @@ def test_a_fenced_partition_fetches_again_when_the_group_hands_it_back():
     pipeline = Pipeline(make_config(url), source=source, lake=Lake(url))
     source.open(pipeline._on_assigned, pipeline._on_revoked, pipeline._on_lost)
     source.pause([(TOPIC, 0)])
-    pipeline.fenced.add((TOPIC, 0))
+    pipeline.fenced[(TOPIC, 0)] = 0.0
     pipeline._on_assigned([(TOPIC, 0)])
-    assert source.paused == set() and pipeline.fenced == set()
+    assert source.paused == set() and pipeline.fenced == {}
 
 
 def test_claims_at_assignment_only_when_there_is_something_to_consume():
