@@ -5,11 +5,16 @@ import sys as _sys
 
 __version__ = "0.1.0"
 
-# Arrow's memory pool, chosen by Arrow from this variable when it first allocates, before any kingest module
-# imports pyarrow. pyarrow's default (mimalloc) keeps memory it has freed, so a run's RSS grows past what its
-# batches need; jemalloc returns it. It must be the C++ default, not pyarrow.set_memory_pool(), which only
-# reaches pyarrow's Python API: the JSON reader and the Parquet writer allocate from the C++ default inside.
-# Measured (500k records, 64MiB batches, peak RSS): 305-325 MB with set_memory_pool(jemalloc), 253-256 with
-# this; see docs/performance.md. A value set by the user wins; Linux wheels of pyarrow include jemalloc.
-if _sys.platform.startswith("linux"):
-    _os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "jemalloc")
+
+def use_jemalloc() -> None:
+    """Make jemalloc Arrow's C++ default memory pool, unless the user chose one (ARROW_DEFAULT_MEMORY_POOL).
+    Arrow reads the variable when it first allocates, so this runs before anything imports pyarrow: the CLI
+    calls it first thing; a program that embeds kingest decides for its own process.
+
+    pyarrow's default (mimalloc) keeps memory it has freed, so a run's RSS grows past what its batches need;
+    jemalloc returns it. It must be the C++ default, not pyarrow.set_memory_pool(), which only reaches
+    pyarrow's Python API: the JSON reader and the Parquet writer allocate from the C++ default inside.
+    Measured (500k records, 64MiB batches, peak RSS): 305-325 MB with set_memory_pool(jemalloc), 253-256 with
+    this; see docs/performance.md. Linux wheels of pyarrow include jemalloc."""
+    if _sys.platform.startswith("linux"):
+        _os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "jemalloc")

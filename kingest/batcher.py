@@ -192,10 +192,6 @@ class Batcher:
     def nbytes(self) -> int:
         return sum(b.nbytes for b in self.batches.values())
 
-    @property
-    def nrecords(self) -> int:
-        return sum(len(b) for b in self.batches.values())
-
     def due(self, now: float | None = None, everything: bool = False) -> list[TopicPartition]:
         now = time.monotonic() if now is None else now
         nonempty = [tp for tp, b in self.batches.items() if len(b)]

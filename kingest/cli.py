@@ -8,16 +8,16 @@ broken; 2 cannot start (config, set-up, connectivity) or a usage error.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 from typer.exceptions import TyperException
 
-from . import __version__
+from . import __version__, use_jemalloc
 from .errors import KingestError
 from .output import SCRUB, install_scrubbing, report_error, report_unexpected, setup_logging
 
@@ -29,8 +29,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-
-T = TypeVar("T")
 
 
 class Semantics(StrEnum):
@@ -71,12 +69,13 @@ def main_options(
 ) -> None:
     """kingest: Kafka to Parquet, with at-most-once, at-least-once or exactly-once delivery."""
     install_scrubbing()  # from here on nothing written to stdout/stderr can carry a secret (see output.py)
+    use_jemalloc()  # before any command imports pyarrow
 
 
 def fail(error: KingestError) -> None:
     """Print a library error for a person (no traceback, no secrets; JSON with --log-format json) and exit
     with its code."""
-    report_error(error.message, error.hint, error.exit_code)
+    report_error(error.message, error.hint, error.exit_code, error.retryable)
     raise typer.Exit(error.exit_code)
 
 
@@ -99,12 +98,6 @@ def load_config(path: Path | None, semantics: Semantics | None = None) -> Any:
     config = config_module.load(path).with_semantics(semantics.value if semantics else None)
     SCRUB.add(config.secrets())
     return config
-
-
-def call(function: Callable[[], T]) -> T:
-    with errors_handled():
-        return function()
-    raise AssertionError("unreachable")
 
 
 @app.command()

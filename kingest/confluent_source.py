@@ -94,7 +94,7 @@ def check_settings(config: KafkaConfig) -> str:
     settings = librdkafka_settings(config)
     settings.update(logger=_LogForwarder())
     _consumer(ck, settings).close()
-    return f"confluent-kafka {ck.version()[0]} (librdkafka {ck.libversion()[0]}) accepts the consumer settings"
+    return f"confluent-kafka {ck.__version__} (librdkafka {ck.libversion()[0]}) accepts the consumer settings"
 
 
 class _LogForwarder:

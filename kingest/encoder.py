@@ -436,12 +436,12 @@ class Encoder:
             raise decoded.rejected[0].error()
         return self.encode_table(batch.topic, batch.partition, decoded.table)
 
-    def encode_table(self, topic: str, partition: int, table: pa.Table) -> list[EncodedFile]:
+    def encode_table(self, topic: str, partition: int, table: pa.Table, kind: str = "data") -> list[EncodedFile]:
         if table.num_rows == 0:
             return []
         base = f"topic={topic}"
-        if not self.partition_by:
-            return [self._file(f"{base}/partition={partition}", topic, partition, table)]
+        if not self.partition_by or kind != "data":
+            return [self._file(f"{base}/partition={partition}", topic, partition, table, kind=kind)]
         stamps = table.column("kafka_timestamp")
         keys = (
             pc.strftime(stamps, format="%Y-%m-%d")

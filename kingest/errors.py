@@ -3,17 +3,23 @@
     KingestError                      base: ``message`` (what is wrong) + ``hint`` (how to fix it)
     ├── ConfigError                   the pipeline config is invalid (key, line, value, valid values)   exit 2
     ├── SetupError                    cannot start: broker unreachable, topic missing, lake unusable    exit 2
-    │   ├── SourceUnavailable         [retryable] the broker does not answer
+    │   ├── SourceUnavailable         [retryable] the broker does not answer                           exit 2; 1 mid-run
     │   ├── TopicNotFound
-    │   └── LakeUnavailable           [retryable] the store does not answer or refuses access
+    │   ├── LakeUnavailable           [retryable] the store does not answer, refuses access, is full   exit 2; 1 mid-run
+    │   └── GroupActive               `kingest rewind`: the consumer group has active members
     ├── RunError                      a run stopped part-way; offsets were saved only up to the last good batch  exit 1
     │   ├── BadRecord                 a record cannot be decoded (topic, partition, offset, reason)
     │   ├── CommitFailed              [retryable] Kafka refused the offset commit (rebalance, fencing)
     │   └── ManifestConflict          another writer committed this partition's next manifest version (zombie)
+    ├── BadTarget                     `kingest rewind`: the target is not usable (none or several, out of range)  exit 2
+    ├── RewindConflict                `kingest rewind`: a writer committed between the plan and the rewind  exit 2
     └── StateError                    a state file in the lake is unreadable or of an unknown format    exit 2
 
-``retryable`` marks errors worth retrying with backoff; the others are terminal. A ``BadRecord`` stops the
-run *before* anything past it is committed, whatever the semantics.
+``retryable`` marks errors that running again may fix without changing anything (a service that did not
+answer): the CLI says so, and its JSON error line carries ``"retryable": true`` for supervisors deciding whether
+to restart. The others need a person. A service lost for good after a run started consuming is "a run stopped
+part-way" (exit 1), as a bad record is. A ``BadRecord`` stops the run *before* anything past it is committed,
+whatever the semantics.
 """
 
 from __future__ import annotations
@@ -24,6 +30,11 @@ class KingestError(Exception):
 
     exit_code = 2
     retryable = False
+
+    def stopped_part_way(self) -> None:
+        """Raised after a run started consuming: a service lost then is a run stopped part-way (exit 1)."""
+        if isinstance(self, SetupError):
+            self.exit_code = RunError.exit_code
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
@@ -94,3 +105,16 @@ class ManifestConflict(RunError):
 
 class StateError(KingestError):
     """A kingest state file (offsets manifest) is unreadable or of an unknown format version."""
+
+
+class GroupActive(SetupError):
+    """`kingest rewind`: the consumer group has active members: a pipeline is running."""
+
+
+class BadTarget(KingestError):
+    """The rewind's target is not usable: none or several given, a malformed timestamp, an unknown topic or
+    partition, or an offset outside [log start, log end]."""
+
+
+class RewindConflict(KingestError):
+    """A writer committed to the manifest between the plan and the rewind (a run started)."""

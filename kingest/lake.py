@@ -122,9 +122,7 @@ class Lake:
                     raise
                 _fsync_dir(os.path.dirname(path))
             except OSError as exc:  # disk full, permissions, I/O error: nothing was renamed into place
-                raise LakeUnavailable(
-                    f"the lake at {self.display()} is not writable: {_describe(exc)}", _hint_for(self, exc)
-                ) from None
+                raise _local_write_error(self, exc) from None
             return
         if crash_midway:
             crash.point("mid-write")
@@ -306,6 +304,19 @@ def _is_transient(exc: BaseException) -> bool:
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0][:300]
+
+
+def _local_write_error(lake: Lake, exc: OSError) -> LakeUnavailable:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        full = "full" if exc.errno == errno.ENOSPC else "over its quota"
+        error = LakeUnavailable(
+            f"the disk under the lake at {lake.display()} is {full} ({_describe(exc)})",
+            f"Free space on the file system of {lake.root} (df -h {lake.root}), then run again: nothing past the "
+            "last saved batch was committed, so the run resumes from there.",
+        )
+        error.retryable = False  # not until someone frees space
+        return error
+    return LakeUnavailable(f"the lake at {lake.display()} is not writable: {_describe(exc)}", _hint_for(lake, exc))
 
 
 def _hint_for(lake: Lake, exc: BaseException) -> str:

@@ -232,12 +232,13 @@ def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
 # ---------------------------------------------------------------------------------------------- errors, summary
 
 
-def report_error(message: str, hint: str | None = None, exit_code: int = 2) -> None:
+def report_error(message: str, hint: str | None = None, exit_code: int = 2, retryable: bool = False) -> None:
     """Tell the user what went wrong and how to fix it: ``Error: ...`` lines in text mode, one JSON log object
-    (level error, with ``hint`` and ``exit_code``) in JSON mode. On stderr, scrubbed."""
+    (level error, with ``hint``, ``exit_code`` and ``retryable``: whether running again unchanged may succeed)
+    in JSON mode. On stderr, scrubbed."""
     if log_format() == "json":
         record = logging.LogRecord("kingest", logging.ERROR, __file__, 0, "%s", (message,), None)
-        record.fields = {"hint": hint, "exit_code": exit_code}
+        record.fields = {"hint": hint, "exit_code": exit_code, "retryable": retryable}
         line = JsonFormatter().format(record)
         sys.stderr.write(line + "\n")
     else:

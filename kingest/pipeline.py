@@ -204,6 +204,8 @@ class Pipeline:
             self._flush(self.batcher.due(everything=True), wait=True)
         except KingestError as exc:
             self.stats.errors[type(exc).__name__] += 1
+            if self.stats.consumed:
+                exc.stopped_part_way()
             raise
         finally:
             sys.setswitchinterval(switch_interval)

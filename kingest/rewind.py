@@ -25,24 +25,11 @@ from typing import Any
 from . import kafka_admin
 from .batcher import TopicPartition
 from .config import Config
-from .errors import KingestError, ManifestConflict, SetupError
+from .errors import BadTarget, GroupActive, KingestError, ManifestConflict, RewindConflict
 from .kafka_admin import GroupInfo
 from .lake import Lake
 from .manifest import ManifestStore, PartitionState, new_writer_id
 from .status import LakeFile, lake_files
-
-
-class BadTarget(KingestError):
-    """The rewind's target is not usable: none or several given, a malformed timestamp, an unknown topic or
-    partition, or an offset outside [log start, log end]."""
-
-
-class GroupActive(SetupError):
-    """The consumer group has active members: a pipeline is running."""
-
-
-class RewindConflict(KingestError):
-    """A writer committed to the manifest between the plan and the rewind (a run started)."""
 
 
 @dataclass(frozen=True)
@@ -360,10 +347,10 @@ def apply_rewind(config: Config, plan: RewindPlan, lake: Lake | None = None) -> 
                 kept = read_rows_before(lake, f.path, p.after)
                 # The encoder writes the file's metadata anew (offsets, rows, lineage). The old metadata goes:
                 # its bytes keys would not replace the encoder's str keys of the same names.
-                [encoded] = encoder.encode_table(p.topic, p.partition, kept.replace_schema_metadata(None))
-                folder = f.path.rsplit("/", 1)[0]
                 kind = p.state.files.get(f.path, {}).get("kind", "data")  # a dead-letter file stays one
-                write.append(replace(encoded, path=f"{folder}/{encoded.path.rsplit('/', 1)[-1]}", kind=kind))
+                [encoded] = encoder.encode_table(p.topic, p.partition, kept.replace_schema_metadata(None), kind=kind)
+                folder = f.path.rsplit("/", 1)[0]
+                write.append(replace(encoded, path=f"{folder}/{encoded.path.rsplit('/', 1)[-1]}"))
             try:
                 _, deleted = store.rewind(
                     p.state,

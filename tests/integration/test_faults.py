@@ -564,8 +564,9 @@ def test_local_write_failing_half_way_leaves_nothing(
     kafka_bootstrap: str, topic_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The disk fills up in the middle of a Parquet file (ENOSPC at its fsync): the run stops with a clear
-    error and exit 2, no traceback; the half file is removed; what the folder shows is what the manifest
-    counts; a run after the disk is freed writes every offset exactly once."""
+    error that says the disk is full and exit 1 (a run stopped part-way), no traceback; the half file is
+    removed; what the folder shows is what the manifest counts; a run after the disk is freed writes every
+    offset exactly once."""
     import errno
 
     from typer.testing import CliRunner
@@ -592,8 +593,8 @@ def test_local_write_failing_half_way_leaves_nothing(
 
     monkeypatch.setattr("kingest.lake.os.fsync", fsync)
     result = CliRunner().invoke(app, ["run", "-c", str(config), "--until-caught-up"])
-    assert result.exit_code == 2, result.output
-    assert "is not writable: [Errno 28] No space left on device" in result.output
+    assert result.exit_code == 1, result.output
+    assert "is full ([Errno 28] No space left on device)" in result.output
     assert "Traceback" not in result.output
     assert len(data_files) == 2 and not os.path.exists(data_files[1])  # the half file is gone
     assert list(lake.rglob("*.tmp")) == []

@@ -51,3 +51,17 @@ def test_missing_config_is_a_clear_error(tmp_path, monkeypatch):
     assert "config file kingest.yaml not found" in result.output
     assert "kingest init" in result.output
     assert "Traceback" not in result.output
+
+
+def test_importing_kingest_leaves_arrows_memory_pool_alone_and_the_cli_chooses_jemalloc():
+    """A program that embeds kingest keeps its own process settings; the CLI picks jemalloc before pyarrow."""
+    code = (
+        "import os, sys; import kingest; assert 'ARROW_DEFAULT_MEMORY_POOL' not in os.environ; "
+        "sys.argv = ['kingest', 'status', '-c', '/nonexistent/kingest.yaml']; from kingest.cli import app\n"
+        "try:\n    app()\nexcept SystemExit:\n    pass\n"
+        "print(os.environ.get('ARROW_DEFAULT_MEMORY_POOL'))"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "jemalloc"

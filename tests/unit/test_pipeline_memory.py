@@ -90,20 +90,41 @@ def test_every_offset_lands_once_and_offsets_are_committed(semantics, where, lak
 
 @pytest.mark.parametrize(
     "semantics, expected",
-    [("at-most-once", ["commit", "write"]), ("at-least-once", ["write", "commit"])],
+    [
+        ("at-most-once", ["group commit", "data"]),
+        ("at-least-once", ["data", "group commit"]),
+        # claim at assignment (something to consume), then per batch: announce, write, commit the version; the
+        # group's offsets follow for lag tools only
+        ("exactly-once", ["manifest claim", "pending", "data", "manifest write", "group commit"]),
+    ],
 )
 def test_the_order_of_commit_and_write_is_the_semantics(semantics, expected, lake_url):
     source = MemorySource(topic(partitions=1, records=10), {})
     order: list[str] = []
     pipeline = Pipeline(make_config(lake_url, semantics), source=source, until_caught_up=True)
-    commit, put = source.commit, pipeline.lake.put
-    source.commit = lambda offsets, **k: (order.append("commit"), commit(offsets, **k))[1]  # type: ignore[method-assign]
-    pipeline.lake.put = lambda path, *a, **k: (  # type: ignore[method-assign]
-        order.append("write") if path.endswith(".parquet") else None,
-        put(path, *a, **k),
-    )[1]
+    commit, put, create = source.commit, pipeline.lake.put, pipeline.lake.create
+
+    def commit_(offsets, **k):  # type: ignore[no-untyped-def]
+        order.append("group commit")
+        return commit(offsets, **k)
+
+    def put_(path, *a, **k):  # type: ignore[no-untyped-def]
+        if path.endswith(".parquet"):
+            order.append("data")
+        elif "/pending-v2/" in path:
+            order.append("pending")
+        return put(path, *a, **k)
+
+    def create_(path, data, *a, **k):  # type: ignore[no-untyped-def]
+        if "/manifest/" in path:
+            order.append(f"manifest {json.loads(data)['operation']}")
+        return create(path, data, *a, **k)
+
+    source.commit = commit_  # type: ignore[method-assign]
+    pipeline.lake.put = put_  # type: ignore[method-assign]
+    pipeline.lake.create = create_  # type: ignore[method-assign]
     pipeline.run()
-    assert order[:2] == expected
+    assert order == expected
 
 
 @pytest.mark.parametrize("semantics", SEMANTICS)
@@ -242,3 +263,50 @@ def test_headers_keys_and_tombstones_are_kept(lake_url):
     assert rows[0]["kafka_headers"] == [{"key": "trace", "value": b"abc"}, {"key": "n", "value": b""}]
     assert rows[0]["kafka_key"] == b"k0" and rows[0]["a"] == 1
     assert rows[1]["kafka_key"] is None and rows[1]["a"] is None and rows[1]["kafka_headers"] == []
+
+
+@pytest.mark.parametrize("semantics", SEMANTICS)
+def test_a_full_disk_stops_the_run_saying_so_and_keeps_the_promise(semantics, lake_url, monkeypatch):
+    """ENOSPC in the middle of the second data file: the run stops with "the disk ... is full" (exit 1: it
+    stopped part-way; not retryable until someone frees space), nothing past what was written is committed,
+    and a run once space is back keeps the semantics' promise."""
+    import errno
+    import os
+
+    from kingest.errors import LakeUnavailable
+
+    data, group = topic(partitions=1, records=1000), {}
+    real_fsync = os.fsync
+    data_files: list[str] = []
+
+    def fsync(fd: int) -> None:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        if target.endswith(".tmp") and ".parquet." in target:
+            if target not in data_files:
+                data_files.append(target)
+            if data_files.index(target) == 1:  # the second data file: half written, then the disk is full
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr("kingest.lake.os.fsync", fsync)
+    config = make_config(lake_url, semantics, max_records=300)
+    with pytest.raises(LakeUnavailable) as caught:
+        Pipeline(config, source=MemorySource(data, group), until_caught_up=True).run()
+    assert "is full ([Errno 28] No space left on device)" in caught.value.message
+    assert caught.value.exit_code == 1 and not caught.value.retryable
+    lake = Lake(lake_url)
+    assert not [p for p in lake.find() if p.endswith(".tmp")]
+    saved = lake_offsets(lake).get(0, [])
+    assert saved == list(range(300))  # the first file only; the half second one is gone
+    if semantics == "at-least-once":
+        assert group.get(("orders", 0), 0) <= 300  # nothing committed past what was written
+    if semantics == "exactly-once":
+        assert ManifestStore(lake, "orders").load("orders", 0).next_offset == 300
+
+    monkeypatch.setattr("kingest.lake.os.fsync", real_fsync)  # space is back
+    Pipeline(config, source=MemorySource(data, group), until_caught_up=True).run()
+    found = lake_offsets(lake)[0]
+    if semantics != "at-most-once":
+        assert set(found) == set(range(1000))
+    if semantics != "at-least-once":
+        assert len(found) == len(set(found))

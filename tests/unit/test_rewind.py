@@ -6,6 +6,7 @@ with real SIGKILLs: tests/integration/test_rewind.py.
 
 from __future__ import annotations
 
+import io
 from collections import Counter
 
 import pyarrow.compute as pc
@@ -428,3 +429,7 @@ semantics: exactly-once
     dead = [e for e in state.files.values() if e.get("kind") == "dead-letter"]
     assert [(e["first_offset"], e["last_offset"], e["rows"]) for e in dead] == [(3, 43, 5)]
     assert all(e["path"].startswith("_dead_letters/") for e in dead)
+    # The rewritten file's own footer says so too (what `kingest verify` and a reader of the file see).
+    lake = Lake(config.lake.path)
+    [footer] = [pq.read_metadata(io.BytesIO(lake.read(e["path"]) or b"")).metadata for e in dead]
+    assert footer[b"kingest.kind"] == b"dead-letter"
