@@ -65,3 +65,35 @@ def test_importing_kingest_leaves_arrows_memory_pool_alone_and_the_cli_chooses_j
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "jemalloc"
+
+
+def test_kingest_check_reports_kafkas_errors_as_kafka_and_a_bug_as_a_bug(monkeypatch):
+    """Before: any exception while reading topics became "Kafka at ...: ...", a bug included."""
+    from contextlib import contextmanager
+
+    from kafka import errors as kafka_errors
+
+    from kingest import check, kafka_admin
+    from kingest import config as config_module
+
+    config = config_module.parse(
+        'pipeline: p\nkafka: {bootstrap_servers: "h:9092", topics: [t]}\nlake: {path: /tmp/x}\n'
+    )
+
+    def consumer_raising(error: BaseException):  # type: ignore[no-untyped-def]
+        class Consumer:
+            def topics(self):  # type: ignore[no-untyped-def]
+                raise error
+
+        @contextmanager
+        def inspection(config, **extra):  # type: ignore[no-untyped-def]
+            yield Consumer()
+
+        return inspection
+
+    monkeypatch.setattr(kafka_admin, "inspection_consumer", consumer_raising(ZeroDivisionError("a bug")))
+    with pytest.raises(ZeroDivisionError):
+        list(check._kafka_checks(config))
+    monkeypatch.setattr(kafka_admin, "inspection_consumer", consumer_raising(kafka_errors.KafkaTimeoutError("slow")))
+    [kafka, _] = list(check._kafka_checks(config))
+    assert kafka.name == "kafka" and not kafka.ok and "h:9092" in kafka.detail
