@@ -94,15 +94,16 @@ def _kafka_checks(config: Config) -> Iterator[Check]:
 
 def _lake_checks(config: Config) -> Iterator[Check]:
     from .lake import Lake
-    from .manifest import ManifestStore
+    from .offsets import offset_store
 
-    exactly_once = config.semantics == "exactly-once"
     try:
         lake = Lake(config.lake.path, config.lake.storage_options)
         exclusive = lake.probe()
     except KingestError as error:
         yield Check("lake", False, error.message, error.hint)
         return
+    store = offset_store(config, lake)
+    exactly_once = store.names_files  # the store commits the files it names: it needs exclusive create
     yield Check("lake", True, f"{lake.display()} is writable (a probe object was written, read and removed)")
     if exclusive:
         yield Check(
@@ -119,17 +120,14 @@ def _lake_checks(config: Config) -> Iterator[Check]:
             else None,
             note=not exactly_once,
         )
-    if not exactly_once:
+    if not store.names_files:
         return
-    store = ManifestStore(lake, config.pipeline)
     try:
-        partitions = [tp for tp in store.partitions() if tp[0] in config.kafka.topics]
-        for topic, partition in partitions:
-            store.load(topic, partition)
+        partitions = store.readable(config.kafka.topics)
     except KingestError as error:
-        yield Check("offsets manifest", False, error.message, error.hint)
+        yield Check(store.name, False, error.message, error.hint)
         return
     if partitions:
-        yield Check("offsets manifest", True, f"readable for {len(partitions)} partition(s)")
+        yield Check(store.name, True, f"readable for {partitions} partition(s)")
     else:
-        yield Check("offsets manifest", True, "none yet: the first run starts per kafka.auto_offset_reset")
+        yield Check(store.name, True, "none yet: the first run starts per kafka.auto_offset_reset")

@@ -38,7 +38,8 @@ def is_dead_letter(entry: Mapping[str, Any]) -> bool:
 
 
 def dead_letters_in_state(state: Any) -> int:
-    """Dead letters committed for one partition, from its manifest state (``manifest.PartitionState``)."""
+    """Dead letters committed for one partition, from a store that names its files (``offsets.Position``,
+    ``manifest.PartitionState``)."""
     return sum(int(entry.get("rows", 0)) for entry in state.files.values() if is_dead_letter(entry))
 
 

@@ -27,7 +27,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -386,30 +386,63 @@ class ManifestStore:
            are the removed ones (had the commit lost the race, they would be the new files). If this crashes
            before step 4, the next claim (``kingest run``), rewind or checkpoint does it.
         """
-        added = [f.path for f in write]
+        new = self.save(
+            state,
+            operation="rewind",
+            owner=owner,
+            next_offset=next_offset,
+            files=write,
+            remove=remove,
+            extra={"previous_next_offset": state.next_offset},
+        )
+        crash.point("after-commit")
+        return new, self.recover(new)
+
+    def save(
+        self,
+        state: PartitionState,
+        *,
+        operation: str,
+        owner: str,
+        next_offset: int | None,
+        files: Sequence[EncodedFile],
+        remove: Sequence[str] = (),
+        extra: dict[str, Any] | None = None,
+        write: Callable[[Sequence[EncodedFile]], None] | None = None,
+    ) -> PartitionState:
+        """Add ``files`` (and take ``remove`` out) in version ``state.version + 1``, in the one order that a crash
+        or a pause at any line cannot break (a batch of ``kingest run`` and a rewind alike):
+
+        1. announce: a pending record for that version names the files to add and to remove;
+        2. write the files (``write``: the caller's way, else plain puts): not part of the lake yet;
+        3. commit the version by exclusive create: now they are.
+
+        Raises ManifestConflict when another writer took the version: the files were never committed, and their
+        names carry this writer's tag, so they are deleted here (with the record)."""
         version = state.version + 1
+        added = [f.path for f in files]
         removed = [p for p in remove if p not in added]
         self.write_pending(state.topic, state.partition, owner, added + removed, version=version)
-        for f in write:
-            self.lake.put(f.path, f.data)
+        if write is not None:
+            write(files)
+        else:
+            for f in files:
+                self.lake.put(f.path, f.data)
         crash.point("after-write")
         try:
-            new = self.commit(
+            return self.commit(
                 state,
-                operation="rewind",
+                operation=operation,
                 owner=owner,
                 next_offset=next_offset,
-                add=[f.entry() for f in write],
+                add=[f.entry() for f in files],
                 remove=list(remove),
-                extra={"previous_next_offset": state.next_offset},
+                extra=extra,
             )
         except ManifestConflict:
-            # Never committed: these names carry this rewind's own tag, nobody else can use them.
             self.lake.delete(added)
             self.lake.delete([self._pending_rel(state.topic, state.partition, version, owner)])
             raise
-        crash.point("after-commit")
-        return new, self.recover(new)
 
 
 def _numbered(names: Iterable[str]) -> list[int]:

@@ -9,13 +9,14 @@ that the promise of the chosen semantics holds whichever line the process dies o
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +27,8 @@ from .config import Config
 from .encoder import EncodedBatch, EncodedFile, Encoder, Rejected
 from .errors import BadRecord, CommitFailed, KingestError, ManifestConflict, SetupError
 from .lake import Lake
-from .manifest import ManifestStore, PartitionState, new_writer_id
+from .manifest import PartitionState, new_writer_id
+from .offsets import ManifestOffsets, offset_store
 from .source import Source, make_source
 
 log = logging.getLogger("kingest.pipeline")
@@ -115,6 +117,7 @@ class Pipeline:
         self.source: Source = source or make_source(config.kafka)
         self.until_caught_up = until_caught_up
         self.on_progress = on_progress
+        self.offsets = offset_store(config, self.lake)  # where the position lives (see offsets.py)
         batch = config.batch
         # Half of max_bytes triggers a flush: while that half is being encoded the next half fills, and the loop
         # waits for the encoder only when the two together reach max_bytes (see run).
@@ -127,10 +130,11 @@ class Pipeline:
             compression=config.lake.compression,
             partition_by=config.lake.partition_by,
             lineage={"kingest.pipeline": config.pipeline, "kingest.semantics": config.semantics},
-            file_tag=self.writer.rsplit("-", 1)[-1] if self.semantics == "exactly-once" else None,
+            # A store that names its files commits them by name: names carry the writer's tag (never reused).
+            file_tag=self.writer.rsplit("-", 1)[-1] if self.offsets.names_files else None,
             on_error=config.records.on_error,
         )
-        self.manifests = ManifestStore(self.lake, config.pipeline) if self.semantics == "exactly-once" else None
+        self.manifests = self.offsets.manifests if isinstance(self.offsets, ManifestOffsets) else None
         self.loaded: dict[TopicPartition, PartitionState] = {}  # exactly-once: manifest state at assignment
         self.owned: dict[TopicPartition, PartitionState] = {}  # exactly-once: partitions claimed in the manifest
         # exactly-once: partitions another writer claimed after us, and since when. We stop touching them; if the
@@ -159,7 +163,7 @@ class Pipeline:
     def run(self) -> Stats:
         crash.arm()
         exclusive = self.lake.probe()  # a clear error before anything is consumed
-        if self.semantics == "exactly-once" and not exclusive:
+        if self.offsets.names_files and not exclusive:
             raise SetupError(
                 f"the store at {self.lake.display()} does not enforce exclusive create; "
                 "exactly-once would be unsafe there",
@@ -333,9 +337,10 @@ class Pipeline:
             self._commit_kafka(offsets, resume=offsets)
 
         else:
-            # exactly-once, per partition: announce the files, write them, then commit the manifest version
-            # that names them and the next offset, by exclusive create. Until that create succeeds the files
-            # are not part of the lake (recovery removes them); after it, replay starts past them.
+            # exactly-once, per partition, in ManifestStore.save's order: announce the files, write them, then
+            # commit the manifest version that names them and the next offset, by exclusive create. Until that
+            # create succeeds the files are not part of the lake (recovery removes them); after it, replay
+            # starts past them.
             assert self.manifests is not None
             committed = {}
             dropped: set[TopicPartition] = set()
@@ -358,21 +363,17 @@ class Pipeline:
                     self.source.seek(batch.tp, state.next_offset)
                     dropped.add(batch.tp)
                     continue
-                self.manifests.write_pending(
-                    batch.topic, batch.partition, self.writer, [f.path for f in files], version=state.version + 1
-                )
-                self._write([(batch, files)])
-                crash.point("after-write")
                 try:
-                    self.owned[batch.tp] = self.manifests.commit(
+                    self.owned[batch.tp] = self.manifests.save(
                         state,
                         operation="write",
                         owner=self.writer,
                         next_offset=batch.next_offset,
-                        add=[f.entry() for f in files],
+                        files=files,
+                        write=functools.partial(self._write_batch, batch),
                     )
                 except ManifestConflict as conflict:
-                    self._fence(batch.tp, files, conflict)
+                    self._fence(batch.tp, conflict)  # its files are deleted: never committed, named by us
                     continue
                 self.stats.commits += 1
                 committed[batch.tp] = batch.next_offset
@@ -380,6 +381,9 @@ class Pipeline:
             # this commit does not wait out a broker outage (the data and the manifest need no broker), and its
             # failure changes nothing here: the manifest is committed, the buffered records stay as they are.
             self._commit_lag(committed)
+
+    def _write_batch(self, batch: Batch, files: Sequence[EncodedFile]) -> None:
+        self._write([(batch, list(files))])
 
     def _write(self, encoded: list[tuple[Batch, list[EncodedFile]]]) -> None:
         for _, files in encoded:
@@ -429,14 +433,13 @@ class Pipeline:
             if tp in assigned:
                 self.source.seek(tp, offset)
 
-    def _fence(self, tp: TopicPartition, files: list[EncodedFile], conflict: ManifestConflict) -> None:
+    def _fence(self, tp: TopicPartition, conflict: ManifestConflict) -> None:
         """Another writer owns this partition now (we are a zombie for it): stop touching it."""
         log.warning("%s; dropping its buffer", conflict)
         self.stats.fenced += 1
         self.fenced[tp] = time.monotonic()
         self.owned.pop(tp, None)
         self.batcher.drop([tp])
-        self.lake.delete([f.path for f in files])  # ours alone: exactly-once file names carry our writer id
         self.source.pause([tp])
 
     # ------------------------------------------------------------------------------------------ rebalance
@@ -501,7 +504,7 @@ class Pipeline:
         try:
             state = self.manifests.claim(tp[0], tp[1], self.writer, since=self.loaded[tp])
         except ManifestConflict as conflict:
-            self._fence(tp, [], conflict)
+            self._fence(tp, conflict)
             return None
         crash.point("after-claim")
         removed = self.manifests.recover(state)

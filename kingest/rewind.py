@@ -29,6 +29,7 @@ from .errors import BadTarget, GroupActive, KingestError, ManifestConflict, Rewi
 from .kafka_admin import GroupInfo
 from .lake import Lake
 from .manifest import ManifestStore, PartitionState, new_writer_id
+from .offsets import offset_store
 from .status import LakeFile, lake_files
 
 
@@ -121,6 +122,8 @@ class RewindPlan:
     lake: str
     target: Target
     partitions: list[PartitionPlan]
+    offset_name: str = "group offset"  # how the store's position is called (offsets.OffsetStore.offset_name)
+    names_files: bool = False  # the store names the lake's files: a rewind retracts them there
 
     @property
     def changes(self) -> bool:
@@ -128,8 +131,8 @@ class RewindPlan:
 
     def describe(self) -> list[str]:
         """The plan for a person: per partition the offset before and after, and the lake files affected."""
-        exactly_once = self.semantics == "exactly-once"
-        where = "manifest offset" if exactly_once else "group offset"
+        names_files = self.names_files
+        where = self.offset_name
         lines = [
             f"rewind of pipeline {self.pipeline} ({self.semantics}) to {self.target.text}; "
             f"group {self.group_id}, lake {self.lake}"
@@ -145,7 +148,7 @@ class RewindPlan:
             lines.append(head)
             if p.before is not None and p.after > p.before:
                 lines.append(f"  skips offsets {p.before}..{p.after - 1}: they will not be written to the lake")
-            if exactly_once:
+            if names_files:
                 lines += _files("  drops {n} file(s) wholly at or after offset {o} from the lake:", p.drop, p.after)
                 lines += _files(
                     "  rewrites {n} file(s) straddling offset {o} to keep only the offsets below it:",
@@ -257,24 +260,25 @@ def plan_rewind(
 
     lake = lake or Lake(config.lake.path, config.lake.storage_options)
     plans = []
-    if config.semantics == "exactly-once":
-        store = ManifestStore(lake, config.pipeline)
+    store = offset_store(config, lake)
+    if store.names_files:
+        positions = store.positions(tps)
         for tp in tps:
-            state = store.load(*tp)
+            position = positions[tp]
             after, note = afters[tp]
-            files = [_lake_file(tp, entry) for entry in state.files.values()]
+            files = [_lake_file(tp, entry) for entry in (position.files or {}).values()]
             plans.append(
                 PartitionPlan(
                     *tp,
                     *bounds[tp],
                     committed.get(tp),
-                    state.next_offset,
+                    position.next_offset,
                     after,
                     note,
                     drop=sorted((f for f in files if f.first_offset >= after), key=_order),
                     rewrite=sorted((f for f in files if f.first_offset < after <= f.last_offset), key=_order),
-                    leftovers=store.pending_files(state),
-                    state=state,
+                    leftovers=store.uncommitted(position),
+                    state=position.state,
                 )
             )
     else:
@@ -285,7 +289,16 @@ def plan_rewind(
             plans.append(
                 PartitionPlan(*tp, *bounds[tp], committed.get(tp), committed.get(tp), after, note, replayed=replayed)
             )
-    return RewindPlan(config.pipeline, config.semantics, config.kafka.group_id, lake.display(), target, plans)
+    return RewindPlan(
+        config.pipeline,
+        config.semantics,
+        config.kafka.group_id,
+        lake.display(),
+        target,
+        plans,
+        offset_name=store.offset_name,
+        names_files=store.names_files,
+    )
 
 
 def _lake_file(tp: TopicPartition, entry: dict[str, Any]) -> LakeFile:
@@ -325,7 +338,7 @@ def apply_rewind(config: Config, plan: RewindPlan, lake: Lake | None = None) -> 
         return result
     lake = lake or Lake(config.lake.path, config.lake.storage_options)
 
-    if plan.semantics == "exactly-once":
+    if plan.names_files:
         store = ManifestStore(lake, config.pipeline)
         owner = f"rewind-{new_writer_id()}"
         for p in changed:

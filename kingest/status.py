@@ -32,7 +32,7 @@ from .config import Config
 from .deadletter import count_dead_letters, dead_letters_in_state, is_dead_letter
 from .kafka_admin import GroupInfo
 from .lake import Lake
-from .manifest import ManifestStore
+from .offsets import offset_store
 
 _FILE_NAME = re.compile(r"^(?P<partition>\d+)-(?P<first>\d{20})-(?P<last>\d{20})(?:-[^.]+)?\.parquet$")
 _FOOTER_READERS = 16
@@ -165,16 +165,18 @@ def collect_status(config: Config, lake: Lake | None = None) -> StatusReport:
     holders = {tp: f"{m.client_id}@{m.host}" for m in group.members for tp in m.partitions}
 
     partitions = []
-    if config.semantics == "exactly-once":
-        states = ManifestStore(lake, config.pipeline).load_many(tps)
+    store = offset_store(config, lake)
+    if store.names_files:
+        positions = store.positions(tps)
         for tp in tps:
-            state = states[tp]
-            data = [e for e in state.files.values() if not is_dead_letter(e)]
+            position = positions[tp]
+            entries = (position.files or {}).values()
+            data = [e for e in entries if not is_dead_letter(e)]
             partitions.append(
-                _row(tp, bounds[tp], committed.get(tp), state.next_offset, state.next_offset, holders.get(tp))
+                _row(tp, bounds[tp], committed.get(tp), position.next_offset, position.next_offset, holders.get(tp))
                 | {"files": len(data), "rows": sum(int(e.get("rows", 0)) for e in data)}
-                | {"bytes": sum(int(e.get("bytes", 0)) for e in data), "dead_letters": dead_letters_in_state(state)}
-                | {"last_commit_at": state.committed_at}
+                | {"bytes": sum(int(e.get("bytes", 0)) for e in data), "dead_letters": dead_letters_in_state(position)}
+                | {"last_commit_at": position.committed_at}
             )
     else:
         found = lake_files(lake, config.kafka.topics)

@@ -47,7 +47,7 @@ from .config import Config
 from .deadletter import dead_letter_files, is_dead_letter
 from .errors import KingestError, StateError
 from .lake import Lake
-from .manifest import ManifestStore
+from .offsets import offset_store
 
 log = logging.getLogger("kingest.verify")
 
@@ -248,7 +248,7 @@ def audit(config: Config, *, lake: Lake | None = None) -> Report:
     # fsspec shares filesystem instances, with their listing caches, across a process: an audit must see the
     # store as it is now, not as an earlier listing in this process saw it.
     lake.fs.invalidate_cache()
-    exactly_once = config.semantics == "exactly-once"
+    store = offset_store(config, lake)
     where = ", ".join(config.kafka.bootstrap_servers)
     try:
         with kafka_admin.inspection_consumer(config) as consumer:
@@ -256,11 +256,10 @@ def audit(config: Config, *, lake: Lake | None = None) -> Report:
             # 1. How far the pipeline saved its progress, read before the lake (see the module docstring).
             missing_files: list[str] = []
             orphans: list[str] = []
-            if exactly_once:
-                store = ManifestStore(lake, config.pipeline)
-                states = {tp: store.load(*tp) for tp in tps}
-                committed = {tp: s.next_offset for tp, s in states.items()}
-                entries = {path: entry for s in states.values() for path, entry in s.files.items()}
+            positions = store.positions(tps)
+            committed = {tp: position.next_offset for tp, position in positions.items()}
+            if store.names_files:
+                entries = {path: entry for p in positions.values() for path, entry in (p.files or {}).items()}
                 named = [p for p, entry in entries.items() if not is_dead_letter(entry)]
                 named_letters = [p for p, entry in entries.items() if is_dead_letter(entry)]
                 # 2. The lake: the files the manifest names (and what else a folder reader would see).
@@ -273,7 +272,6 @@ def audit(config: Config, *, lake: Lake | None = None) -> Report:
                 letter_paths = [p for p in named_letters if p in letters]
                 orphans = sorted(set(visible) - set(named))
             else:
-                committed = kafka_admin.committed_offsets(config, tps)
                 paths = sorted(_visible(lake, config.kafka.topics))
                 letter_paths = sorted(_dead_letters(lake, config.kafka.topics))
             present = _read_offsets(lake, paths)
@@ -309,7 +307,7 @@ def audit(config: Config, *, lake: Lake | None = None) -> Report:
         semantics=config.semantics,
         lake=lake.display(),
         isolation_level=config.kafka.isolation_level,
-        source="manifest" if exactly_once else "folder",
+        source="manifest" if store.names_files else "folder",
         partitions=audits,
         files_read=len(paths) + len(letter_paths),
         missing_files=missing_files,
