@@ -62,6 +62,23 @@ def _tp(tp: TopicPartition) -> Any:
     return KafkaTP(tp[0], tp[1])
 
 
+# The orphaned join: why the rebalance listener pins the rejoin. kafka-python 3.0.12 (kafka/coordinator/base.py,
+# consumer.py): BaseCoordinator.join_group_async runs _on_join_prepare_async, which awaits our on_partitions_revoked,
+# inside the poll's timer (base.py:495). A revocation flush longer than the rest of the poll's timeout (kingest polls
+# for at most 1 s) leaves the timer expired, so the JoinGroup/SyncGroup task it then starts is awaited for 0 ms
+# (base.py:510-515): "Timer expired; leave self._join_task in flight so the next poll re-awaits it". The next poll
+# re-awaits it only if ConsumerCoordinator.need_rejoin() is still true (consumer.py:408). When the rejoin was caused by
+# a metadata change seen by the leader (consumer.py:604, assignment snapshot != metadata snapshot: the usual rebalance
+# right after a first assignment on a fresh topic, or partitions added), the join task itself clears that cause: as
+# leader it runs _perform_assignment, which sets the assignment snapshot to the metadata snapshot (consumer.py:473).
+# rejoin_needed was never set, so need_rejoin() turns false, the finished join is never completed
+# (_on_join_complete_async: no assignment, no listener call), the member stays REBALANCING with its heartbeats disabled
+# (base.py:505), and poll() spins (time_to_next_heartbeat is 0) while the broker drops the member at its session
+# timeout. Nothing ever fails. Setting rejoin_needed when a rejoin starts keeps need_rejoin() true until
+# join_group_async completes a join (it clears the flag there): the next poll re-awaits the join task, or, if it already
+# finished unobserved, sends a new JoinGroup (one more generation, no second revocation: `rejoining` is still set).
+
+
 class KafkaSource:
     # kafka-python parses every record in Python on the polling thread, holding the GIL: that keeps one core busy,
     # and a second encoding thread only raised peak RSS (+25-35 MB) with no gain on 2 cores (see
@@ -135,8 +152,13 @@ class KafkaSource:
             if failure:
                 raise failure[0]
 
+        coordinator = self.consumer._coordinator
+
         class Rebalance(kafka.AsyncConsumerRebalanceListener):
+            # on_partitions_revoked and on_partitions_lost run when a rejoin starts: each first pins the rejoin
+            # (see "the orphaned join" above), so that kafka-python finishes it however long the flush takes.
             async def on_partitions_revoked(self, revoked: Any) -> None:
+                coordinator.request_rejoin()
                 await in_worker(on_revoked, revoked)
 
             async def on_partitions_assigned(self, assigned: Any) -> None:
@@ -144,6 +166,7 @@ class KafkaSource:
 
             async def on_partitions_lost(self, lost: Any) -> None:
                 # Already owned by another member: nothing may be committed for them.
+                coordinator.request_rejoin()
                 await in_worker(on_lost, lost)
 
         self.consumer.subscribe(list(self.config.topics), listener=Rebalance())
