@@ -10,7 +10,8 @@
     ├── RunError                      a run stopped part-way; offsets were saved only up to the last good batch  exit 1
     │   ├── BadRecord                 a record cannot be decoded (topic, partition, offset, reason)
     │   ├── CommitFailed              [retryable] Kafka refused the offset commit (rebalance, fencing)
-    │   └── ManifestConflict          another writer committed this partition's next manifest version (zombie)
+    │   ├── ManifestConflict          another writer committed this partition's next manifest version (zombie)
+    │   └── OutOfGroup                [retryable] the consumer is no longer a member of its group and does not rejoin
     ├── BadTarget                     `kingest rewind`: the target is not usable (none or several, out of range)  exit 2
     ├── RewindConflict                `kingest rewind`: a writer committed between the plan and the rewind  exit 2
     └── StateError                    a state file in the lake is unreadable or of an unknown format    exit 2
@@ -101,6 +102,13 @@ class ManifestConflict(RunError):
         self.topic = topic
         self.partition = partition
         self.version = version
+
+
+class OutOfGroup(RunError):
+    """The consumer has had no partitions for far longer than the group's session timeout, and the group does
+    not list it as a member: it would poll for ever. A restart rejoins the group."""
+
+    retryable = True
 
 
 class StateError(KingestError):

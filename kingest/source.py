@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from .batcher import Columns, Record, TopicPartition
 from .config import KafkaConfig
-from .errors import CommitFailed, SetupError, SourceUnavailable, TopicNotFound
+from .errors import CommitFailed, OutOfGroup, SetupError, SourceUnavailable, TopicNotFound
 
 log = logging.getLogger("kingest.source")
 
@@ -67,6 +67,23 @@ def _tp(tp: TopicPartition) -> Any:
     return KafkaTP(tp[0], tp[1])
 
 
+# The orphaned join: why the rebalance listener pins the rejoin. kafka-python 3.0.12 (kafka/coordinator/base.py,
+# consumer.py): BaseCoordinator.join_group_async runs _on_join_prepare_async, which awaits our on_partitions_revoked,
+# inside the poll's timer (base.py:495). A revocation flush longer than the rest of the poll's timeout (kingest polls
+# for at most 1 s) leaves the timer expired, so the JoinGroup/SyncGroup task it then starts is awaited for 0 ms
+# (base.py:510-515): "Timer expired; leave self._join_task in flight so the next poll re-awaits it". The next poll
+# re-awaits it only if ConsumerCoordinator.need_rejoin() is still true (consumer.py:408). When the rejoin was caused by
+# a metadata change seen by the leader (consumer.py:604, assignment snapshot != metadata snapshot: the usual rebalance
+# right after a first assignment on a fresh topic, or partitions added), the join task itself clears that cause: as
+# leader it runs _perform_assignment, which sets the assignment snapshot to the metadata snapshot (consumer.py:473).
+# rejoin_needed was never set, so need_rejoin() turns false, the finished join is never completed
+# (_on_join_complete_async: no assignment, no listener call), the member stays REBALANCING with its heartbeats disabled
+# (base.py:505), and poll() spins (time_to_next_heartbeat is 0) while the broker drops the member at its session
+# timeout. Nothing ever fails. Setting rejoin_needed when a rejoin starts keeps need_rejoin() true until
+# join_group_async completes a join (it clears the flag there): the next poll re-awaits the join task, or, if it already
+# finished unobserved, sends a new JoinGroup (one more generation, no second revocation: `rejoining` is still set).
+
+
 class KafkaSource:
     # kafka-python parses every record in Python on the polling thread, holding the GIL: that keeps one core busy,
     # and a second encoding thread only raised peak RSS (+25-35 MB) with no gain on 2 cores (see
@@ -78,6 +95,9 @@ class KafkaSource:
         self.consumer: Any = None
         self.retries = 0  # failed polls retried (for the metrics)
         self.connection = ConnectionWatch(", ".join(config.bootstrap_servers))
+        self.group = GroupWatch(
+            config.group_id, config.session_timeout_ms / 1000, self._describe_group, self._member_id
+        )
 
     def open(self, on_assigned: Listener, on_revoked: Listener, on_lost: Listener) -> None:
         import kafka
@@ -140,15 +160,25 @@ class KafkaSource:
             if failure:
                 raise failure[0]
 
+        coordinator = self.consumer._coordinator
+        group = self.group
+
         class Rebalance(kafka.AsyncConsumerRebalanceListener):
+            # on_partitions_revoked and on_partitions_lost run when a rejoin starts: each first pins the rejoin
+            # (see "the orphaned join" above), so that kafka-python finishes it however long the flush takes.
             async def on_partitions_revoked(self, revoked: Any) -> None:
+                coordinator.request_rejoin()
+                group.owns(False)
                 await in_worker(on_revoked, revoked)
 
             async def on_partitions_assigned(self, assigned: Any) -> None:
+                group.owns(bool(assigned))
                 await in_worker(on_assigned, assigned)
 
             async def on_partitions_lost(self, lost: Any) -> None:
                 # Already owned by another member: nothing may be committed for them.
+                coordinator.request_rejoin()
+                group.owns(False)
                 await in_worker(on_lost, lost)
 
         self.consumer.subscribe(list(self.config.topics), listener=Rebalance())
@@ -159,6 +189,7 @@ class KafkaSource:
         try:
             polled = self.consumer.poll(timeout_ms=int(timeout * 1000))
             self.connection.check(self.consumer)
+            self.group.check()
             return polled
         except kafka_errors.KafkaError as exc:
             self.connection.check(self.consumer)
@@ -302,6 +333,34 @@ class KafkaSource:
     def resume(self, tps: Iterable[TopicPartition]) -> None:
         self.consumer.resume(*[_tp(tp) for tp in tps])
 
+    def _member_id(self) -> str:
+        return str(self.consumer.group_metadata().member_id or "")
+
+    def _describe_group(self) -> tuple[str, set[str]] | None:
+        """The group's state and member ids, from one DescribeGroups request to its coordinator (None: not known
+        now). Sent through the consumer's own connection to the coordinator: no second client."""
+        from kafka import errors as kafka_errors
+        from kafka.protocol.admin import DescribeGroupsRequest
+
+        coordinator = self.consumer._coordinator
+        node = coordinator.coordinator()
+        if node is None:
+            return None
+
+        async def describe() -> Any:
+            return await coordinator._manager.send(DescribeGroupsRequest(groups=[self.config.group_id]), node_id=node)
+
+        try:
+            response = self.consumer._net.run(describe)
+            group = response.groups[0]
+        except (kafka_errors.KafkaError, IndexError) as exc:
+            log.debug("describing group %s: %s", self.config.group_id, exc)
+            return None
+        if group.error_code:
+            log.debug("describing group %s: error %s", self.config.group_id, group.error_code)
+            return None
+        return str(group.group_state), {str(m.member_id) for m in group.members}
+
     def close(self) -> None:
         if self.consumer is not None:
             try:
@@ -393,6 +452,74 @@ class ConnectionWatch:
         elif now - self._reported >= self.REPEAT:
             self._reported = now
             log.warning("still waiting for Kafka at %s (unreachable for %.0fs)", self.where, now - self.down_since)
+
+
+class GroupWatch:
+    """Ends a run whose consumer has dropped out of its group for good, instead of letting it poll for ever.
+
+    kafka-python can lose track of a rejoin (see "the orphaned join" above): the member then neither consumes nor
+    fails, its heartbeats stopped, and the broker drops it from the group. Whatever the cause, the signal is the
+    same: no partition owned (since the last revocation or loss, or since start) for longer than ``AFTER`` session
+    timeouts, and the group, asked directly (one DescribeGroups request, at most once a session timeout), does not
+    list this member. A member that waits for good reasons is listed there: an idle member of a group with more
+    members than partitions, or one held in a long rebalance. Two answers in a row without it end the run with
+    OutOfGroup. A failed describe (broker unreachable, not authorized) tells nothing: ConnectionWatch reports
+    outages."""
+
+    AFTER = 2  # session timeouts without a partition before the group is asked
+
+    def __init__(
+        self,
+        group: str,
+        session_timeout: float,
+        describe: Callable[[], tuple[str, set[str]] | None],
+        member_id: Callable[[], str],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.group = group
+        self.session_timeout = session_timeout
+        self.describe = describe
+        self.member_id = member_id
+        self.clock = clock
+        self.since: float | None = clock()  # owning no partition since (None: owns some)
+        self._asked = float("-inf")
+        self._absent = 0  # answers in a row that did not list this member
+
+    def owns(self, partitions: bool) -> None:
+        """From the rebalance listener: whether the member owns partitions now."""
+        if partitions:
+            self.since, self._absent = None, 0
+        elif self.since is None:
+            self.since = self.clock()
+
+    def check(self) -> None:
+        """After each poll: cheap unless the member has owned nothing for ``AFTER`` session timeouts."""
+        since = self.since
+        now = self.clock()
+        if since is None or now - since < self.AFTER * self.session_timeout:
+            return
+        if now - self._asked < self.session_timeout:
+            return
+        self._asked = now
+        answer = self.describe()
+        if answer is None:
+            return
+        state, members = answer
+        me = self.member_id()
+        if me and me in members:
+            self._absent = 0
+            return
+        self._absent += 1
+        log.debug("group %s (%s, %d members) does not list this member (%s)", self.group, state, len(members), me)
+        if self._absent < 2:
+            return
+        raise OutOfGroup(
+            f"this consumer has owned no partition for {now - since:.0f}s and group {self.group} does not count it "
+            f"as a member (group {state.lower()}, {len(members)} member(s)): the Kafka client stopped rejoining "
+            "the group, so the run would never consume again",
+            "Restart the run: it rejoins the group and resumes from the committed offsets. If it happens again, "
+            "run with --verbose and report the log.",
+        )
 
 
 # ---------------------------------------------------------------------------------------------- credentials
