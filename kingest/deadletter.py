@@ -25,8 +25,8 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .batcher import TopicPartition
 from .lake import Lake
+from .types import TopicPartition
 
 DEAD_LETTER_FOLDER = "_dead_letters"
 DEAD_LETTER_KIND = "dead-letter"

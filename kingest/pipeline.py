@@ -21,13 +21,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import crash
-from .batcher import Batch, Batcher, TopicPartition
+from .batcher import Batch, Batcher
 from .config import Config
 from .encoder import EncodedBatch, EncodedFile, Encoder, Rejected
 from .errors import BadRecord, CommitFailed, KingestError, ManifestConflict, SetupError
 from .lake import Lake
 from .manifest import ManifestStore, PartitionState, new_writer_id
 from .source import Source, make_source
+from .types import TopicPartition
 
 log = logging.getLogger("kingest.pipeline")
 

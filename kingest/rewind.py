@@ -23,13 +23,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import kafka_admin
-from .batcher import TopicPartition
 from .config import Config
 from .errors import KingestError, ManifestConflict, SetupError
 from .kafka_admin import GroupInfo
 from .lake import Lake
 from .manifest import ManifestStore, PartitionState, new_writer_id
 from .status import LakeFile, lake_files
+from .types import TopicPartition
 
 
 class BadTarget(KingestError):

@@ -27,12 +27,12 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from . import kafka_admin
-from .batcher import TopicPartition
 from .config import Config
 from .deadletter import count_dead_letters, dead_letters_in_state, is_dead_letter
 from .kafka_admin import GroupInfo
 from .lake import Lake
 from .manifest import ManifestStore
+from .types import TopicPartition
 
 _FILE_NAME = re.compile(r"^(?P<partition>\d+)-(?P<first>\d{20})-(?P<last>\d{20})(?:-[^.]+)?\.parquet$")
 _FOOTER_READERS = 16

@@ -42,12 +42,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import kafka_admin, reader
-from .batcher import TopicPartition
 from .config import Config
 from .deadletter import dead_letter_files, is_dead_letter
 from .errors import KingestError, StateError
 from .lake import Lake
 from .manifest import ManifestStore
+from .types import TopicPartition
 
 log = logging.getLogger("kingest.verify")
 
