@@ -42,8 +42,9 @@ import pyarrow.parquet as pq
 
 from . import __version__
 from .batcher import Batch
-from .deadletter import DEAD_LETTER_FOLDER, DEAD_LETTER_KIND
+from .deadletter import DEAD_LETTER_KIND
 from .errors import BadRecord
+from .layout import dead_letter_folder, file_name, partition_folder, time_folder
 
 KAFKA_TIMESTAMP = pa.timestamp("ms", tz="UTC")  # Kafka record timestamps are milliseconds
 TIMESTAMP = pa.timestamp("us", tz="UTC")  # declared `timestamp`: microseconds, as Python, Spark and most ISO strings
@@ -136,13 +137,6 @@ class EncodedBatch:
     files: list[EncodedFile]
     rejected: list[Rejected]
     error: BadRecord | None = None
-
-
-def file_name(topic: str, partition: int, first_offset: int, last_offset: int, tag: str | None = None) -> str:
-    """Zero-padded so that names sort in offset order. ``tag`` (exactly-once: the writer's id) keeps two
-    writers that cut the same batch from ever writing the same name."""
-    suffix = f"-{tag}" if tag else ""
-    return f"{topic}-{partition}-{first_offset:020d}-{last_offset:020d}{suffix}.parquet"
 
 
 class _PieceFailed(Exception):
@@ -439,9 +433,8 @@ class Encoder:
     def encode_table(self, topic: str, partition: int, table: pa.Table) -> list[EncodedFile]:
         if table.num_rows == 0:
             return []
-        base = f"topic={topic}"
         if not self.partition_by:
-            return [self._file(f"{base}/partition={partition}", topic, partition, table)]
+            return [self._file(partition_folder(topic, partition), topic, partition, table)]
         stamps = table.column("kafka_timestamp")
         keys = (
             pc.strftime(stamps, format="%Y-%m-%d")
@@ -451,7 +444,8 @@ class Encoder:
         files = []
         for key in pc.unique(keys).to_pylist():
             part = table.filter(pc.equal(keys, key))
-            folder = f"{base}/date={key}" if "/" not in key else f"{base}/date={key.split('/')[0]}/hour={key[-2:]}"
+            date, _, hour = key.partition("/")
+            folder = time_folder(topic, date, hour or None)
             files.append(self._file(folder, topic, partition, part))
         return files
 
@@ -473,7 +467,7 @@ class Encoder:
             ],
             schema=pa.schema(DEAD_LETTER_FIELDS),
         )
-        folder = f"{DEAD_LETTER_FOLDER}/topic={batch.topic}/partition={batch.partition}"
+        folder = dead_letter_folder(batch.topic, batch.partition)
         return self._file(folder, batch.topic, batch.partition, table, kind=DEAD_LETTER_KIND)
 
     def _file(self, folder: str, topic: str, partition: int, table: pa.Table, kind: str = "data") -> EncodedFile:
