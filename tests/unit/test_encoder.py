@@ -368,3 +368,16 @@ def test_empty_objects_are_null_columns_until_they_have_fields():
     assert table.column("meta").null_count == 1 and table.column("deep").to_pylist() == [{"inner": None}]
     [later] = encoder.encode_batch(make_batch([b'{"meta": {"k": "v"}, "a": 2}'])).files
     assert read_file(later.data)[0].column("meta").to_pylist() == [{"k": "v"}]
+
+
+def test_a_topic_starts_from_the_schema_it_learned():
+    """A run starts from the lake's columns (Encoder.learn): a field the lake holds as a number rejects a string,
+    even as the first record of the run, and new fields still join."""
+    [file] = Encoder("json").encode_batch(make_batch([b'{"amount": 5}'])).files
+    encoder = Encoder("json")
+    encoder.learn({"t": pq.read_schema(io.BytesIO(file.data))})  # metadata columns and all
+    got, bad = rows(encoder, [b'{"amount": "5.5 EUR"}', b'{"amount": 6, "new": true}'])
+    assert bad == {100: "type conflict: field `amount` is a number in earlier records, a string in this one"}
+    assert got == [{"kafka_offset": 102, "amount": 6, "new": True}]
+    got, bad = rows(encoder, [b'{"amount": "x"}'], topic="other")  # another topic learned nothing
+    assert bad == {} and got == [{"kafka_offset": 100, "amount": "x"}]
