@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any, NamedTuple
 
-TopicPartition = tuple[str, int]
+from .types import TopicPartition
 
 # The Python memory a buffered record holds beyond its key and value bytes: the headers of the two bytes objects
 # (2 x 33 B), the offset and timestamp ints (28 + 32 B), five list slots (40 B), allocator rounding and list

@@ -29,10 +29,11 @@ from itertools import compress, islice
 from operator import itemgetter, ne
 from typing import Any
 
-from .batcher import Columns, TopicPartition
+from .batcher import Columns
 from .config import KafkaConfig
 from .errors import CommitFailed, SetupError, SourceUnavailable, TopicNotFound
 from .source import CommitRetry, ConnectionWatch, Listener, credentials_error_for
+from .types import TopicPartition
 
 log = logging.getLogger("kingest.source")
 # librdkafka's own log lines: under "kafka." like kafka-python's, so kingest's handler shows them only with

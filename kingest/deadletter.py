@@ -25,10 +25,10 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .batcher import TopicPartition
 from .lake import Lake
+from .layout import DEAD_LETTER_FOLDER, dead_letter_file
+from .types import TopicPartition
 
-DEAD_LETTER_FOLDER = "_dead_letters"
 DEAD_LETTER_KIND = "dead-letter"
 
 
@@ -48,15 +48,10 @@ def dead_letter_files(lake: Lake, topics: Iterable[str] | None = None) -> dict[T
     wanted = set(topics) if topics is not None else None
     out: dict[TopicPartition, list[str]] = {}
     for rel in lake.find(DEAD_LETTER_FOLDER):
-        parts = rel.split("/")
-        if len(parts) != 4 or not parts[-1].endswith(".parquet") or parts[-1].startswith((".", "_")):
+        tp = dead_letter_file(rel)
+        if tp is None or (wanted is not None and tp[0] not in wanted):
             continue
-        if not parts[1].startswith("topic=") or not parts[2].startswith("partition="):
-            continue
-        topic, partition = parts[1][len("topic=") :], parts[2][len("partition=") :]
-        if not partition.isdigit() or (wanted is not None and topic not in wanted):
-            continue
-        out.setdefault((topic, int(partition)), []).append(rel)
+        out.setdefault(tp, []).append(rel)
     for files in out.values():
         files.sort()
     return out

@@ -1,128 +1,30 @@
-"""Turn a Batch of raw records into Parquet files: the one module that imports pyarrow for writing.
+"""Turn a Batch of raw records into Parquet files: the pipeline's one entry point to the three stages below.
 
-Decoding happens per batch, never per record. One pass gives the good rows *and* the bad records (each with
-its offset and the reason), so that ``records.on_error`` (fail, skip, dead-letter) can settle both at once:
+    decode.py   raw values → Arrow table of the good records + the bad ones (JSON read per batch, schemas)
+    coerce.py   (declared schemas) values → the declared types
+    parquet.py  Arrow table → Parquet files, named and placed per layout.py, lineage in the footer
 
-- raw: the value bytes, never bad.
-- string: one UTF-8 validation of the whole column; only when it fails are the bad rows located.
-- json: the batch's values are wrapped as ``{"v":<value>}`` lines and read by pyarrow's JSON reader in one call.
-  The wrapper makes each record exactly one row (a value holding two objects, or an empty value, cannot shift
-  the rows against the offsets). When the read fails, the batch is halved and each half read again, down to
-  the single records that fail on their own: O(bad * log n) reader calls over slices, never a Python loop over
-  the records, and the records before a bad one keep the column types they set ("first seen wins").
-
-Schemas (json):
-
-- declared (``records.schema``): read with the declared types. Values of another JSON type are coerced per
-  column with pyarrow casts ("123" to int64, 5 to "5", ISO 8601 strings to timestamps); a value that cannot be
-  coerced makes its record bad. Undeclared fields are dropped.
-- inferred: each topic's columns are remembered across batches. A new field becomes a new nullable column in
-  later files; an int column that receives a fraction widens to float64 (``pa.unify_schemas``, permissive);
-  any other change of type (a number where a string was) makes the record bad. JSON strings stay strings:
-  pyarrow's inference of ISO timestamps is undone (declare ``timestamp`` to get timestamps).
-
-Every file carries its Arrow schema and its lineage (topic, partition, offsets, rows, pipeline, semantics) in
-the Parquet footer's key-value metadata.
+``Encoder.encode_batch`` settles a batch's bad records per ``records.on_error`` (fail, skip, dead-letter).
+This module imports no pyarrow at run time: the stages below own it.
 """
 
 from __future__ import annotations
 
-import itertools
-import json
-import re
-import threading
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, cast
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.json as pa_json
-import pyarrow.parquet as pq
-
-from . import __version__
 from .batcher import Batch
-from .deadletter import DEAD_LETTER_FOLDER, DEAD_LETTER_KIND
+from .coerce import declared_schema
+from .deadletter import DEAD_LETTER_KIND
+from .decode import METADATA_NAMES, Decoded, Decoder, Rejected, dead_letter_table
 from .errors import BadRecord
+from .parquet import EncodedFile, ParquetFiles
 
-KAFKA_TIMESTAMP = pa.timestamp("ms", tz="UTC")  # Kafka record timestamps are milliseconds
-TIMESTAMP = pa.timestamp("us", tz="UTC")  # declared `timestamp`: microseconds, as Python, Spark and most ISO strings
-HEADERS_TYPE = pa.list_(pa.struct([("key", pa.string()), ("value", pa.binary())]))
-METADATA_FIELDS = [
-    pa.field("kafka_topic", pa.string(), nullable=False),
-    pa.field("kafka_partition", pa.int32(), nullable=False),
-    pa.field("kafka_offset", pa.int64(), nullable=False),
-    pa.field("kafka_timestamp", KAFKA_TIMESTAMP),
-    pa.field("kafka_key", pa.binary()),
-    pa.field("kafka_headers", HEADERS_TYPE),
-]
-METADATA_NAMES = {f.name for f in METADATA_FIELDS}
-DEAD_LETTER_FIELDS = METADATA_FIELDS + [pa.field("value", pa.binary()), pa.field("error", pa.string())]
-DECLARED_TYPES: dict[str, pa.DataType] = {
-    "string": pa.string(),
-    "int8": pa.int8(),
-    "int16": pa.int16(),
-    "int32": pa.int32(),
-    "int64": pa.int64(),
-    "float32": pa.float32(),
-    "float64": pa.float64(),
-    "bool": pa.bool_(),
-    "timestamp": TIMESTAMP,
-    "date": pa.date32(),
-    "binary": pa.binary(),
-}
-ROW_GROUP_ROWS = 1_000_000  # one row group per file unless the batch is huge
-_ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
-_HAS_ZONE = r"(?:[zZ]|[+-]\d\d(?::?\d\d)?)$"
+if TYPE_CHECKING:
+    import pyarrow as pa
 
-
-@dataclass(frozen=True)
-class EncodedFile:
-    """One Parquet file ready to write: its path relative to the lake root and its bytes."""
-
-    path: str
-    data: bytes
-    topic: str
-    partition: int
-    first_offset: int
-    last_offset: int
-    rows: int
-    kind: str = "data"  # or DEAD_LETTER_KIND
-
-    def entry(self) -> dict[str, Any]:
-        """How the offsets manifest names this file."""
-        entry: dict[str, Any] = {
-            "path": self.path,
-            "first_offset": self.first_offset,
-            "last_offset": self.last_offset,
-            "rows": self.rows,
-            "bytes": len(self.data),
-        }
-        if self.kind != "data":
-            entry["kind"] = self.kind
-        return entry
-
-
-@dataclass(frozen=True)
-class Rejected:
-    """A record that cannot be decoded, and why."""
-
-    topic: str
-    partition: int
-    offset: int
-    reason: str
-
-    def error(self) -> BadRecord:
-        return BadRecord(self.topic, self.partition, self.offset, self.reason)
-
-
-@dataclass(frozen=True)
-class Decoded:
-    """A batch decoded in one pass: the good records as a table (metadata columns, then the value columns, in
-    offset order) and the bad ones."""
-
-    table: pa.Table
-    rejected: list[Rejected] = field(default_factory=list)
+__all__ = ["METADATA_NAMES", "BadRecord", "Decoded", "EncodedBatch", "EncodedFile", "Encoder", "Rejected"]
 
 
 @dataclass(frozen=True)
@@ -138,25 +40,9 @@ class EncodedBatch:
     error: BadRecord | None = None
 
 
-def file_name(topic: str, partition: int, first_offset: int, last_offset: int, tag: str | None = None) -> str:
-    """Zero-padded so that names sort in offset order. ``tag`` (exactly-once: the writer's id) keeps two
-    writers that cut the same batch from ever writing the same name."""
-    suffix = f"-{tag}" if tag else ""
-    return f"{topic}-{partition}-{first_offset:020d}-{last_offset:020d}{suffix}.parquet"
-
-
-class _PieceFailed(Exception):
-    """A slice of a batch could not be read as a whole (the reason is Arrow's message; ``field``: the top-level
-    field whose type conflicts, when the message names one)."""
-
-    def __init__(self, reason: str, field: str | None = None) -> None:
-        super().__init__(reason)
-        self.field = field
-
-
 class Encoder:
-    """Encodes batches for one pipeline. For inferred json schemas it remembers, per topic, the columns seen so
-    far, so that the files of a topic agree on each column's type."""
+    """Encodes batches for one pipeline: a Decoder (which, for inferred json schemas, remembers each topic's
+    columns so that the files of a topic agree on each column's type) and the pipeline's Parquet files."""
 
     def __init__(
         self,
@@ -169,659 +55,50 @@ class Encoder:
         file_tag: str | None = None,
         on_error: str = "fail",
     ) -> None:
-        self.file_tag = file_tag
-        # exactly-once: a data file name is used once, ever (recovery relies on it: see ManifestStore.recover).
-        # The writer tag alone repeats when one writer cuts the same offsets again (after a rewind).
-        self._file_serial = itertools.count()
-        self.format = record_format
         self.on_error = on_error
-        self.declared = (
-            pa.schema([pa.field(name, DECLARED_TYPES[kind]) for name, kind in schema.items()]) if schema else None
+        self.decoder = Decoder(record_format, declared_schema(schema) if schema else None)
+        self.files = ParquetFiles(
+            compression=compression, partition_by=partition_by, lineage=lineage, file_tag=file_tag
         )
-        self.known: dict[str, pa.Schema] = {}  # inferred json: the columns of each topic so far
-        self._known_lock = threading.Lock()
-        self.compression = None if compression == "none" else compression
-        self.partition_by = tuple(partition_by)
-        self.lineage = dict(lineage or {})
 
-    def _tag(self) -> str | None:
-        return f"{self.file_tag}-{next(self._file_serial)}" if self.file_tag else None
+    @property
+    def infers_schema(self) -> bool:
+        """Whether the columns come from the records (json without ``records.schema``): then ``learn`` the lake's."""
+        return self.decoder.infers_schema
 
-    # -------------------------------------------------------------------------------------- decoding
+    def learn(self, schemas: Mapping[str, pa.Schema]) -> None:
+        """Start each topic from the columns the lake already has (per topic: a data file's schema), so that a
+        record gets the same outcome whichever run reads it: a field's type is the one earlier runs wrote."""
+        for topic, schema in schemas.items():
+            self.decoder.learn(topic, schema)
 
     def decode(self, batch: Batch) -> Decoded:
         """The batch as an Arrow table of its good records, and the records that cannot be decoded."""
-        n = len(batch)
-        bad: dict[int, str] = {}
-        if self.format == "raw":
-            values = pa.table({"value": pa.array(batch.values, pa.binary())})
-        elif self.format == "string":
-            strings, invalid = _convert(pa.array(batch.values, pa.binary()), pa.string(), _cast(pa.string()))
-            bad = dict.fromkeys(invalid, "not valid UTF-8")
-            values = pa.table({"value": strings})
-        else:
-            values, bad = self._json(batch)
-        metadata = [
-            pa.array([batch.topic] * n, pa.string()),
-            pa.array([batch.partition] * n, pa.int32()),
-            pa.array(batch.offsets, pa.int64()),
-            pa.array(batch.timestamps, pa.int64()).cast(KAFKA_TIMESTAMP),
-            pa.array(batch.keys, pa.binary()),
-            _headers(batch.headers),
-        ]
-        rejected = [Rejected(batch.topic, batch.partition, batch.offsets[i], bad[i]) for i in sorted(bad)]
-        if bad:
-            keep = pa.array([i for i in range(n) if i not in bad], pa.int64())
-            metadata = [column.take(keep) for column in metadata]
-            if values.num_rows == n:  # raw/string: the bad rows are still there, as nulls
-                values = values.take(keep)
-        columns = metadata + list(values.columns)
-        schema = pa.schema(METADATA_FIELDS + [pa.field(f.name, f.type) for f in values.schema])
-        return Decoded(pa.Table.from_arrays(columns, schema=schema), rejected)
-
-    def _json(self, batch: Batch) -> tuple[pa.Table, dict[int, str]]:
-        """The value columns of the good records (in order) and the reasons of the bad ones, by index."""
-        raw = batch.values
-        # A tombstone (null value) becomes a row whose value columns are all null.
-        values = cast(list[bytes], [b"{}" if v is None else v for v in raw] if None in raw else raw)
-        bad: dict[int, str] = {}
-        try:
-            table, bad = self._read(batch.topic, _wrap(values), len(values))
-        except _PieceFailed:
-            pass
-        else:
-            return _drop_rows(table, bad), bad
-        # The slow path. One Python pass finds the values that are not JSON objects at all, and re-serialises
-        # pretty-printed ones (JSON strings cannot hold a raw newline, so that changes no data). The rest is read
-        # again, halving around the records that still fail (type conflicts, values that cannot be coerced).
-        rows = []
-        objects: dict[int, dict[str, Any]] = {}
-        values = list(values)  # never the batch's own list: dead letters keep the raw values
-        for i, value in enumerate(values):
-            obj = _json_object(value)
-            if isinstance(obj, str):
-                bad[i] = obj
-                continue
-            objects[i] = obj
-            if b"\n" in value:
-                values[i] = json.dumps(obj, separators=(",", ":")).encode()
-            rows.append(i)
-        pieces: list[pa.Table] = []
-        if rows and self.declared is None:
-            rows = self._settle_conflicts(batch.topic, values, rows, objects, pieces, bad)
-        if rows:
-            self._json_rows(batch.topic, values, rows, pieces, bad)
-        return self._concat(batch.topic, pieces), bad
-
-    def _settle_conflicts(
-        self,
-        topic: str,
-        values: list[bytes],
-        rows: list[int],
-        objects: dict[int, dict[str, Any]],
-        pieces: list[pa.Table],
-        bad: dict[int, str],
-    ) -> list[int]:
-        """Type conflicts of top-level fields, each found in one Python pass over the decoded objects rather than
-        by halving (a producer that changed a field's type makes every later record conflict). Returns the rows
-        still to read (none when they were read here)."""
-        for _ in range(16):
-            try:
-                table, rejected = self._read(topic, _wrap([values[i] for i in rows]), len(rows))
-            except _PieceFailed as failure:
-                name = failure.field
-                if name is None:
-                    return rows
-                known = self.known.get(topic)
-                if known is not None and name in known.names:
-                    expected = _kind_of_type(known.field(name).type)
-                else:  # first seen wins
-                    expected = next(
-                        (_json_kind(objects[i][name]) for i in rows if objects[i].get(name) is not None), None
-                    )
-                conflicting = [
-                    i for i in rows if objects[i].get(name) is not None and not _same_kind(objects[i][name], expected)
-                ]
-                if expected is None or not conflicting:
-                    return rows
-                for i in conflicting:
-                    found = _json_kind(objects[i][name])
-                    bad[i] = (
-                        f"type conflict: field `{name}` is {_a(expected)} in earlier records, {_a(found)} in this one"
-                    )
-                drop = set(conflicting)
-                rows = [i for i in rows if i not in drop]
-                if not rows:
-                    return rows
-                continue
-            bad.update({rows[i]: reason for i, reason in rejected.items()})
-            pieces.append(_drop_rows(table, rejected))
-            return []
-        return rows
-
-    def _json_rows(
-        self,
-        topic: str,
-        values: list[bytes],
-        rows: list[int],
-        pieces: list[pa.Table],
-        bad: dict[int, str],
-    ) -> None:
-        """Read ``rows`` in one call; when that fails, each half on its own, down to the single bad records."""
-        try:
-            table, rejected = self._read(topic, _wrap([values[i] for i in rows]), len(rows))
-        except _PieceFailed as failure:
-            if len(rows) > 1:
-                mid = len(rows) // 2
-                self._json_rows(topic, values, rows[:mid], pieces, bad)
-                self._json_rows(topic, values, rows[mid:], pieces, bad)
-                return
-            read = self._read_single(topic, values[rows[0]], str(failure))
-            if isinstance(read, str):
-                bad[rows[0]] = read
-                return
-            table, rejected = read
-        bad.update({rows[i]: reason for i, reason in rejected.items()})
-        pieces.append(_drop_rows(table, rejected))
-
-    def _read_single(self, topic: str, value: bytes, reason: str) -> tuple[pa.Table, dict[int, str]] | str:
-        """A record that cannot be read on its own: why not, or its row when it only needed re-serialising
-        (valid JSON the reader does not take as written: odd whitespace, a byte order mark...)."""
-        why = _not_an_object(value)
-        if why is not None:
-            return why
-        compact = _compact(value)
-        if compact == value:
-            return reason
-        try:
-            return self._read(topic, _wrap([compact]), 1)
-        except _PieceFailed as again:
-            return str(again)
-
-    def _read(self, topic: str, data: bytes, n: int) -> tuple[pa.Table, dict[int, str]]:
-        """Read ``n`` wrapped values: their value columns (one row each) and the rows rejected by coercion."""
-        if self.declared is not None:
-            try:
-                # The fast path: every value already of its declared JSON type.
-                table, rejected = _unwrap(_read_json(data, pa.schema([("v", pa.struct(self.declared))]), "ignore"), n)
-                return table.select(self.declared.names), rejected
-            except _ARROW_ERRORS:
-                pass
-            try:
-                table, rejected = _unwrap(_read_json_untimed(data, None), n)
-            except _ARROW_ERRORS as exc:
-                raise _PieceFailed(_arrow_reason(exc)) from None
-            return self._coerce(table, rejected)
-        known = self.known.get(topic)
-        try:
-            try:
-                read = _read_json_untimed(data, pa.schema([("v", pa.struct(known))]) if known else None)
-            except _ARROW_ERRORS:
-                if not known:
-                    raise
-                read = _read_json_untimed(data, None)  # on its own: a column may widen (int to float)
-            table, rejected = _unwrap(read, n)
-            return self._remember(topic, table), rejected
-        except _ARROW_ERRORS as exc:
-            raise _PieceFailed("type conflict: " + _arrow_reason(exc), _conflict_field(str(exc))) from None
-
-    def _coerce(self, table: pa.Table, rejected: dict[int, str]) -> tuple[pa.Table, dict[int, str]]:
-        """The declared columns, cast from the types the reader inferred; uncastable values reject their row."""
-        assert self.declared is not None
-        columns = []
-        for target in self.declared:
-            if target.name not in table.column_names:
-                columns.append(pa.nulls(table.num_rows, target.type))
-                continue
-            column = table.column(target.name).combine_chunks()
-            converted, failed = _convert(column, target.type, _coercion(column.type, target.type))
-            columns.append(converted)
-            for i in failed:
-                if i not in rejected:
-                    shown = _shown(column[i].as_py())
-                    rejected[i] = f"field `{target.name}` = {shown} cannot be converted to {_type_name(target.type)}"
-        return pa.Table.from_arrays(columns, schema=self.declared), rejected
-
-    def _remember(self, topic: str, table: pa.Table) -> pa.Table:
-        """Reconcile a decoded table with the topic's columns so far (new fields become new nullable columns,
-        ints widen to floats); a field whose type cannot be reconciled raises ArrowTypeError."""
-        for name in table.column_names:
-            if name in METADATA_NAMES:
-                raise pa.ArrowTypeError(f"field {name} collides with kingest's metadata column of that name")
-        table = _without_empty_objects(table)
-        with self._known_lock:  # batches of one flush are encoded on several threads
-            known = self.known.get(topic, pa.schema([]))
-            unified = pa.unify_schemas([known, table.schema], promote_options="permissive")
-            # Columns still null everywhere teach nothing about their type: they stay out of `known`.
-            self.known[topic] = pa.schema([f for f in unified if not pa.types.is_null(f.type)])
-        return _conform(table, unified)
-
-    def _concat(self, topic: str, pieces: list[pa.Table]) -> pa.Table:
-        """One table from the pieces of a batch, in the columns and types of the last (widest) of them."""
-        if self.declared is not None:
-            return pa.concat_tables(pieces) if pieces else self.declared.empty_table()
-        if not pieces:
-            return _no_columns(0)
-        if len(pieces) == 1:
-            return pieces[0]
-        unified = pa.unify_schemas([p.schema for p in pieces], promote_options="permissive")
-        if len(unified) == 0:
-            return _no_columns(sum(p.num_rows for p in pieces))
-        return pa.concat_tables([_conform(p, unified) for p in pieces])
-
-    # -------------------------------------------------------------------------------------- files
+        return self.decoder.decode(batch)
 
     def encode_batch(self, batch: Batch) -> EncodedBatch:
         """The batch as Parquet files, one per output partition, its bad records settled per ``on_error``:
         fail (files for the records before the first bad one, and the error), skip (files for the good ones),
         dead-letter (files for the good ones, plus one dead-letter file holding the bad ones)."""
-        decoded = self.decode(batch)
-        table, rejected = decoded.table, decoded.rejected
+        decoded = self.decoder.decode(batch)
+        rejected = decoded.rejected
         if rejected and self.on_error == "fail":
             first = rejected[0]
-            good = pc.less(table.column("kafka_offset"), first.offset)
-            head = batch.take_before(first.offset)
-            return EncodedBatch(
-                head, self.encode_table(batch.topic, batch.partition, table.filter(good)), [], first.error()
-            )
-        files = self.encode_table(batch.topic, batch.partition, table)
+            files = self.encode_table(batch.topic, batch.partition, decoded.before(first.offset))
+            return EncodedBatch(batch.take_before(first.offset), files, [], first.error())
+        files = self.encode_table(batch.topic, batch.partition, decoded.table)
         if rejected and self.on_error == "dead-letter":
             files.append(self.dead_letter_file(batch, rejected))
         return EncodedBatch(batch, files, rejected)
 
-    def encode(self, batch: Batch) -> list[EncodedFile]:
-        """The batch as Parquet files; raises BadRecord for the first record that cannot be decoded."""
-        decoded = self.decode(batch)
-        if decoded.rejected:
-            raise decoded.rejected[0].error()
-        return self.encode_table(batch.topic, batch.partition, decoded.table)
-
     def encode_table(self, topic: str, partition: int, table: pa.Table, kind: str = "data") -> list[EncodedFile]:
-        if table.num_rows == 0:
-            return []
-        base = f"topic={topic}"
-        if not self.partition_by or kind != "data":
-            return [self._file(f"{base}/partition={partition}", topic, partition, table, kind=kind)]
-        stamps = table.column("kafka_timestamp")
-        keys = (
-            pc.strftime(stamps, format="%Y-%m-%d")
-            if self.partition_by == ("date",)
-            else pc.strftime(stamps, format="%Y-%m-%d/%H")
-        )
-        files = []
-        for key in pc.unique(keys).to_pylist():
-            part = table.filter(pc.equal(keys, key))
-            folder = f"{base}/date={key}" if "/" not in key else f"{base}/date={key.split('/')[0]}/hour={key[-2:]}"
-            files.append(self._file(folder, topic, partition, part))
-        return files
+        """Decoded records of one topic-partition as files of ``kind`` (rewind rewrites a file with this: a
+        dead-letter file stays one, its footer included)."""
+        if kind == DEAD_LETTER_KIND:
+            return [self.files.dead_letter_file(topic, partition, table)] if table.num_rows else []
+        return self.files.data_files(topic, partition, table)
 
     def dead_letter_file(self, batch: Batch, rejected: Sequence[Rejected]) -> EncodedFile:
         """The raw bad records (key, value as bytes, headers, timestamp, topic, partition, offset) and their error
         text, under ``_dead_letters/topic=<t>/partition=<p>/``."""
-        index = {offset: i for i, offset in enumerate(batch.offsets)}
-        rows = [index[r.offset] for r in rejected]
-        table = pa.Table.from_arrays(
-            [
-                pa.array([batch.topic] * len(rows), pa.string()),
-                pa.array([batch.partition] * len(rows), pa.int32()),
-                pa.array([batch.offsets[i] for i in rows], pa.int64()),
-                pa.array([batch.timestamps[i] for i in rows], pa.int64()).cast(KAFKA_TIMESTAMP),
-                pa.array([batch.keys[i] for i in rows], pa.binary()),
-                _headers([batch.headers[i] for i in rows]),
-                pa.array([batch.values[i] for i in rows], pa.binary()),
-                pa.array([r.reason for r in rejected], pa.string()),
-            ],
-            schema=pa.schema(DEAD_LETTER_FIELDS),
-        )
-        folder = f"{DEAD_LETTER_FOLDER}/topic={batch.topic}/partition={batch.partition}"
-        return self._file(folder, batch.topic, batch.partition, table, kind=DEAD_LETTER_KIND)
-
-    def _file(self, folder: str, topic: str, partition: int, table: pa.Table, kind: str = "data") -> EncodedFile:
-        offsets = table.column("kafka_offset")
-        first, last = pc.min(offsets).as_py(), pc.max(offsets).as_py()
-        metadata = {
-            "kingest.version": __version__,
-            "kingest.kind": kind,
-            "kingest.topic": topic,
-            "kingest.partition": str(partition),
-            "kingest.first_offset": str(first),
-            "kingest.last_offset": str(last),
-            "kingest.rows": str(table.num_rows),
-            **self.lineage,
-        }
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
-        # Arrow's own buffer, not io.BytesIO: pyarrow writes a Python file object holding the GIL, once per page,
-        # and this thread would then wait for the polling thread at every write (3x slower while it polls).
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, compression=self.compression, row_group_size=ROW_GROUP_ROWS)
-        return EncodedFile(
-            path=f"{folder}/{file_name(topic, partition, first, last, self._tag())}",
-            data=sink.getvalue().to_pybytes(),
-            topic=topic,
-            partition=partition,
-            first_offset=first,
-            last_offset=last,
-            rows=table.num_rows,
-            kind=kind,
-        )
-
-
-# ------------------------------------------------------------------------------------------ json helpers
-
-
-def _wrap(values: Sequence[bytes]) -> bytes:
-    """One ``{"v":<value>}`` line per value, between two ``{"v":{}}`` lines that let a single join write the
-    first line's opening and the last line's closing: the hot path's one copy of the data."""
-    return b'}\n{"v":'.join([b'{"v":{}', *values, b"{}}"])
-
-
-def _read_json(data: bytes, schema: pa.Schema | None, unexpected: str = "infer") -> pa.Table:
-    parse = pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior=unexpected)
-    # One block for the whole batch, so that type inference sees all of it at once.
-    read = pa_json.ReadOptions(use_threads=False, block_size=max(len(data) + 1, 1 << 16))
-    # pa.BufferReader (zero copy), not io.BytesIO: the read then never takes the GIL (see Encoder._file).
-    return _check_utf8(pa_json.read_json(pa.BufferReader(data), read_options=read, parse_options=parse), data)
-
-
-def _read_json_untimed(data: bytes, schema: pa.Schema | None) -> pa.Table:
-    """Read with inference of the fields ``schema`` does not fix, keeping JSON strings as strings: pyarrow infers
-    ISO-looking strings as timestamps, which would change their text and clash with later non-ISO strings."""
-    table = _read_json(data, schema)
-    if _has_timestamp(table.schema):
-        table = _read_json(data, _untimed(table.schema))
-    return table
-
-
-def _unwrap(table: pa.Table, n: int) -> tuple[pa.Table, dict[int, str]]:
-    """The wrapped records' fields as columns. A record that is JSON ``null`` is rejected; one that is not an
-    object, or a row count that differs from the record count, fails the read."""
-    if table.num_rows != n + 2:  # (the two rows around the values)
-        raise pa.ArrowInvalid(f"{table.num_rows - 2} JSON values in {n} records")
-    if "v" not in table.column_names or not pa.types.is_struct(table.schema.field("v").type):
-        raise pa.ArrowInvalid("a JSON value that is not an object")
-    column = table.column("v").slice(1, n).combine_chunks()
-    rejected: dict[int, str] = {}
-    if column.null_count:
-        nulls = pc.indices_nonzero(pc.is_null(column)).to_pylist()
-        rejected = dict.fromkeys(nulls, "a JSON null, not an object")
-    if column.type.num_fields == 0:
-        return _no_columns(n), rejected
-    return pa.Table.from_arrays(column.flatten(), schema=pa.schema(list(column.type))), rejected
-
-
-def _no_columns(rows: int) -> pa.Table:
-    """A table of ``rows`` rows and no columns (records that are all ``{}``). Arrow keeps the row count of such
-    a table only when it is made this way, and concat or take lose it: the helpers below take care."""
-    return pa.table({"_": pa.nulls(rows)}).drop_columns(["_"])
-
-
-def _drop_rows(table: pa.Table, rows: Mapping[int, Any]) -> pa.Table:
-    if not rows:
-        return table
-    if table.num_columns == 0:
-        return _no_columns(table.num_rows - len(rows))
-    return table.take(pa.array([i for i in range(table.num_rows) if i not in rows], pa.int64()))
-
-
-def _check_utf8(table: pa.Table, data: bytes) -> pa.Table:
-    """pyarrow's JSON reader lets invalid UTF-8 through: into string values (caught by a full validation, a few
-    ms per 100k rows) and into field names (where it becomes U+FFFD: then the data itself is checked)."""
-    try:
-        table.validate(full=True)
-        if "\ufffd" in str(table.schema):
-            data.decode("utf-8")
-    except (pa.ArrowInvalid, UnicodeDecodeError):
-        raise pa.ArrowInvalid("not valid UTF-8") from None
-    return table
-
-
-def _without_empty_objects(table: pa.Table) -> pa.Table:
-    """Fields that only ever held ``{}`` are objects with no fields (``struct<>``), which Parquet cannot store.
-    Like a field that is always null, they teach nothing about their type: they become null columns (and
-    objects again, in later files, once a record gives them fields)."""
-    if not any(_has_empty_struct(f.type) for f in table.schema):
-        return table
-    columns = [_drop_empty_structs(table.column(i).combine_chunks()) for i in range(table.num_columns)]
-    return pa.Table.from_arrays(columns, names=table.column_names)
-
-
-def _has_empty_struct(t: pa.DataType) -> bool:
-    if pa.types.is_struct(t):
-        return t.num_fields == 0 or any(_has_empty_struct(f.type) for f in t)
-    if pa.types.is_list(t) or pa.types.is_large_list(t):
-        return _has_empty_struct(t.value_type)
-    return False
-
-
-def _drop_empty_structs(array: pa.Array) -> pa.Array:
-    t = array.type
-    if not _has_empty_struct(t):
-        return array
-    if pa.types.is_struct(t):
-        if t.num_fields == 0:
-            return pa.nulls(len(array))
-        children = [_drop_empty_structs(child) for child in array.flatten()]
-        return pa.StructArray.from_arrays(
-            children, fields=[f.with_type(c.type) for f, c in zip(t, children, strict=True)], mask=array.is_null()
-        )
-    values = _drop_empty_structs(array.values)
-    return pa.ListArray.from_arrays(array.offsets, values, mask=array.is_null())
-
-
-def _has_timestamp(schema: pa.Schema | pa.DataType) -> bool:
-    types = [f.type for f in schema] if isinstance(schema, pa.Schema) else [schema]
-    for t in types:
-        if pa.types.is_timestamp(t):
-            return True
-        if pa.types.is_struct(t) and _has_timestamp(pa.schema(list(t))):
-            return True
-        if (pa.types.is_list(t) or pa.types.is_large_list(t)) and _has_timestamp(t.value_type):
-            return True
-    return False
-
-
-def _untimed_type(t: pa.DataType) -> pa.DataType:
-    if pa.types.is_timestamp(t):
-        return pa.string()
-    if pa.types.is_struct(t):
-        return pa.struct([f.with_type(_untimed_type(f.type)) for f in t])
-    if pa.types.is_list(t):
-        return pa.list_(t.value_field.with_type(_untimed_type(t.value_type)))
-    return t
-
-
-def _untimed(schema: pa.Schema) -> pa.Schema:
-    return pa.schema([f.with_type(_untimed_type(f.type)) for f in schema])
-
-
-def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    if len(schema) == 0:
-        return _no_columns(table.num_rows)
-    columns = [
-        table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
-        for f in schema
-    ]
-    return pa.Table.from_arrays(columns, schema=schema)
-
-
-def _compact(value: bytes) -> bytes:
-    try:
-        return json.dumps(json.loads(value), separators=(",", ":")).encode()
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return value
-
-
-def _json_object(value: bytes) -> dict[str, Any] | str:
-    """The value as a JSON object, or why it is not one."""
-    if not value.strip():
-        return "an empty value, not JSON"
-    try:
-        obj = json.loads(value)
-    except UnicodeDecodeError:
-        return "not valid UTF-8"
-    except RecursionError:
-        return "not valid JSON (nested too deeply)"
-    except ValueError as exc:
-        return f"not valid JSON ({exc})"
-    if not isinstance(obj, dict):
-        return f"a JSON {_json_kind(obj)}, not an object"
-    return obj
-
-
-def _not_an_object(value: bytes) -> str | None:
-    """Why a value is not a JSON object, or None when it is one."""
-    obj = _json_object(value)
-    return obj if isinstance(obj, str) else None
-
-
-def _conflict_field(message: str) -> str | None:
-    """The top-level field a reader or merge error names (``Column(/v/amount) changed from number to string``,
-    ``Field amount has incompatible types``)."""
-    match = re.search(r"Column\(/v/([^/)]+)", message) or re.search(r"Field (\S+) has incompatible types", message)
-    return match.group(1) if match else None
-
-
-def _kind_of_type(t: pa.DataType) -> str | None:
-    if pa.types.is_boolean(t):
-        return "boolean"
-    if pa.types.is_integer(t) or pa.types.is_floating(t):
-        return "number"
-    if pa.types.is_string(t) or pa.types.is_large_string(t):
-        return "string"
-    if pa.types.is_struct(t):
-        return "object"
-    if pa.types.is_list(t) or pa.types.is_large_list(t):
-        return "array"
-    return None
-
-
-def _same_kind(value: Any, kind: str | None) -> bool:
-    return _json_kind(value) == kind
-
-
-def _a(kind: str | None) -> str:
-    return f"an {kind}" if kind and kind[0] in "aeiou" else f"a {kind}"
-
-
-def _json_kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
-
-
-def _arrow_reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    for prefix in ("JSON parse error: ", "Unable to merge: "):
-        text = text.removeprefix(prefix)
-    text = re.sub(r"Column\(/v/", "Column(/", text)
-    text = re.sub(r" in row \d+", "", text)
-    merge = re.fullmatch(r"Field (\S+) has incompatible types: (.+) vs (.+)", text)
-    if merge:
-        name, before, now = merge.groups()
-        return f"field `{name}` is {before} in earlier records of the topic, {now} in this one"
-    return text
-
-
-def _shown(value: Any) -> str:
-    text = json.dumps(value, default=str) if not isinstance(value, bytes) else repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _type_name(t: pa.DataType) -> str:
-    names = {str(v): k for k, v in DECLARED_TYPES.items()}
-    return names.get(str(t), str(t))
-
-
-# ------------------------------------------------------------------------------------------ coercion
-
-
-class _Refused(Exception):
-    """A source type that never converts to the target type (an object to an int): every non-null row is bad."""
-
-
-def _cast(target: pa.DataType) -> Callable[[pa.Array], pa.Array]:
-    return lambda array: array.cast(target)
-
-
-def _coercion(source: pa.DataType, target: pa.DataType) -> Callable[[pa.Array], pa.Array]:
-    """How values the JSON reader gave as ``source`` become ``target`` (a declared type), vectorised."""
-    if source == target or pa.types.is_null(source):
-        return _cast(target)
-    nested = pa.types.is_struct(source) or pa.types.is_list(source) or pa.types.is_large_list(source)
-    number = pa.types.is_integer(source) or pa.types.is_floating(source)
-    boolean = pa.types.is_boolean(source)
-    if nested:
-        return _refuse
-    if pa.types.is_string(target):
-        return _cast(target)  # numbers and booleans as their JSON text
-    if pa.types.is_string(source):
-        if pa.types.is_timestamp(target):
-            return _iso_to_timestamp
-        return _cast(target)  # "123" to int64, "1.5" to float64, "true" to bool, "2024-01-01" to date
-    if pa.types.is_timestamp(target):
-        return _epoch_millis if pa.types.is_integer(source) else _refuse  # integers: epoch milliseconds
-    if number and (pa.types.is_integer(target) or pa.types.is_floating(target)):
-        return _cast(target)  # safe casts: 1.5 to int64 or 300 to int8 fail, per row
-    if boolean and pa.types.is_boolean(target):
-        return _cast(target)
-    return _refuse
-
-
-def _refuse(array: pa.Array) -> pa.Array:
-    raise _Refused
-
-
-def _iso_to_timestamp(strings: pa.Array) -> pa.Array:
-    """ISO 8601 strings to UTC timestamps: with a zone offset (Z, +02:00) as given; without one, as UTC. Up to
-    microseconds as is; nanosecond strings are truncated to microseconds."""
-    zoned = pc.match_substring_regex(strings, _HAS_ZONE)
-    none = pa.scalar(None, pa.string())
-
-    def parse(unit: str) -> pa.Array:
-        with_zone = pc.if_else(zoned, strings, none).cast(pa.timestamp(unit, tz="UTC"))
-        naive = pc.if_else(zoned, none, strings).cast(pa.timestamp(unit)).cast(pa.timestamp(unit, tz="UTC"))
-        return pc.if_else(zoned, with_zone, naive)
-
-    try:
-        return parse("us")
-    except pa.ArrowInvalid:
-        return parse("ns").cast(TIMESTAMP, safe=False)
-
-
-def _epoch_millis(numbers: pa.Array) -> pa.Array:
-    return numbers.cast(pa.int64()).cast(KAFKA_TIMESTAMP).cast(TIMESTAMP)
-
-
-def _convert(
-    array: pa.Array, target: pa.DataType, convert: Callable[[pa.Array], pa.Array]
-) -> tuple[pa.Array, list[int]]:
-    """``convert`` over the whole array. Where it fails, the rows that make it fail are found by halving (one
-    vectorised call per slice, O(bad * log n) calls) and become nulls; their indices are returned."""
-    try:
-        return convert(array), []
-    except _Refused:
-        return pa.nulls(len(array), target), pc.indices_nonzero(pc.is_valid(array)).to_pylist()
-    except _ARROW_ERRORS:
-        if len(array) <= 1:
-            return pa.nulls(len(array), target), list(range(len(array)))
-    mid = len(array) // 2
-    left, left_bad = _convert(array.slice(0, mid), target, convert)
-    right, right_bad = _convert(array.slice(mid), target, convert)
-    return pa.concat_arrays([left, right]), left_bad + [mid + i for i in right_bad]
-
-
-def _headers(headers: list[Any]) -> pa.Array:
-    if not any(headers):
-        # The common case, no headers at all: build the empty lists without touching each record.
-        offsets = pa.array([0] * (len(headers) + 1), pa.int32())
-        empty = pa.array([], HEADERS_TYPE.value_type)
-        return pa.ListArray.from_arrays(offsets, empty, type=HEADERS_TYPE)
-    return pa.array([list(h) if h else [] for h in headers], HEADERS_TYPE)
+        return self.files.dead_letter_file(batch.topic, batch.partition, dead_letter_table(batch, rejected))

@@ -9,10 +9,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from .batcher import TopicPartition
 from .config import Config
 from .errors import SetupError, SourceUnavailable, TopicNotFound
 from .source import credential_check
+from .types import TopicPartition
 
 
 def _connection_settings(config: Config) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from . import crash
 from .errors import KingestError, ManifestConflict, StateError
 from .lake import Lake
+from .layout import partition_folder, topic_partition_of
 
 if TYPE_CHECKING:
     from .encoder import EncodedFile
@@ -119,7 +120,7 @@ class ManifestStore:
         self.prefix = f"_kingest/{pipeline}"
 
     def _folder(self, kind: str, topic: str, partition: int) -> str:
-        return f"{self.prefix}/{kind}/topic={topic}/partition={partition}"
+        return f"{self.prefix}/{kind}/{partition_folder(topic, partition)}"
 
     def version_path(self, topic: str, partition: int, version: int) -> str:
         return f"{self._folder('manifest', topic, partition)}/{version:0{_NAME_DIGITS}d}.json"
@@ -166,13 +167,9 @@ class ManifestStore:
         """Every topic-partition that has a manifest."""
         found = set()
         for rel in self.lake.find(f"{self.prefix}/manifest"):
-            parts = rel.split("/")
-            try:
-                topic = next(p for p in parts if p.startswith("topic="))[6:]
-                partition = int(next(p for p in parts if p.startswith("partition="))[10:])
-            except (StopIteration, ValueError):
-                continue
-            found.add((topic, partition))
+            tp = topic_partition_of(rel)
+            if tp is not None:
+                found.add(tp)
         return sorted(found)
 
     def _parse(self, rel: str, data: bytes | None) -> dict[str, Any]:

@@ -19,10 +19,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .batcher import TopicPartition
 from .config import Config
 from .lake import Lake
 from .manifest import ManifestStore, PartitionState
+from .types import TopicPartition
 
 
 @dataclass(frozen=True)

@@ -22,14 +22,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import crash
-from .batcher import Batch, Batcher, TopicPartition
+from .batcher import Batch, Batcher
 from .config import Config
 from .encoder import EncodedBatch, EncodedFile, Encoder, Rejected
 from .errors import BadRecord, CommitFailed, KingestError, ManifestConflict, SetupError
 from .lake import Lake
 from .manifest import PartitionState, new_writer_id
 from .offsets import ManifestOffsets, offset_store
+from .reader import lake_schemas
 from .source import Source, make_source
+from .types import TopicPartition
 
 log = logging.getLogger("kingest.pipeline")
 
@@ -169,6 +171,10 @@ class Pipeline:
                 "exactly-once would be unsafe there",
                 "Use a store that honours If-None-Match: * (AWS S3, SeaweedFS, local disk), or another semantics.",
             )
+        if self.encoder.infers_schema:
+            # Each topic starts from the columns the lake has: a record whose field changed type since an earlier
+            # run is a bad record, as it would be within one run (and the lake stays readable as one dataset).
+            self.encoder.learn(lake_schemas(self.lake, self.config.kafka.topics, self.manifests))
         self.source.open(self._on_assigned, self._on_revoked, self._on_lost)
         lag_updated = 0.0
         switch_interval = sys.getswitchinterval()

@@ -5,16 +5,27 @@ Only the offset columns are read, so auditing millions of records reads a small 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from . import layout
 from .lake import Lake
+from .types import TopicPartition
+
+if TYPE_CHECKING:
+    from .manifest import ManifestStore
+
+log = logging.getLogger("kingest.reader")
 
 OFFSET_COLUMNS = ["kafka_topic", "kafka_partition", "kafka_offset"]
+_READERS = 16  # footers read at once
 
 
 def visible_files(lake: Lake) -> dict[str, int]:
@@ -68,3 +79,57 @@ def read_rows_before(lake: Lake, path: str, offset: int) -> pa.Table:
     with lake.fs.open(lake.full(path), "rb") as handle:
         table = pq.ParquetFile(handle).read()
     return table.filter(pc.less(table.column("kafka_offset"), offset))
+
+
+def lake_schemas(lake: Lake, topics: Iterable[str], manifests: ManifestStore | None = None) -> dict[str, pa.Schema]:
+    """The columns each topic's data files have now, for a run to start from: per partition, the Arrow schema
+    in the footer of its newest data file (highest offsets; under exactly-once, of the files the offsets
+    manifest names, where it names any), unified per topic as the encoder unifies batches. Reads the footers
+    only (one small read per partition, concurrently). A topic with no data file yet is left out."""
+    wanted = set(topics)
+    newest: dict[TopicPartition, tuple[int, str]] = {}
+    if manifests is not None:
+        # An uncommitted file (a crashed attempt's) is not part of the lake: its schema must not count.
+        tps = [tp for tp in manifests.partitions() if tp[0] in wanted]
+        with ThreadPoolExecutor(max(1, min(_READERS, len(tps)))) as pool:
+            states = list(pool.map(lambda tp: manifests.load(*tp), tps))
+        for state in states:
+            for path, entry in state.files.items():
+                if entry.get("kind", "data") == "data":
+                    newest[state.tp] = max(newest.get(state.tp, (-1, "")), (int(entry["last_offset"]), path))
+    named = set(newest)
+    for rel in visible_files(lake):
+        name = layout.data_file(rel)
+        if name is not None and name.topic in wanted and name.tp not in named:
+            newest[name.tp] = max(newest.get(name.tp, (-1, "")), (name.last_offset, rel))
+
+    def schema(rel: str) -> pa.Schema | None:
+        try:
+            with lake.fs.open(lake.full(rel), "rb") as handle:
+                return pq.ParquetFile(handle).schema_arrow
+        except FileNotFoundError:  # deleted since listed (a recovery)
+            return None
+
+    tps = sorted(newest)
+    if not tps:
+        return {}
+    with ThreadPoolExecutor(min(_READERS, len(tps))) as pool:
+        found = list(pool.map(schema, [newest[tp][1] for tp in tps]))
+    out: dict[str, pa.Schema] = {}
+    for tp, s in zip(tps, found, strict=True):
+        if s is None:
+            continue
+        if tp[0] not in out:
+            out[tp[0]] = s
+            continue
+        try:
+            out[tp[0]] = pa.unify_schemas([out[tp[0]], s], promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            # A lake written before runs started from its schema may already disagree with itself.
+            log.warning(
+                "%s: the columns of %s disagree with the topic's other files (%s); not learned",
+                tp[0],
+                newest[tp][1],
+                exc,
+            )
+    return out

@@ -23,7 +23,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import kafka_admin
-from .batcher import TopicPartition
 from .config import Config
 from .errors import BadTarget, GroupActive, KingestError, ManifestConflict, RewindConflict
 from .kafka_admin import GroupInfo
@@ -31,6 +30,7 @@ from .lake import Lake
 from .manifest import ManifestStore, PartitionState, new_writer_id
 from .offsets import offset_store
 from .status import LakeFile, lake_files
+from .types import TopicPartition
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
 
-from .batcher import Columns, Record, TopicPartition
+from .batcher import Columns, Record
 from .config import KafkaConfig
 from .errors import CommitFailed, OutOfGroup, SetupError, SourceUnavailable, TopicNotFound
+from .types import TopicPartition
 
 log = logging.getLogger("kingest.source")
 

@@ -20,21 +20,19 @@ Nothing secret is reported: no storage_options, no consumer settings, no credent
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from . import kafka_admin
-from .batcher import TopicPartition
+from . import kafka_admin, layout
 from .config import Config
 from .deadletter import count_dead_letters, dead_letters_in_state, is_dead_letter
 from .kafka_admin import GroupInfo
 from .lake import Lake
 from .offsets import offset_store
+from .types import TopicPartition
 
-_FILE_NAME = re.compile(r"^(?P<partition>\d+)-(?P<first>\d{20})-(?P<last>\d{20})(?:-[^.]+)?\.parquet$")
 _FOOTER_READERS = 16
 
 
@@ -121,15 +119,11 @@ def lake_files(lake: Lake, topics: Iterable[str]) -> dict[TopicPartition, list[L
     wanted = set(topics)
     out: dict[TopicPartition, list[LakeFile]] = {}
     for rel, size in visible_files(lake).items():
-        parts = rel.split("/")
-        topic = parts[0][len("topic=") :] if parts[0].startswith("topic=") else None
-        if topic not in wanted or not parts[-1].startswith(f"{topic}-"):
-            continue
-        match = _FILE_NAME.match(parts[-1][len(topic) + 1 :])
-        if match is None:
+        name = layout.data_file(rel)
+        if name is None or name.topic not in wanted:
             continue  # not a kingest file name: not ours to count
-        tp = (topic, int(match["partition"]))
-        out.setdefault(tp, []).append(LakeFile(rel, topic, tp[1], int(match["first"]), int(match["last"]), size))
+        lake_file = LakeFile(rel, name.topic, name.partition, name.first_offset, name.last_offset, size)
+        out.setdefault(name.tp, []).append(lake_file)
     for files in out.values():
         files.sort(key=lambda f: (f.first_offset, f.last_offset, f.path))
     return out

@@ -41,13 +41,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import kafka_admin, reader
-from .batcher import TopicPartition
+from . import kafka_admin, layout, reader
 from .config import Config
 from .deadletter import dead_letter_files, is_dead_letter
 from .errors import KingestError, StateError
 from .lake import Lake
 from .offsets import offset_store
+from .types import TopicPartition
 
 log = logging.getLogger("kingest.verify")
 
@@ -402,7 +402,7 @@ def _runs(universe: pa.Array, mask: pa.Array, limit: int = RANGES_LIMIT) -> Offs
 
 def _visible(lake: Lake, topics: Iterable[str]) -> dict[str, int]:
     """The Parquet files of the topics that a reader of the dataset folder sees (``topic=<t>/...``)."""
-    folders = tuple(f"topic={t}/" for t in topics)
+    folders = tuple(f"{layout.topic_folder(t)}/" for t in topics)
     return {rel: size for rel, size in reader.visible_files(lake).items() if rel.startswith(folders)}
 
 

@@ -70,7 +70,7 @@ def test_buffers_the_fields_of_kafka_python_records_in_order_and_refuses_replays
 def test_empty_and_present_headers_are_written_as_lists():
     batcher = Batcher(max_records=1000, max_bytes=1 << 30, max_age=60)
     batcher.add(("t", 0), consumer_records(10, 3, headers=True))
-    (file,) = Encoder("raw").encode(batcher.pop([("t", 0)])[0])
+    (file,) = Encoder("raw").encode_batch(batcher.pop([("t", 0)])[0]).files
     table = pq.read_table(io.BytesIO(file.data))
     assert table.column("kafka_headers").to_pylist() == [[], [{"key": "trace", "value": b"11"}], []]
 

@@ -272,11 +272,11 @@ def test_each_file_records_its_schema_and_lineage_in_the_parquet_footer():
         file_tag="abc123",
     )
     batch = make_batch([b'{"a": 1, "b": "x"}', b'{"a": 2}'], topic="orders", partition=3, first=40)
-    [file] = encoder.encode(batch)
+    [file] = encoder.encode_batch(batch).files
     table, metadata = read_file(file.data)
     assert file.path == "topic=orders/partition=3/orders-3-00000000000000000040-00000000000000000042-abc123-0.parquet"
     # The same offsets cut again by the same writer (after a rewind) get a new name: names are never reused.
-    [again] = encoder.encode(batch)
+    [again] = encoder.encode_batch(batch).files
     assert again.path != file.path
     assert {k: metadata[k.encode()].decode() for k in [
         "kingest.topic", "kingest.partition", "kingest.first_offset", "kingest.last_offset", "kingest.rows",
@@ -355,7 +355,7 @@ def test_partitioned_files_split_by_record_timestamp_and_skip_empty_output():
     encoder = Encoder("json", partition_by=("date",))
     batch = make_batch([b'{"a": 1}', b'{"a": 2}'])
     batch.timestamps = [1_700_000_000_000, 1_700_000_000_000 + 86_400_000]
-    files = encoder.encode(batch)
+    files = encoder.encode_batch(batch).files
     assert [f.path.split("/")[1] for f in files] == ["date=2023-11-14", "date=2023-11-15"]
     assert Encoder("json").encode_table("t", 0, Encoder("json").decode(make_batch([b"bad"])).table) == []
 
@@ -363,8 +363,21 @@ def test_partitioned_files_split_by_record_timestamp_and_skip_empty_output():
 def test_empty_objects_are_null_columns_until_they_have_fields():
     """Parquet cannot store an object with no fields: a field only ever seen as {} is written as nulls."""
     encoder = Encoder("json")
-    [first] = encoder.encode(make_batch([b'{"meta": {}, "deep": {"inner": {}}, "a": 1}']))
+    [first] = encoder.encode_batch(make_batch([b'{"meta": {}, "deep": {"inner": {}}, "a": 1}'])).files
     table = read_file(first.data)[0]
     assert table.column("meta").null_count == 1 and table.column("deep").to_pylist() == [{"inner": None}]
-    [later] = encoder.encode(make_batch([b'{"meta": {"k": "v"}, "a": 2}']))
+    [later] = encoder.encode_batch(make_batch([b'{"meta": {"k": "v"}, "a": 2}'])).files
     assert read_file(later.data)[0].column("meta").to_pylist() == [{"k": "v"}]
+
+
+def test_a_topic_starts_from_the_schema_it_learned():
+    """A run starts from the lake's columns (Encoder.learn): a field the lake holds as a number rejects a string,
+    even as the first record of the run, and new fields still join."""
+    [file] = Encoder("json").encode_batch(make_batch([b'{"amount": 5}'])).files
+    encoder = Encoder("json")
+    encoder.learn({"t": pq.read_schema(io.BytesIO(file.data))})  # metadata columns and all
+    got, bad = rows(encoder, [b'{"amount": "5.5 EUR"}', b'{"amount": 6, "new": true}'])
+    assert bad == {100: "type conflict: field `amount` is a number in earlier records, a string in this one"}
+    assert got == [{"kafka_offset": 102, "amount": 6, "new": True}]
+    got, bad = rows(encoder, [b'{"amount": "x"}'], topic="other")  # another topic learned nothing
+    assert bad == {} and got == [{"kafka_offset": 100, "amount": "x"}]

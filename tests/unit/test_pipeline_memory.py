@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from kingest import config as config_module
-from kingest.batcher import Record
+from kingest.batcher import Batch, Record
 from kingest.errors import BadRecord
 from kingest.lake import Lake
 from kingest.manifest import ManifestStore
@@ -310,3 +310,72 @@ def test_a_full_disk_stops_the_run_saying_so_and_keeps_the_promise(semantics, la
         assert set(found) == set(range(1000))
     if semantics != "at-least-once":
         assert len(found) == len(set(found))
+
+
+@pytest.mark.parametrize("semantics", SEMANTICS)
+@pytest.mark.parametrize("on_error", ["fail", "skip", "dead-letter"])
+def test_a_field_that_changes_type_in_a_later_run_is_a_bad_record_as_within_one_run(semantics, on_error):
+    """The inferred schema starts from the lake's: `amount` written as a number by one run, then a string in the
+    first record of a later run, is a bad record as it would be within one run (and the numbers after it are
+    not). It used to land (the second run inferred anew), and the numbers after it were the bad records; with
+    the string landed, pyarrow.dataset could not read the lake (Failed to parse string: '99.5 EUR' as int64)."""
+    url = f"memory://lake-{uuid.uuid4().hex}"
+    cfg = config_module.parse(
+        f"""
+pipeline: orders
+kafka: {{bootstrap_servers: "unused:9092", topics: [orders]}}
+records: {{format: json, on_error: {on_error}}}
+lake: {{path: "{url}"}}
+semantics: {semantics}
+"""
+    )
+
+    def value(p, o):
+        return json.dumps({"id": o, "amount": "99.5 EUR" if o == 5 else o}).encode()
+
+    group: dict = {}
+    first = Pipeline(cfg, source=MemorySource(topic(partitions=1, records=5, value=value), group), until_caught_up=True)
+    assert first.run().written == 5
+    second = Pipeline(
+        cfg, source=MemorySource(topic(partitions=1, records=10, value=value), group), until_caught_up=True
+    )
+    lake = Lake(url)
+    if on_error == "fail":
+        with pytest.raises(BadRecord) as caught:
+            second.run()
+        assert (caught.value.partition, caught.value.offset) == (0, 5)
+        assert "type conflict: field `amount` is a number in earlier records, a string in this one" in str(caught.value)
+        assert group[("orders", 0)] == 5  # nothing committed at or past it
+        assert lake_offsets(lake) == {0: list(range(5))}
+        if semantics == "exactly-once":
+            assert ManifestStore(lake, "orders").load("orders", 0).next_offset == 5
+    else:
+        stats = second.run()
+        assert (stats.skipped, stats.dead_letters) == ((1, 0) if on_error == "skip" else (0, 1))
+        assert group[("orders", 0)] == 10
+        assert lake_offsets(lake) == {0: [0, 1, 2, 3, 4, 6, 7, 8, 9]}
+    # Every column of the lake reads back, in the type the first run gave it.
+    paths = [lake.full(p) for p in lake.find() if p.endswith(".parquet") and not p.startswith("_")]
+    table = ds.dataset(paths, filesystem=lake.fs, format="parquet").to_table()
+    assert table.schema.field("amount").type == pa.int64()
+    assert sorted(table.column("amount").to_pylist()) == sorted(table.column("kafka_offset").to_pylist())
+
+
+def test_exactly_once_runs_start_from_the_schema_of_a_committed_file(lake_url):
+    """An uncommitted file (a crashed attempt's, past the manifest's offsets) does not teach the next run its
+    columns: the offsets manifest's newest file does."""
+    from kingest.encoder import Encoder
+    from kingest.reader import lake_schemas
+
+    Pipeline(make_config(lake_url, "exactly-once"), source=MemorySource(topic(1, 5), {}), until_caught_up=True).run()
+    lake = Lake(lake_url)
+    orphan = Encoder("json", file_tag="crashed").encode_batch(
+        Batch("orders", 0, [5], [1_700_000_000_005], [None], [b'{"id": "five", "amount": "7.5 EUR"}'], [None])
+    )
+    [file] = orphan.files
+    lake.put(file.path, file.data)
+    committed = lake_schemas(lake, ["orders"], ManifestStore(lake, "orders"))["orders"]
+    assert committed.field("id").type == pa.int64() and committed.field("amount").type == pa.float64()
+    newest = lake_schemas(lake, ["orders"])["orders"]  # without the manifest: the newest file by its offsets
+    assert newest.field("id").type == pa.string()
+    assert lake_schemas(lake, ["other"]) == {}

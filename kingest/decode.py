@@ -1,0 +1,571 @@
+"""Raw record values as Arrow columns: the batch's good records as a table, and its bad records with why.
+
+Decoding happens per batch, never per record. One pass gives the good rows *and* the bad records (each with
+its offset and the reason), so that ``records.on_error`` (fail, skip, dead-letter) can settle both at once:
+
+- raw: the value bytes, never bad.
+- string: one UTF-8 validation of the whole column; only when it fails are the bad rows located.
+- json: the batch's values are wrapped as ``{"v":<value>}`` lines and read by pyarrow's JSON reader in one call.
+  The wrapper makes each record exactly one row (a value holding two objects, or an empty value, cannot shift
+  the rows against the offsets). When the read fails, the batch is halved and each half read again, down to
+  the single records that fail on their own: O(bad * log n) reader calls over slices, never a Python loop over
+  the records, and the records before a bad one keep the column types they set ("first seen wins").
+
+Schemas (json):
+
+- declared (``records.schema``): read with the declared types; values of another JSON type are coerced per
+  column (kingest/coerce.py). Undeclared fields are dropped.
+- inferred: each topic's columns are remembered across batches, starting from the columns the lake already
+  has (``learn``), so that a record gets the same outcome whichever run reads it. A new field becomes a new
+  nullable column in later files; an int column that receives a fraction widens to float64
+  (``pa.unify_schemas``, permissive); any other change of type (a number where a string was) makes the
+  record bad. JSON strings stay strings: pyarrow's inference of ISO timestamps is undone (declare
+  ``timestamp`` to get timestamps).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pa_json
+
+from .batcher import Batch
+from .coerce import ARROW_ERRORS, coerce, convert
+from .coerce import cast as cast_to
+from .errors import BadRecord
+
+KAFKA_TIMESTAMP = pa.timestamp("ms", tz="UTC")  # Kafka record timestamps are milliseconds
+HEADERS_TYPE = pa.list_(pa.struct([("key", pa.string()), ("value", pa.binary())]))
+METADATA_FIELDS = [
+    pa.field("kafka_topic", pa.string(), nullable=False),
+    pa.field("kafka_partition", pa.int32(), nullable=False),
+    pa.field("kafka_offset", pa.int64(), nullable=False),
+    pa.field("kafka_timestamp", KAFKA_TIMESTAMP),
+    pa.field("kafka_key", pa.binary()),
+    pa.field("kafka_headers", HEADERS_TYPE),
+]
+METADATA_NAMES = {f.name for f in METADATA_FIELDS}
+DEAD_LETTER_FIELDS = METADATA_FIELDS + [pa.field("value", pa.binary()), pa.field("error", pa.string())]
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A record that cannot be decoded, and why."""
+
+    topic: str
+    partition: int
+    offset: int
+    reason: str
+
+    def error(self) -> BadRecord:
+        return BadRecord(self.topic, self.partition, self.offset, self.reason)
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A batch decoded in one pass: the good records as a table (metadata columns, then the value columns, in
+    offset order) and the bad ones."""
+
+    table: pa.Table
+    rejected: list[Rejected] = field(default_factory=list)
+
+    def before(self, offset: int) -> pa.Table:
+        """The good records below ``offset``."""
+        return self.table.filter(pc.less(self.table.column("kafka_offset"), offset))
+
+
+class _PieceFailed(Exception):
+    """A slice of a batch could not be read as a whole (the reason is Arrow's message; ``field``: the top-level
+    field whose type conflicts, when the message names one)."""
+
+    def __init__(self, reason: str, field: str | None = None) -> None:
+        super().__init__(reason)
+        self.field = field
+
+
+class Decoder:
+    """Decodes batches for one pipeline. For inferred json schemas it remembers, per topic, the columns seen so
+    far, so that the files of a topic agree on each column's type."""
+
+    def __init__(self, record_format: str, declared: pa.Schema | None = None) -> None:
+        self.format = record_format
+        self.declared = declared
+        self.known: dict[str, pa.Schema] = {}  # inferred json: the columns of each topic so far
+        self._known_lock = threading.Lock()
+
+    @property
+    def infers_schema(self) -> bool:
+        """Whether the columns come from the records (json without ``records.schema``)."""
+        return self.format == "json" and self.declared is None
+
+    def learn(self, topic: str, schema: pa.Schema) -> None:
+        """Start from ``schema`` for ``topic`` (the columns of a file the lake holds, metadata columns and all):
+        its value columns become known, as if this decoder had read the records that made it."""
+        values = [f for f in schema if f.name not in METADATA_NAMES and not pa.types.is_null(f.type)]
+        with self._known_lock:
+            known = self.known.get(topic, pa.schema([]))
+            unified = pa.unify_schemas([known, pa.schema(values)], promote_options="permissive")
+            self.known[topic] = pa.schema([f for f in unified if not pa.types.is_null(f.type)])
+
+    def decode(self, batch: Batch) -> Decoded:
+        """The batch as an Arrow table of its good records, and the records that cannot be decoded."""
+        n = len(batch)
+        bad: dict[int, str] = {}
+        if self.format == "raw":
+            values = pa.table({"value": pa.array(batch.values, pa.binary())})
+        elif self.format == "string":
+            strings, invalid = convert(pa.array(batch.values, pa.binary()), pa.string(), cast_to(pa.string()))
+            bad = dict.fromkeys(invalid, "not valid UTF-8")
+            values = pa.table({"value": strings})
+        else:
+            values, bad = self._json(batch)
+        metadata = [
+            pa.array([batch.topic] * n, pa.string()),
+            pa.array([batch.partition] * n, pa.int32()),
+            pa.array(batch.offsets, pa.int64()),
+            pa.array(batch.timestamps, pa.int64()).cast(KAFKA_TIMESTAMP),
+            pa.array(batch.keys, pa.binary()),
+            _headers(batch.headers),
+        ]
+        rejected = [Rejected(batch.topic, batch.partition, batch.offsets[i], bad[i]) for i in sorted(bad)]
+        if bad:
+            keep = pa.array([i for i in range(n) if i not in bad], pa.int64())
+            metadata = [column.take(keep) for column in metadata]
+            if values.num_rows == n:  # raw/string: the bad rows are still there, as nulls
+                values = values.take(keep)
+        columns = metadata + list(values.columns)
+        schema = pa.schema(METADATA_FIELDS + [pa.field(f.name, f.type) for f in values.schema])
+        return Decoded(pa.Table.from_arrays(columns, schema=schema), rejected)
+
+    def _json(self, batch: Batch) -> tuple[pa.Table, dict[int, str]]:
+        """The value columns of the good records (in order) and the reasons of the bad ones, by index."""
+        raw = batch.values
+        # A tombstone (null value) becomes a row whose value columns are all null.
+        values = cast(list[bytes], [b"{}" if v is None else v for v in raw] if None in raw else raw)
+        bad: dict[int, str] = {}
+        try:
+            table, bad = self._read(batch.topic, _wrap(values), len(values))
+        except _PieceFailed:
+            pass
+        else:
+            return _drop_rows(table, bad), bad
+        # The slow path. One Python pass finds the values that are not JSON objects at all, and re-serialises
+        # pretty-printed ones (JSON strings cannot hold a raw newline, so that changes no data). The rest is read
+        # again, halving around the records that still fail (type conflicts, values that cannot be coerced).
+        rows = []
+        objects: dict[int, dict[str, Any]] = {}
+        values = list(values)  # never the batch's own list: dead letters keep the raw values
+        for i, value in enumerate(values):
+            obj = _json_object(value)
+            if isinstance(obj, str):
+                bad[i] = obj
+                continue
+            objects[i] = obj
+            if b"\n" in value:
+                values[i] = json.dumps(obj, separators=(",", ":")).encode()
+            rows.append(i)
+        pieces: list[pa.Table] = []
+        if rows and self.declared is None:
+            rows = self._settle_conflicts(batch.topic, values, rows, objects, pieces, bad)
+        if rows:
+            self._json_rows(batch.topic, values, rows, pieces, bad)
+        return self._concat(batch.topic, pieces), bad
+
+    def _settle_conflicts(
+        self,
+        topic: str,
+        values: list[bytes],
+        rows: list[int],
+        objects: dict[int, dict[str, Any]],
+        pieces: list[pa.Table],
+        bad: dict[int, str],
+    ) -> list[int]:
+        """Type conflicts of top-level fields, each found in one Python pass over the decoded objects rather than
+        by halving (a producer that changed a field's type makes every later record conflict). Returns the rows
+        still to read (none when they were read here)."""
+        for _ in range(16):
+            try:
+                table, rejected = self._read(topic, _wrap([values[i] for i in rows]), len(rows))
+            except _PieceFailed as failure:
+                name = failure.field
+                if name is None:
+                    return rows
+                known = self.known.get(topic)
+                if known is not None and name in known.names:
+                    expected = _kind_of_type(known.field(name).type)
+                else:  # first seen wins
+                    expected = next(
+                        (_json_kind(objects[i][name]) for i in rows if objects[i].get(name) is not None), None
+                    )
+                conflicting = [
+                    i for i in rows if objects[i].get(name) is not None and not _same_kind(objects[i][name], expected)
+                ]
+                if expected is None or not conflicting:
+                    return rows
+                for i in conflicting:
+                    found = _json_kind(objects[i][name])
+                    bad[i] = (
+                        f"type conflict: field `{name}` is {_a(expected)} in earlier records, {_a(found)} in this one"
+                    )
+                drop = set(conflicting)
+                rows = [i for i in rows if i not in drop]
+                if not rows:
+                    return rows
+                continue
+            bad.update({rows[i]: reason for i, reason in rejected.items()})
+            pieces.append(_drop_rows(table, rejected))
+            return []
+        return rows
+
+    def _json_rows(
+        self,
+        topic: str,
+        values: list[bytes],
+        rows: list[int],
+        pieces: list[pa.Table],
+        bad: dict[int, str],
+    ) -> None:
+        """Read ``rows`` in one call; when that fails, each half on its own, down to the single bad records."""
+        try:
+            table, rejected = self._read(topic, _wrap([values[i] for i in rows]), len(rows))
+        except _PieceFailed as failure:
+            if len(rows) > 1:
+                mid = len(rows) // 2
+                self._json_rows(topic, values, rows[:mid], pieces, bad)
+                self._json_rows(topic, values, rows[mid:], pieces, bad)
+                return
+            read = self._read_single(topic, values[rows[0]], str(failure))
+            if isinstance(read, str):
+                bad[rows[0]] = read
+                return
+            table, rejected = read
+        bad.update({rows[i]: reason for i, reason in rejected.items()})
+        pieces.append(_drop_rows(table, rejected))
+
+    def _read_single(self, topic: str, value: bytes, reason: str) -> tuple[pa.Table, dict[int, str]] | str:
+        """A record that cannot be read on its own: why not, or its row when it only needed re-serialising
+        (valid JSON the reader does not take as written: odd whitespace, a byte order mark...)."""
+        why = _not_an_object(value)
+        if why is not None:
+            return why
+        compact = _compact(value)
+        if compact == value:
+            return reason
+        try:
+            return self._read(topic, _wrap([compact]), 1)
+        except _PieceFailed as again:
+            return str(again)
+
+    def _read(self, topic: str, data: bytes, n: int) -> tuple[pa.Table, dict[int, str]]:
+        """Read ``n`` wrapped values: their value columns (one row each) and the rows rejected by coercion."""
+        if self.declared is not None:
+            try:
+                # The fast path: every value already of its declared JSON type.
+                table, rejected = _unwrap(_read_json(data, pa.schema([("v", pa.struct(self.declared))]), "ignore"), n)
+                return table.select(self.declared.names), rejected
+            except ARROW_ERRORS:
+                pass
+            try:
+                table, rejected = _unwrap(_read_json_untimed(data, None), n)
+            except ARROW_ERRORS as exc:
+                raise _PieceFailed(_arrow_reason(exc)) from None
+            return coerce(table, self.declared, rejected)
+        known = self.known.get(topic)
+        try:
+            try:
+                read = _read_json_untimed(data, pa.schema([("v", pa.struct(known))]) if known else None)
+            except ARROW_ERRORS:
+                if not known:
+                    raise
+                read = _read_json_untimed(data, None)  # on its own: a column may widen (int to float)
+            table, rejected = _unwrap(read, n)
+            return self._remember(topic, table), rejected
+        except ARROW_ERRORS as exc:
+            raise _PieceFailed("type conflict: " + _arrow_reason(exc), _conflict_field(str(exc))) from None
+
+    def _remember(self, topic: str, table: pa.Table) -> pa.Table:
+        """Reconcile a decoded table with the topic's columns so far (new fields become new nullable columns,
+        ints widen to floats); a field whose type cannot be reconciled raises ArrowTypeError."""
+        for name in table.column_names:
+            if name in METADATA_NAMES:
+                raise pa.ArrowTypeError(f"field {name} collides with kingest's metadata column of that name")
+        table = _without_empty_objects(table)
+        with self._known_lock:  # batches of one flush are encoded on several threads
+            known = self.known.get(topic, pa.schema([]))
+            unified = pa.unify_schemas([known, table.schema], promote_options="permissive")
+            # Columns still null everywhere teach nothing about their type: they stay out of `known`.
+            self.known[topic] = pa.schema([f for f in unified if not pa.types.is_null(f.type)])
+        return _conform(table, unified)
+
+    def _concat(self, topic: str, pieces: list[pa.Table]) -> pa.Table:
+        """One table from the pieces of a batch, in the columns and types of the last (widest) of them."""
+        if self.declared is not None:
+            return pa.concat_tables(pieces) if pieces else self.declared.empty_table()
+        if not pieces:
+            return _no_columns(0)
+        if len(pieces) == 1:
+            return pieces[0]
+        unified = pa.unify_schemas([p.schema for p in pieces], promote_options="permissive")
+        if len(unified) == 0:
+            return _no_columns(sum(p.num_rows for p in pieces))
+        return pa.concat_tables([_conform(p, unified) for p in pieces])
+
+
+def dead_letter_table(batch: Batch, rejected: Sequence[Rejected]) -> pa.Table:
+    """The raw bad records of a batch (key, value as bytes, headers, timestamp, topic, partition, offset) and
+    their error text: the rows of a dead-letter file."""
+    index = {offset: i for i, offset in enumerate(batch.offsets)}
+    rows = [index[r.offset] for r in rejected]
+    return pa.Table.from_arrays(
+        [
+            pa.array([batch.topic] * len(rows), pa.string()),
+            pa.array([batch.partition] * len(rows), pa.int32()),
+            pa.array([batch.offsets[i] for i in rows], pa.int64()),
+            pa.array([batch.timestamps[i] for i in rows], pa.int64()).cast(KAFKA_TIMESTAMP),
+            pa.array([batch.keys[i] for i in rows], pa.binary()),
+            _headers([batch.headers[i] for i in rows]),
+            pa.array([batch.values[i] for i in rows], pa.binary()),
+            pa.array([r.reason for r in rejected], pa.string()),
+        ],
+        schema=pa.schema(DEAD_LETTER_FIELDS),
+    )
+
+
+# ------------------------------------------------------------------------------------------ json helpers
+
+
+def _wrap(values: Sequence[bytes]) -> bytes:
+    """One ``{"v":<value>}`` line per value, between two ``{"v":{}}`` lines that let a single join write the
+    first line's opening and the last line's closing: the hot path's one copy of the data."""
+    return b'}\n{"v":'.join([b'{"v":{}', *values, b"{}}"])
+
+
+def _read_json(data: bytes, schema: pa.Schema | None, unexpected: str = "infer") -> pa.Table:
+    parse = pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior=unexpected)
+    # One block for the whole batch, so that type inference sees all of it at once.
+    read = pa_json.ReadOptions(use_threads=False, block_size=max(len(data) + 1, 1 << 16))
+    # pa.BufferReader (zero copy), not io.BytesIO: the read then never takes the GIL (see Encoder._file).
+    return _check_utf8(pa_json.read_json(pa.BufferReader(data), read_options=read, parse_options=parse), data)
+
+
+def _read_json_untimed(data: bytes, schema: pa.Schema | None) -> pa.Table:
+    """Read with inference of the fields ``schema`` does not fix, keeping JSON strings as strings: pyarrow infers
+    ISO-looking strings as timestamps, which would change their text and clash with later non-ISO strings."""
+    table = _read_json(data, schema)
+    if _has_timestamp(table.schema):
+        table = _read_json(data, _untimed(table.schema))
+    return table
+
+
+def _unwrap(table: pa.Table, n: int) -> tuple[pa.Table, dict[int, str]]:
+    """The wrapped records' fields as columns. A record that is JSON ``null`` is rejected; one that is not an
+    object, or a row count that differs from the record count, fails the read."""
+    if table.num_rows != n + 2:  # (the two rows around the values)
+        raise pa.ArrowInvalid(f"{table.num_rows - 2} JSON values in {n} records")
+    if "v" not in table.column_names or not pa.types.is_struct(table.schema.field("v").type):
+        raise pa.ArrowInvalid("a JSON value that is not an object")
+    column = table.column("v").slice(1, n).combine_chunks()
+    rejected: dict[int, str] = {}
+    if column.null_count:
+        nulls = pc.indices_nonzero(pc.is_null(column)).to_pylist()
+        rejected = dict.fromkeys(nulls, "a JSON null, not an object")
+    if column.type.num_fields == 0:
+        return _no_columns(n), rejected
+    return pa.Table.from_arrays(column.flatten(), schema=pa.schema(list(column.type))), rejected
+
+
+def _no_columns(rows: int) -> pa.Table:
+    """A table of ``rows`` rows and no columns (records that are all ``{}``). Arrow keeps the row count of such
+    a table only when it is made this way, and concat or take lose it: the helpers below take care."""
+    return pa.table({"_": pa.nulls(rows)}).drop_columns(["_"])
+
+
+def _drop_rows(table: pa.Table, rows: Mapping[int, Any]) -> pa.Table:
+    if not rows:
+        return table
+    if table.num_columns == 0:
+        return _no_columns(table.num_rows - len(rows))
+    return table.take(pa.array([i for i in range(table.num_rows) if i not in rows], pa.int64()))
+
+
+def _check_utf8(table: pa.Table, data: bytes) -> pa.Table:
+    """pyarrow's JSON reader lets invalid UTF-8 through: into string values (caught by a full validation, a few
+    ms per 100k rows) and into field names (where it becomes U+FFFD: then the data itself is checked)."""
+    try:
+        table.validate(full=True)
+        if "\ufffd" in str(table.schema):
+            data.decode("utf-8")
+    except (pa.ArrowInvalid, UnicodeDecodeError):
+        raise pa.ArrowInvalid("not valid UTF-8") from None
+    return table
+
+
+def _without_empty_objects(table: pa.Table) -> pa.Table:
+    """Fields that only ever held ``{}`` are objects with no fields (``struct<>``), which Parquet cannot store.
+    Like a field that is always null, they teach nothing about their type: they become null columns (and
+    objects again, in later files, once a record gives them fields)."""
+    if not any(_has_empty_struct(f.type) for f in table.schema):
+        return table
+    columns = [_drop_empty_structs(table.column(i).combine_chunks()) for i in range(table.num_columns)]
+    return pa.Table.from_arrays(columns, names=table.column_names)
+
+
+def _has_empty_struct(t: pa.DataType) -> bool:
+    if pa.types.is_struct(t):
+        return t.num_fields == 0 or any(_has_empty_struct(f.type) for f in t)
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return _has_empty_struct(t.value_type)
+    return False
+
+
+def _drop_empty_structs(array: pa.Array) -> pa.Array:
+    t = array.type
+    if not _has_empty_struct(t):
+        return array
+    if pa.types.is_struct(t):
+        if t.num_fields == 0:
+            return pa.nulls(len(array))
+        children = [_drop_empty_structs(child) for child in array.flatten()]
+        return pa.StructArray.from_arrays(
+            children, fields=[f.with_type(c.type) for f, c in zip(t, children, strict=True)], mask=array.is_null()
+        )
+    values = _drop_empty_structs(array.values)
+    return pa.ListArray.from_arrays(array.offsets, values, mask=array.is_null())
+
+
+def _has_timestamp(schema: pa.Schema | pa.DataType) -> bool:
+    types = [f.type for f in schema] if isinstance(schema, pa.Schema) else [schema]
+    for t in types:
+        if pa.types.is_timestamp(t):
+            return True
+        if pa.types.is_struct(t) and _has_timestamp(pa.schema(list(t))):
+            return True
+        if (pa.types.is_list(t) or pa.types.is_large_list(t)) and _has_timestamp(t.value_type):
+            return True
+    return False
+
+
+def _untimed_type(t: pa.DataType) -> pa.DataType:
+    if pa.types.is_timestamp(t):
+        return pa.string()
+    if pa.types.is_struct(t):
+        return pa.struct([f.with_type(_untimed_type(f.type)) for f in t])
+    if pa.types.is_list(t):
+        return pa.list_(t.value_field.with_type(_untimed_type(t.value_type)))
+    return t
+
+
+def _untimed(schema: pa.Schema) -> pa.Schema:
+    return pa.schema([f.with_type(_untimed_type(f.type)) for f in schema])
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    if len(schema) == 0:
+        return _no_columns(table.num_rows)
+    columns = [
+        table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+        for f in schema
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _compact(value: bytes) -> bytes:
+    try:
+        return json.dumps(json.loads(value), separators=(",", ":")).encode()
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return value
+
+
+def _json_object(value: bytes) -> dict[str, Any] | str:
+    """The value as a JSON object, or why it is not one."""
+    if not value.strip():
+        return "an empty value, not JSON"
+    try:
+        obj = json.loads(value)
+    except UnicodeDecodeError:
+        return "not valid UTF-8"
+    except RecursionError:
+        return "not valid JSON (nested too deeply)"
+    except ValueError as exc:
+        return f"not valid JSON ({exc})"
+    if not isinstance(obj, dict):
+        return f"a JSON {_json_kind(obj)}, not an object"
+    return obj
+
+
+def _not_an_object(value: bytes) -> str | None:
+    """Why a value is not a JSON object, or None when it is one."""
+    obj = _json_object(value)
+    return obj if isinstance(obj, str) else None
+
+
+def _conflict_field(message: str) -> str | None:
+    """The top-level field a reader or merge error names (``Column(/v/amount) changed from number to string``,
+    ``Field amount has incompatible types``)."""
+    match = re.search(r"Column\(/v/([^/)]+)", message) or re.search(r"Field (\S+) has incompatible types", message)
+    return match.group(1) if match else None
+
+
+def _kind_of_type(t: pa.DataType) -> str | None:
+    if pa.types.is_boolean(t):
+        return "boolean"
+    if pa.types.is_integer(t) or pa.types.is_floating(t):
+        return "number"
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "string"
+    if pa.types.is_struct(t):
+        return "object"
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return "array"
+    return None
+
+
+def _same_kind(value: Any, kind: str | None) -> bool:
+    return _json_kind(value) == kind
+
+
+def _a(kind: str | None) -> str:
+    return f"an {kind}" if kind and kind[0] in "aeiou" else f"a {kind}"
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def _arrow_reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    for prefix in ("JSON parse error: ", "Unable to merge: "):
+        text = text.removeprefix(prefix)
+    text = re.sub(r"Column\(/v/", "Column(/", text)
+    text = re.sub(r" in row \d+", "", text)
+    merge = re.fullmatch(r"Field (\S+) has incompatible types: (.+) vs (.+)", text)
+    if merge:
+        name, before, now = merge.groups()
+        return f"field `{name}` is {before} in earlier records of the topic, {now} in this one"
+    return text
+
+
+def _headers(headers: list[Any]) -> pa.Array:
+    if not any(headers):
+        # The common case, no headers at all: build the empty lists without touching each record.
+        offsets = pa.array([0] * (len(headers) + 1), pa.int32())
+        empty = pa.array([], HEADERS_TYPE.value_type)
+        return pa.ListArray.from_arrays(offsets, empty, type=HEADERS_TYPE)
+    return pa.array([list(h) if h else [] for h in headers], HEADERS_TYPE)
