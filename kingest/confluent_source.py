@@ -392,7 +392,8 @@ class ConfluentSource:
                         "Usually a rebalance: another instance now owns the partition. The records are consumed again.",
                     ) from None
                 self.retries += 1
-                self.connection.update(0)
+                # A coordinator that is loading or not found yet is not a broker that is down: ask a broker.
+                self.connection.update(self._broker_answers())
                 retry.wait(_reason(exc))
                 continue
             retry.done()
@@ -410,11 +411,7 @@ class ConfluentSource:
         def watch() -> None:
             said = False
             while not done.wait(1.0):
-                try:
-                    self.consumer.list_topics(self.config.topics[0], timeout=1.0)
-                    up = 1
-                except Exception:  # any failure to answer is what is watched for
-                    up = 0
+                up = self._broker_answers()
                 if done.is_set():
                     return
                 self.connection.update(up)
@@ -437,6 +434,15 @@ class ConfluentSource:
         if time.monotonic() - started >= 5:
             log.warning("offsets committed after waiting %.0fs for Kafka", time.monotonic() - started)
         return result
+
+    def _broker_answers(self) -> int:
+        """1 if a broker answers a metadata request within a second, else 0: what the ConnectionWatch is fed
+        while a commit waits (no statistics are served meanwhile)."""
+        try:
+            self.consumer.list_topics(self.config.topics[0], timeout=1.0)
+        except Exception:  # any failure to answer is what is watched for
+            return 0
+        return 1
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         if self._assigning is not None:

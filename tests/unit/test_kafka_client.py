@@ -236,3 +236,43 @@ def test_columns_extend_a_batch_like_records_do() -> None:
     assert batch.nbytes == reference.nbytes
     batch.extend(Columns([3], [30], [None], [b"zzz"], [None]))  # nothing new
     assert batch.offsets == [1, 2, 3]
+
+
+# ---------------------------------------------------------------------------------------------- commits
+
+
+class _CoordinatorLoading:
+    """A consumer whose broker answers metadata but whose group coordinator is still loading: the first
+    ``refusals`` commits fail with COORDINATOR_LOAD_IN_PROGRESS (retried by kingest), then they succeed."""
+
+    def __init__(self, refusals: int) -> None:
+        self.refusals = refusals
+        self.commits = 0
+
+    def commit(self, offsets: Any, asynchronous: bool) -> Any:
+        import confluent_kafka
+
+        self.commits += 1
+        if self.commits <= self.refusals:
+            error = confluent_kafka.KafkaError(confluent_kafka.KafkaError.COORDINATOR_LOAD_IN_PROGRESS)
+            raise confluent_kafka.KafkaException(error)
+        return offsets
+
+    def list_topics(self, topic: str, timeout: float) -> Any:
+        return object()  # a broker answers
+
+
+def test_a_commit_waiting_for_the_coordinator_does_not_report_kafka_unreachable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import kingest.source
+
+    monkeypatch.setattr(kingest.source.time, "sleep", lambda seconds: None)  # CommitRetry's backoff
+    confluent = source()
+    confluent.consumer = _CoordinatorLoading(refusals=2)
+    seen: list[int | None] = []
+    monkeypatch.setattr(confluent.connection, "update", seen.append)
+    confluent.commit({("t", 0): 5})
+    assert confluent.consumer.commits == 3 and confluent.retries == 2
+    # The broker answered all along: the ConnectionWatch must not be told that none does.
+    assert seen and 0 not in seen, seen
