@@ -133,6 +133,7 @@ class ConfluentSource:
         self._start: dict[TopicPartition, int] = {}  # where each assigned partition starts (see position)
         self._paused: set[TopicPartition] = set()
         self._closing = False
+        self._probe: Any = None  # a client of its own for _broker_answers, made on first use
         self._log = _LogForwarder()
         self._single_topic = config.topics[0] if len(config.topics) == 1 else None
 
@@ -393,7 +394,8 @@ class ConfluentSource:
                         "Usually a rebalance: another instance now owns the partition. The records are consumed again.",
                     ) from None
                 self.retries += 1
-                self.connection.update(0)
+                # A coordinator that is loading or not found yet is not a broker that is down: ask a broker.
+                self.connection.update(self._broker_answers())
                 retry.wait(_reason(exc))
                 continue
             retry.done()
@@ -402,20 +404,17 @@ class ConfluentSource:
     def _commit_watched(self, explicit: list[Any]) -> Any:
         """librdkafka's synchronous commit waits for the group coordinator however long it is unreachable, and
         serves no callback meanwhile (so no statistics: the ConnectionWatch would not see an outage that starts
-        during a commit). A helper thread asks for metadata once a second while the commit waits, feeds the
-        answer to the ConnectionWatch, and says that the commit waits once the broker has not answered for 5 s.
-        The main thread is blocked in commit() meanwhile: the watch is not used by two threads at once."""
+        during a commit). A helper thread asks for metadata once a second while the commit waits (through a
+        client of its own, see _broker_answers), feeds the answer to the ConnectionWatch, and says that the
+        commit waits once the broker has not answered for 5 s. The main thread is blocked in commit()
+        meanwhile: the watch is not used by two threads at once."""
         done = threading.Event()
         started = time.monotonic()
 
         def watch() -> None:
             said = False
             while not done.wait(1.0):
-                try:
-                    self.consumer.list_topics(self.config.topics[0], timeout=1.0)
-                    up = 1
-                except Exception:  # any failure to answer is what is watched for
-                    up = 0
+                up = self._broker_answers()
                 if done.is_set():
                     return
                 self.connection.update(up)
@@ -438,6 +437,24 @@ class ConfluentSource:
         if time.monotonic() - started >= 5:
             log.warning("offsets committed after waiting %.0fs for Kafka", time.monotonic() - started)
         return result
+
+    def _broker_answers(self) -> int:
+        """1 if a broker answers a metadata request within a second, else 0: what the ConnectionWatch is fed
+        while a commit waits (no statistics are served meanwhile). Asked through a client of its own, made on
+        first use: confluent-kafka serializes the calls on one consumer, so a list_topics() on the consumer
+        waits for a synchronous commit in progress to return (measured: 6.5 s for a 1 s timeout), and the
+        watch went blind for as long as the commit waited for the coordinator."""
+        try:
+            if self._probe is None:
+                from confluent_kafka.admin import AdminClient
+
+                settings = librdkafka_settings(self.config)  # the consumer-only properties are ignored
+                settings.update(logger=_LogForwarder())
+                self._probe = AdminClient(settings)
+            self._probe.list_topics(self.config.topics[0], timeout=1.0)
+        except Exception:  # any failure to answer is what is watched for
+            return 0
+        return 1
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         if self._assigning is not None:
@@ -542,6 +559,7 @@ class ConfluentSource:
             log.debug("%s %s: %s", "pausing" if pause else "resuming", parts, _reason(exc))
 
     def close(self) -> None:
+        self._probe = None  # an AdminClient has no close(): dropping it stops its threads
         if self.consumer is not None:
             # Closing leaves the group, which runs the revoke callback: the pipeline has saved what it will
             # save by now, so the callbacks are not passed on.

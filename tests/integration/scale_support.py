@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -126,6 +127,22 @@ class Instance:
             self.process.send_signal(signal.SIGCONT)
             self.process.kill()
             self.process.wait(timeout=30)
+
+    def metric(self, name: str) -> float:
+        """One series (`name` or `name{label="value"}`) from the Prometheus endpoint of the instance's latest
+        start (started with --metrics-port 0); 0 while it is not up yet."""
+        import urllib.request
+
+        url = re.search(r"metrics: (http://\S+/metrics)", self.log_path.read_text(errors="replace"))
+        if url is None:
+            return 0.0
+        try:
+            with urllib.request.urlopen(url.group(1), timeout=5) as response:
+                text = response.read().decode()
+        except OSError:
+            return 0.0
+        found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+        return float(found.group(1)) if found else 0.0
 
     def logs(self) -> str:
         return "\n".join(

@@ -306,10 +306,18 @@ def expected_offsets(ends: dict[int, int]) -> dict[int, list[int]]:
 SEMANTICS = ["at-most-once", "at-least-once", "exactly-once"]
 
 
+SESSION_TIMEOUT_MS = 10_000  # the private broker's group.min.session.timeout.ms is 6 s
+MAX_AGE_S = 3
+
+
 def test_broker_stopped_and_started_during_a_run(private_kafka: PrivateService, tmp_path: Path) -> None:
-    """One broker outage seen by three runs at once, one per semantics, each with a batch in flight when the
-    broker stops: every run waits, says so, goes on when the broker is back, and its lake then holds what its
-    semantics promises without a crash: every offset (exactly-once: once; at-most-once: never twice)."""
+    """One broker outage seen by three runs at once, one per semantics. The broker stops while every run holds a
+    polled batch, and stays down until each run has had to save that batch against a dead broker (at-most-once:
+    commit first; at-least-once: write, then commit; exactly-once: write and manifest, Kafka offsets on the side)
+    and for longer than the group's session timeout, so that every member's session expires during the outage.
+    Then the broker comes back: every run must resume on its own, and its lake (read independently) must hold
+    what its semantics promises without a crash: every offset (exactly-once: once; at-most-once: never twice).
+    What the runs log about the outage is printed for diagnosis only."""
     bootstrap = private_kafka.bootstrap  # type: ignore[attr-defined]
     topic = create_topic(bootstrap)
     produce(bootstrap, topic, 100, start=0)
@@ -320,11 +328,16 @@ def test_broker_stopped_and_started_during_a_run(private_kafka: PrivateService, 
         config = write_config(
             tmp_path / f"{semantics}.yaml",
             pipeline=f"bounce-{semantics}-{uuid.uuid4().hex[:6]}",
-            kafka={"bootstrap_servers": bootstrap, "topics": [topic]},
+            kafka={
+                "bootstrap_servers": bootstrap,
+                "topics": [topic],
+                "session_timeout_ms": SESSION_TIMEOUT_MS,
+                "heartbeat_interval_ms": 1000,
+            },
             records={"format": "json"},
             lake={"path": lakes[semantics]},
             # Flushed by age only, so that the second batch is still buffered when the broker stops.
-            batch={"max_records": 100_000, "max_age": "5s"},
+            batch={"max_records": 100_000, "max_age": f"{MAX_AGE_S}s"},
             semantics=semantics,
         )
         runs[semantics] = Run(config)
@@ -344,34 +357,21 @@ def test_broker_stopped_and_started_during_a_run(private_kafka: PrivateService, 
             "every run has polled the second batch",
             every,
         )
-        private_kafka.down()
-        wait_until(
-            lambda: all(f"lost the connection to Kafka at {bootstrap}" in r.stderr for r in every),
-            30,
-            "every run reports the lost broker",
-            every,
-        )
-        # Writing needs no broker: exactly-once saves the buffered batch (data and manifest) during the outage.
-        wait_until(
-            lambda: runs["exactly-once"].metric("kingest_records_written_total") >= 600,
-            30,
-            "exactly-once writes the buffered batch while the broker is down",
-            every,
-        )
+        private_kafka.down()  # returns once the broker process is gone
+        # The scenario, not a speed check: every buffered batch falls due while the broker is down (its commit
+        # or write is attempted against a dead broker), and every member's session expires before it is back.
+        time.sleep(max(2 * MAX_AGE_S, 2 * SESSION_TIMEOUT_MS / 1000))
+        for run in every:
+            assert run.process.poll() is None, f"kingest exited during the outage:\n{run.stderr[-3000:]}"
         private_kafka.up()
 
         produce(bootstrap, topic, 100, start=200)
         ends = log_end_offsets(bootstrap, topic)
         assert ends == {p: 300 for p in range(PARTITIONS)}
-        wait_until(
-            lambda: all(" answers again after " in r.stderr for r in every),
-            60,
-            "every run reports the broker back",
-            every,
-        )
+        # Progress: each run resumes by itself (a rejoin may wait for the broker to expire the old member).
         wait_until(
             lambda: all(covers(offsets_seen(lake), ends) for lake in lakes.values()),
-            120,
+            180,
             "the records produced after the outage are in every lake",
             every,
         )
@@ -379,6 +379,8 @@ def test_broker_stopped_and_started_during_a_run(private_kafka: PrivateService, 
     finally:
         for run in every:
             run.kill()
+        for semantics, run in runs.items():  # shown by pytest when the test fails
+            print(f"--- {semantics}:\n{run.stderr[-3000:]}")
     assert codes == {s: 0 for s in SEMANTICS}, {s: runs[s].stderr[-2000:] for s in SEMANTICS}
 
     expected = expected_offsets(ends)
@@ -386,7 +388,8 @@ def test_broker_stopped_and_started_during_a_run(private_kafka: PrivateService, 
     assert duplicates(exactly) == {} and missing(exactly, expected) == {}
     assert missing(offsets_seen(lakes["at-least-once"]), expected) == {}
     # An outage is not a crash: at-most-once loses nothing either (the commit before the write waits for the
-    # broker instead of dropping the batch), and never writes a record twice.
+    # broker, or is refused because the group moved on, and then the batch is not written but consumed again),
+    # and never writes a record twice.
     at_most = offsets_seen(lakes["at-most-once"])
     assert duplicates(at_most) == {} and missing(at_most, expected) == {}
 
@@ -397,9 +400,10 @@ def test_broker_stopped_and_started_during_a_run(private_kafka: PrivateService, 
 def test_s3_stopped_and_started_during_a_run(
     private_s3: PrivateService, kafka_bootstrap: str, topic_factory: Any, tmp_path: Path
 ) -> None:
-    """The S3 server stops while a batch is being written: the write is retried with backoff (and the run says
-    so) until the server is back; then exactly-once still holds every offset once, and at-least-once misses
-    none. The lake is read back from the server with pyarrow, and `kingest verify` audits it too."""
+    """The S3 server stops while a batch is being written: the write is retried with backoff (counted by the
+    LakeRetry metric) until the server is back; then exactly-once still holds every offset once, and
+    at-least-once misses none. The lake is read back from the server with pyarrow, and `kingest verify` audits
+    it too. What the runs log about the outage is printed for diagnosis only."""
     options = private_s3.storage_options  # type: ignore[attr-defined]
     topic = topic_factory(PARTITIONS, name="s3-bounce")
     produce(kafka_bootstrap, topic, 100, start=0)
@@ -436,26 +440,17 @@ def test_s3_stopped_and_started_during_a_run(
         )
         private_s3.down()
         wait_until(
-            lambda: all(" does not answer (" in r.stderr for r in every), 60, "every run reports the store down", every
-        )
-        wait_until(
             lambda: all(r.metric('kingest_errors_total{error="LakeRetry"}') >= 2 for r in every),
             60,
             "every run has retried a write twice",
             every,
         )
         private_s3.up()
-        wait_until(
-            lambda: all(" answers again after " in r.stderr for r in every),
-            90,
-            "every run reports the store back",
-            every,
-        )
         produce(kafka_bootstrap, topic, 100, start=200)
         ends = {p: 300 for p in range(PARTITIONS)}
-        wait_until(
+        wait_until(  # progress after the outage (the retry backoff may be several seconds by now)
             lambda: all(covers(offsets_seen(lake, options), ends) for lake in lakes.values()),
-            90,
+            180,
             "every record is in every lake",
             every,
         )
@@ -463,6 +458,8 @@ def test_s3_stopped_and_started_during_a_run(
     finally:
         for run in every:
             run.kill()
+        for semantics, run in runs.items():  # shown by pytest when the test fails
+            print(f"--- {semantics}:\n{run.stderr[-3000:]}")
     assert codes == {s: 0 for s in lakes}, {s: runs[s].stderr[-2000:] for s in lakes}
 
     expected = expected_offsets(ends)

@@ -141,8 +141,10 @@ def test_a_frozen_instance_is_fenced_when_it_resumes(
     semantics, tmp_path, kafka_bootstrap, kafka_admin, topic_factory, produce
 ):
     """The zombie: frozen (SIGSTOP) past its session timeout while it holds a buffer; its partitions go to
-    the other instance, which writes and commits them; then it resumes (SIGCONT). It must commit nothing for
-    them (Kafka refuses its offsets; the manifest refuses its version), drop its buffer, and carry on."""
+    the other instance, which writes and commits them; then it resumes (SIGCONT) and both run on. Whatever the
+    group protocol does with the zombie when it wakes up (its commit refused, its partitions reported lost, or
+    the group handing partitions back before its stale buffer is saved), the semantics' guarantee must hold:
+    checked on the lake, read independently and by `kingest verify`, not on what the zombie logs."""
     partitions = 4
     topic = topic_factory(partitions=partitions, name="zombie")
     config_path = tmp_path / "kingest.yaml"
@@ -176,29 +178,13 @@ def test_a_frozen_instance_is_fenced_when_it_resumes(
         if semantics == "exactly-once":
             for p in lost:
                 assert view.manifest_files(config["pipeline"], topic, p)[0] == ends[p]
-        before = {p: len(view.history(config["pipeline"], topic, p)) for p in range(partitions)}
 
-        zombie.send(signal.SIGCONT)
-        # It notices either way: its commit is refused (Kafka or manifest), or the group tells it it was lost.
-        wait_for(
-            lambda: any(
-                sign in zombie.logs() for sign in ("lost partitions", "refused the offset commit", "no longer owns")
-            ),
-            "the zombie notices it lost its partitions",
-            timeout=60,
-        )
+        zombie.send(signal.SIGCONT)  # its buffer is long due: it is saved, or dropped, on its first turn
         wait_for(stable_with(kafka_admin, group, {"zombie", "other"}), "the zombie rejoins the group", timeout=60)
         assert zombie.alive()
-
-        # Nothing it held was committed: Kafka's offsets did not move back to where its buffer ended ...
-        assert group_offsets(kafka_admin, group, topic) == ends
-        if semantics == "exactly-once":
-            # ... and no manifest version of its own followed the other instance's claim.
-            for p in range(partitions):
-                history = view.history(config["pipeline"], topic, p)
-                newer = [d for d in history[before[p] :] if f"-{zombie.pid}-" in d["owner"]]
-                assert newer == [], f"partition {p}: the zombie committed {newer}"
-                assert writes_without_latest_claim(history) == []
+        # Progress, not a guarantee: whatever the zombie did to the group's offsets, the two instances take every
+        # partition to the end again (a commit that moved an offset back makes them re-read, never stop).
+        wait_for(lambda: group_offsets(kafka_admin, group, topic) == ends, "the group commits every record again")
 
         assert zombie.stop() == 0
         assert other.stop() == 0
@@ -209,15 +195,27 @@ def test_a_frozen_instance_is_fenced_when_it_resumes(
         zombie.kill()
         other.kill()
 
+    show_logs(zombie)  # how the zombie noticed (or not): for diagnosis only, shown when an assertion below fails
     report = verify(config_path, tmp_path)
     assert report["totals"]["expected"] == sum(ends.values())
     assert report["holds"], report["violations"]
     folder = LakeView(str(tmp_path / "lake")).folder_offsets()
     missing, duplicated = missing_and_duplicated(folder, ends)
     if semantics != "at-most-once":
-        assert sum(missing.values()) == 0
+        assert sum(missing.values()) == 0, f"missing in the dataset folder: {missing}"
+        assert report["totals"]["missing"] == 0, report["violations"]
     if semantics != "at-least-once":
-        assert sum(duplicated.values()) == 0
+        assert sum(duplicated.values()) == 0, f"duplicated in the dataset folder: {duplicated}"
+        assert report["totals"]["duplicated"] == 0, report["violations"]
+    if semantics == "exactly-once":
+        # The manifest names every offset once, and no version was written by a writer that had been fenced
+        # (every write follows its writer's own latest claim).
+        assert view.manifest_offsets(config["pipeline"], topic, partitions) == {
+            p: list(range(end)) for p, end in ends.items()
+        }
+        for p in range(partitions):
+            history = view.history(config["pipeline"], topic, p)
+            assert writes_without_latest_claim(history) == [], f"partition {p}: a write by a fenced writer"
 
 
 def test_static_members_restart_without_a_rebalance(tmp_path, kafka_bootstrap, kafka_admin, topic_factory, produce):
@@ -236,10 +234,12 @@ def test_static_members_restart_without_a_rebalance(tmp_path, kafka_bootstrap, k
     )
     group = f"kingest-{config['pipeline']}"
     a = Instance("a", config_path, tmp_path)
-    b = Instance("b", config_path, tmp_path, args=("--verbose",))  # logs kafka-python's rebalance steps
+    b = Instance("b", config_path, tmp_path, args=("--metrics-port", "0"))
 
-    def assignments_seen_by_b() -> int:
-        return b.logs().count("Setting newly assigned partitions")
+    def assignments_seen_by_b() -> float:
+        # kingest's count of assign callbacks (either client), read from b's metrics endpoint: a rebalance
+        # hands b its partitions again. (A client's own log line would exist under one client only.)
+        return b.metric('kingest_rebalances_total{event="assigned"}')
 
     try:
         a.start()
@@ -249,6 +249,7 @@ def test_static_members_restart_without_a_rebalance(tmp_path, kafka_bootstrap, k
         ends = end_offsets(kafka_bootstrap, topic, partitions)
         wait_for(lambda: group_offsets(kafka_admin, group, topic) == ends, "the records are committed")
         seen = assignments_seen_by_b()
+        assert seen >= 1, "b's assignments are not visible on its metrics endpoint"
 
         a.kill()
         a.start()  # the same group_instance_id, well within the session timeout

@@ -236,3 +236,92 @@ def test_columns_extend_a_batch_like_records_do() -> None:
     assert batch.nbytes == reference.nbytes
     batch.extend(Columns([3], [30], [None], [b"zzz"], [None]))  # nothing new
     assert batch.offsets == [1, 2, 3]
+
+
+# ---------------------------------------------------------------------------------------------- commits
+
+
+class _CoordinatorLoading:
+    """A consumer whose broker answers metadata but whose group coordinator is still loading: the first
+    ``refusals`` commits fail with COORDINATOR_LOAD_IN_PROGRESS (retried by kingest), then they succeed."""
+
+    def __init__(self, refusals: int) -> None:
+        self.refusals = refusals
+        self.commits = 0
+
+    def commit(self, offsets: Any, asynchronous: bool) -> Any:
+        import confluent_kafka
+
+        self.commits += 1
+        if self.commits <= self.refusals:
+            error = confluent_kafka.KafkaError(confluent_kafka.KafkaError.COORDINATOR_LOAD_IN_PROGRESS)
+            raise confluent_kafka.KafkaException(error)
+        return offsets
+
+    def list_topics(self, topic: str, timeout: float) -> Any:
+        return object()  # a broker answers (also stands for the source's probe client)
+
+
+def test_a_commit_waiting_for_the_coordinator_does_not_report_kafka_unreachable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import kingest.source
+
+    monkeypatch.setattr(kingest.source.time, "sleep", lambda seconds: None)  # CommitRetry's backoff
+    confluent = source()
+    confluent.consumer = _CoordinatorLoading(refusals=2)
+    confluent._probe = confluent.consumer  # the client that asks for metadata: a broker answers
+    seen: list[int | None] = []
+    monkeypatch.setattr(confluent.connection, "update", seen.append)
+    confluent.commit({("t", 0): 5})
+    assert confluent.consumer.commits == 3 and confluent.retries == 2
+    # The broker answered all along: the ConnectionWatch must not be told that none does.
+    assert seen and 0 not in seen, seen
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_the_connection_watch_sees_an_outage_while_a_commit_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No broker at all: librdkafka's synchronous commit waits for the coordinator for session.timeout.ms. While
+    it waits, the source must notice that no broker answers. (confluent-kafka serializes the calls on one
+    consumer: a list_topics() on the consumer from another thread waits until the commit returns.)"""
+    import threading
+    import time
+
+    import confluent_kafka
+
+    import kingest.confluent_source as module
+
+    kafka = parse("  client: confluent\n  session_timeout_ms: 8000\n  heartbeat_interval_ms: 1000\n").kafka
+    confluent = module.ConfluentSource(config.KafkaConfig(**{**kafka.__dict__, "bootstrap_servers": ["127.0.0.1:1"]}))
+    settings = module.librdkafka_settings(confluent.config)
+    settings.update(logger=module._LogForwarder())
+    confluent.consumer = confluent_kafka.Consumer(settings)
+
+    def stop(self: Any, reason: str) -> None:
+        raise _Stop(reason)
+
+    monkeypatch.setattr(module.CommitRetry, "wait", stop)  # one attempt is enough
+    failure: list[BaseException] = []
+
+    def commit() -> None:
+        try:
+            confluent.commit({("t", 0): 5})
+        except BaseException as exc:
+            failure.append(exc)
+
+    started = time.monotonic()
+    committing = threading.Thread(target=commit)
+    committing.start()
+    try:
+        while confluent.connection.connected and time.monotonic() - started < 6.0:
+            time.sleep(0.1)
+        noticed = not confluent.connection.connected
+        assert committing.is_alive(), "the commit returned before the session timeout: the scenario did not happen"
+    finally:
+        committing.join(30)
+        confluent.close()
+    assert noticed, "no outage seen in the first 6 s of an 8 s commit wait"
+    assert failure and isinstance(failure[0], _Stop)
