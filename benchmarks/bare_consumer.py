@@ -55,7 +55,7 @@ def kafka_python_loop(args: argparse.Namespace) -> tuple[int, float | None]:
 
     config = KafkaConfig(bootstrap_servers=(args.bootstrap,), topics=(args.topic,), group_id=args.group)
     settings = config.consumer_settings()
-    # What kingest.source.KafkaSource.open adds to the config's settings.
+    # What kingest.sources.kafka_python.KafkaSource.open adds to the config's settings.
     settings["enable_auto_commit"] = False
     settings.setdefault("bootstrap_timeout_ms", min(15000, config.request_timeout_ms))
     settings.setdefault("reconnect_backoff_max_ms", 1000)
@@ -91,14 +91,14 @@ def kafka_python_loop(args: argparse.Namespace) -> tuple[int, float | None]:
 
 
 def confluent_loop(args: argparse.Namespace) -> tuple[int, float | None]:
-    """The same with confluent-kafka: kingest's librdkafka settings (kingest.confluent_source.librdkafka_settings:
+    """The same with confluent-kafka: kingest's librdkafka settings (kingest.sources.confluent.librdkafka_settings:
     the config's and what ConfluentSource adds, such as its 8 MiB pre-fetch queue), consume() in chunks of
     max_poll_records, stopping at the log end offsets seen at assignment. Per chunk it only counts the messages
     and notes the last offset of each partition."""
     import confluent_kafka as ck
 
     from kingest.config import KafkaConfig
-    from kingest.confluent_source import librdkafka_settings
+    from kingest.sources.confluent import librdkafka_settings
 
     config = KafkaConfig(
         bootstrap_servers=(args.bootstrap,), topics=(args.topic,), group_id=args.group, client="confluent"

@@ -40,7 +40,7 @@ class Record(NamedTuple):
 class Columns:
     """A polled chunk of one topic-partition already split into the five lists a Batch keeps (offsets,
     timestamps, keys, values, headers; empty headers as None), in offset order. A source that can build these
-    in C loops (kingest/confluent_source.py) hands them over instead of record objects, and extending a batch is
+    in C loops (kingest/sources/confluent.py) hands them over instead of record objects, and extending a batch is
     then five list extends."""
 
     __slots__ = ("offsets", "timestamps", "keys", "values", "headers")

@@ -58,7 +58,7 @@ def _kafka_checks(config: Config) -> Iterator[Check]:
 
     where = ", ".join(config.kafka.bootstrap_servers)
     if config.kafka.client == "confluent":
-        from . import confluent_source
+        from .sources import confluent as confluent_source
 
         try:
             yield Check("kafka client", True, confluent_source.check_settings(config.kafka))

@@ -42,7 +42,7 @@ RESERVED_COLUMNS = ("kafka_topic", "kafka_partition", "kafka_offset", "kafka_tim
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 # The consumer library: kafka-python (pure Python, always installed) or confluent-kafka (librdkafka, C; the
-# `fast` extra). Both sit behind kingest/source.py's Source protocol.
+# `fast` extra). Both sit behind the Source protocol of kingest/sources/.
 CLIENTS = ("kafka-python", "confluent")
 # Consumer settings kingest sets itself: refused under `kafka.consumer` (kafka-python and librdkafka spellings).
 RESERVED_CONSUMER_SETTINGS = (

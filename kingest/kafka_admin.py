@@ -11,7 +11,7 @@ from typing import Any
 
 from .config import Config
 from .errors import SetupError, SourceUnavailable, TopicNotFound
-from .source import credential_check
+from .sources.kafka_python import credential_check
 from .types import TopicPartition
 
 

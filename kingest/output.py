@@ -209,7 +209,7 @@ def setup_logging(log_format: str = "text", verbose: bool = False, stream: TextI
     logging.getLogger("kingest").setLevel(logging.DEBUG if verbose else logging.INFO)
     logging.getLogger("kafka").setLevel(logging.INFO if verbose else logging.WARNING)
     # librdkafka (kafka.client: confluent) says little above DEBUG: with --verbose its consumer-group debug lines
-    # are asked for and shown (kingest/confluent_source.py)
+    # are asked for and shown (kingest/sources/confluent.py)
     logging.getLogger("kafka.librdkafka").setLevel(logging.DEBUG if verbose else logging.WARNING)
     # Python warnings and exceptions escaping a thread would be printed as plain text: log them instead, so
     # that they are scrubbed and, in JSON mode, JSON.

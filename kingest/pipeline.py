@@ -30,7 +30,7 @@ from .lake import Lake
 from .manifest import PartitionState, new_writer_id
 from .offsets import ManifestOffsets, offset_store
 from .reader import lake_schemas
-from .source import Source, make_source
+from .sources import Source, make_source
 from .types import TopicPartition
 
 log = logging.getLogger("kingest.pipeline")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from kingest.errors import OutOfGroup
-from kingest.source import GroupWatch
+from kingest.sources.kafka_python import GroupWatch
 
 SESSION = 10.0
 

@@ -20,7 +20,7 @@ from kingest.errors import CommitFailed
 from kingest.lake import Lake
 from kingest.manifest import ManifestStore
 from kingest.pipeline import Pipeline
-from kingest.source import MemorySource
+from kingest.sources import MemorySource
 
 TOPIC = "orders"
 

@@ -11,7 +11,8 @@ import pytest
 from kingest import config
 from kingest.batcher import Batch, Columns
 from kingest.errors import ConfigError, SetupError
-from kingest.source import KafkaSource, make_source
+from kingest.sources import make_source
+from kingest.sources.kafka_python import KafkaSource
 
 BASE = "pipeline: p\nkafka:\n  bootstrap_servers: [h1:9092, h2:9092]\n  topics: [t]\n"
 LAKE = "lake: {path: x}\n"
@@ -146,7 +147,7 @@ def test_the_passthrough_secrets_are_scrubbed_for_both_clients() -> None:
 
 def test_make_source_picks_the_client() -> None:
     assert isinstance(make_source(parse().kafka), KafkaSource)
-    from kingest.confluent_source import ConfluentSource
+    from kingest.sources.confluent import ConfluentSource
 
     assert isinstance(make_source(parse("  client: confluent\n").kafka), ConfluentSource)
 
@@ -179,7 +180,7 @@ def message(partition: int, offset: int, topic: str = "t", **fields: Any) -> Any
 
 
 def source(topics: tuple[str, ...] = ("t",)) -> Any:
-    from kingest.confluent_source import ConfluentSource
+    from kingest.sources.confluent import ConfluentSource
 
     kafka = parse("  client: confluent\n").kafka
     return ConfluentSource(config.KafkaConfig(**{**kafka.__dict__, "topics": topics}))
@@ -265,9 +266,9 @@ class _CoordinatorLoading:
 def test_a_commit_waiting_for_the_coordinator_does_not_report_kafka_unreachable(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import kingest.source
+    import kingest.sources.common
 
-    monkeypatch.setattr(kingest.source.time, "sleep", lambda seconds: None)  # CommitRetry's backoff
+    monkeypatch.setattr(kingest.sources.common.time, "sleep", lambda seconds: None)  # CommitRetry's backoff
     confluent = source()
     confluent.consumer = _CoordinatorLoading(refusals=2)
     confluent._probe = confluent.consumer  # the client that asks for metadata: a broker answers
@@ -292,7 +293,7 @@ def test_the_connection_watch_sees_an_outage_while_a_commit_waits(monkeypatch: p
 
     import confluent_kafka
 
-    import kingest.confluent_source as module
+    import kingest.sources.confluent as module
 
     kafka = parse("  client: confluent\n  session_timeout_ms: 8000\n  heartbeat_interval_ms: 1000\n").kafka
     confluent = module.ConfluentSource(config.KafkaConfig(**{**kafka.__dict__, "bootstrap_servers": ["127.0.0.1:1"]}))

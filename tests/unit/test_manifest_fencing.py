@@ -16,7 +16,7 @@ from kingest.batcher import Record
 from kingest.lake import Lake
 from kingest.manifest import ManifestStore
 from kingest.pipeline import Pipeline
-from kingest.source import MemorySource
+from kingest.sources import MemorySource
 
 TOPIC = "orders"
 

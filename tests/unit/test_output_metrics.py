@@ -16,7 +16,7 @@ from kingest import config as config_module
 from kingest.batcher import Record
 from kingest.metrics import Metrics
 from kingest.pipeline import Pipeline
-from kingest.source import MemorySource
+from kingest.sources import MemorySource
 
 
 def make_config(lake: str) -> config_module.Config:

@@ -19,7 +19,7 @@ from kingest.errors import BadRecord
 from kingest.lake import Lake
 from kingest.manifest import ManifestStore
 from kingest.pipeline import Pipeline
-from kingest.source import MemorySource
+from kingest.sources import MemorySource
 
 SEMANTICS = ["at-most-once", "at-least-once", "exactly-once"]
 

@@ -25,7 +25,7 @@ from kingest.lake import Lake
 from kingest.manifest import ManifestStore
 from kingest.pipeline import Pipeline
 from kingest.reader import read_offsets, visible_files
-from kingest.source import MemorySource
+from kingest.sources import MemorySource
 from kingest.status import collect_status, render
 
 FIELDS = {

@@ -30,7 +30,7 @@ from kingest.cli import app
 from kingest.lake import Lake
 from kingest.manifest import ManifestStore
 from kingest.pipeline import Pipeline
-from kingest.source import MemorySource
+from kingest.sources import MemorySource
 from kingest.verify import Offsets, audit, audit_partition, render
 
 TP = ("orders", 0)

@@ -1,8 +1,5 @@
-"""The Kafka side: kafka-python's consumer in a group, with manual, synchronous commits of explicit offsets.
-The one module that imports kafka-python. ``MemorySource`` is an in-memory stand-in for fast unit tests.
-
-Topic-partitions are plain ``(topic, partition)`` tuples everywhere outside this module (kafka-python's
-TopicPartition is a namedtuple, so the two compare and hash alike).
+"""kafka-python's consumer in a group, with manual, synchronous commits of explicit offsets. The one module that
+imports kafka-python for consuming (kingest/kafka_admin.py has its admin client).
 """
 
 from __future__ import annotations
@@ -13,76 +10,22 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import Any
 
-from .batcher import Columns, Record
-from .config import KafkaConfig
-from .errors import CommitFailed, OutOfGroup, SetupError, SourceUnavailable, TopicNotFound
-from .types import TopicPartition
+from kingest.batcher import Columns
+from kingest.config import KafkaConfig
+from kingest.errors import OutOfGroup, SetupError, SourceUnavailable, TopicNotFound
+from kingest.types import TopicPartition
+
+from .common import CommitRetry, ConnectionWatch, Listener, commit_refused, credentials_error, lag_commit_failed
 
 log = logging.getLogger("kingest.source")
-
-Listener = Callable[[list[TopicPartition]], None]
-
-
-class Source(Protocol):
-    """What the pipeline needs from Kafka."""
-
-    # How many partitions' batches the pipeline encodes at once next to this source: pyarrow's JSON reader and
-    # Parquet writer release the GIL, so each can use a core of its own, if the source leaves one free.
-    encoders: int
-
-    def open(self, on_assigned: Listener, on_revoked: Listener, on_lost: Listener) -> None: ...
-    def poll(self, timeout: float) -> dict[TopicPartition, Sequence[Any] | Columns]: ...
-    def commit(self, offsets: dict[TopicPartition, int], wait: bool = True) -> None: ...
-    def seek(self, tp: TopicPartition, offset: int) -> None: ...
-    def seek_to_beginning(self, tp: TopicPartition) -> None: ...
-    def seek_to_end(self, tp: TopicPartition) -> None: ...
-    def seek_to_committed(self, tps: Iterable[TopicPartition]) -> None:
-        """Resume these newly assigned partitions from the group's committed offsets (or the reset policy where
-        none is committed), whatever position this consumer held before the rebalance."""
-        ...
-
-    def position(self, tp: TopicPartition) -> int: ...
-    def end_offsets(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]: ...
-    def assignment(self) -> set[TopicPartition]: ...
-    def pause(self, tps: Iterable[TopicPartition]) -> None: ...
-    def resume(self, tps: Iterable[TopicPartition]) -> None: ...
-    def highwater(self, tp: TopicPartition) -> int | None: ...
-    def lag(self, tp: TopicPartition) -> int | None: ...
-    def close(self) -> None: ...
-
-
-def make_source(config: KafkaConfig) -> Source:
-    """The one place the consumer library is chosen (``kafka.client``)."""
-    if config.client == "confluent":
-        from .confluent_source import ConfluentSource
-
-        return ConfluentSource(config)
-    return KafkaSource(config)
 
 
 def _tp(tp: TopicPartition) -> Any:
     from kafka import TopicPartition as KafkaTP
 
     return KafkaTP(tp[0], tp[1])
-
-
-# The orphaned join: why the rebalance listener pins the rejoin. kafka-python 3.0.12 (kafka/coordinator/base.py,
-# consumer.py): BaseCoordinator.join_group_async runs _on_join_prepare_async, which awaits our on_partitions_revoked,
-# inside the poll's timer (base.py:495). A revocation flush longer than the rest of the poll's timeout (kingest polls
-# for at most 1 s) leaves the timer expired, so the JoinGroup/SyncGroup task it then starts is awaited for 0 ms
-# (base.py:510-515): "Timer expired; leave self._join_task in flight so the next poll re-awaits it". The next poll
-# re-awaits it only if ConsumerCoordinator.need_rejoin() is still true (consumer.py:408). When the rejoin was caused by
-# a metadata change seen by the leader (consumer.py:604, assignment snapshot != metadata snapshot: the usual rebalance
-# right after a first assignment on a fresh topic, or partitions added), the join task itself clears that cause: as
-# leader it runs _perform_assignment, which sets the assignment snapshot to the metadata snapshot (consumer.py:473).
-# rejoin_needed was never set, so need_rejoin() turns false, the finished join is never completed
-# (_on_join_complete_async: no assignment, no listener call), the member stays REBALANCING with its heartbeats disabled
-# (base.py:505), and poll() spins (time_to_next_heartbeat is 0) while the broker drops the member at its session
-# timeout. Nothing ever fails. Setting rejoin_needed when a rejoin starts keeps need_rejoin() true until
-# join_group_async completes a join (it clears the flag there): the next poll re-awaits the join task, or, if it already
-# finished unobserved, sends a new JoinGroup (one more generation, no second revocation: `rejoining` is still set).
 
 
 class KafkaSource:
@@ -203,8 +146,8 @@ class KafkaSource:
             raise SourceUnavailable(f"reading from Kafka failed: {_kafka_reason(exc)}") from None
 
     def commit(self, offsets: dict[TopicPartition, int], wait: bool = True) -> None:
-        """A synchronous commit of explicit offsets. ``wait``: retry through a broker outage until the broker
-        answers (see _commit_through_outages); without it a broker that does not answer is a CommitFailed."""
+        """See Source.commit. ``wait``: synchronous, retried through a broker outage (_commit_through_outages);
+        without it, one attempt bounded by the request timeout, its failure logged."""
         from kafka import OffsetAndMetadata
         from kafka import errors as kafka_errors
 
@@ -225,15 +168,10 @@ class KafkaSource:
                 "Give every instance its own group_instance_id (the pod name, the systemd instance name).",
             ) from None
         except kafka_errors.KafkaError as exc:
-            if getattr(exc, "retriable", False):  # only without wait: the broker did not answer in time
-                raise CommitFailed(
-                    f"could not commit the offsets of {_tps(offsets)} to Kafka: {_kafka_reason(exc)}",
-                    "The broker did not answer; the next commit carries these offsets too.",
-                ) from None
-            raise CommitFailed(
-                f"Kafka refused the offset commit for {_tps(offsets)}: {_kafka_reason(exc)}",
-                "Usually a rebalance: another instance now owns the partition. The records are consumed again.",
-            ) from None
+            if not wait:
+                lag_commit_failed(offsets, _kafka_reason(exc))
+                return
+            raise commit_refused(offsets, _kafka_reason(exc)) from None
 
     def _commit_through_outages(self, offsets: dict[Any, Any]) -> None:
         """A synchronous commit that waits out a broker outage. kafka-python's commit gives up after
@@ -309,11 +247,6 @@ class KafkaSource:
     def assignment(self) -> set[TopicPartition]:
         return {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
 
-    def highwater(self, tp: TopicPartition) -> int | None:
-        """The log end offset last reported by a fetch (no request sent): for the lag display."""
-        value = self.consumer.highwater(_tp(tp))
-        return None if value is None else int(value)
-
     def lag(self, tp: TopicPartition) -> int | None:
         """Records behind: the log end offset the last fetch reported minus the position this consumer holds.
         Never waits and sends no request of its own (timeout 0: kafka-python's position() otherwise checks
@@ -369,90 +302,6 @@ class KafkaSource:
             except Exception as exc:  # closing is best effort: the group notices a lost member anyway
                 log.debug("closing the consumer: %s", exc)
             self.consumer = None
-
-
-class CommitRetry:
-    """The backoff and the messages of a commit retried until the broker answers (both sources): one warning
-    at once, then every ConnectionWatch.REPEAT seconds; 0.5 s between attempts, doubling up to 5 s."""
-
-    def __init__(self, where: str) -> None:
-        self.where = where
-        self.delay = 0.5
-        self.started = time.monotonic()
-        self.reported = 0.0
-
-    def wait(self, reason: str) -> None:
-        """After a failed attempt: say so when due, then sleep before the next one."""
-        now = time.monotonic()
-        if not self.reported or now - self.reported >= ConnectionWatch.REPEAT:
-            self.reported = now
-            waited = now - self.started
-            log.warning(
-                "committing offsets waits for Kafka at %s (%s)%s; retrying until it answers",
-                self.where,
-                reason,
-                f" for {waited:.0f}s" if waited >= 1 else "",
-            )
-        time.sleep(self.delay)
-        self.delay = min(self.delay * 2, 5.0)
-
-    def done(self) -> None:
-        if self.reported:
-            log.warning("offsets committed after waiting %.0fs for Kafka", time.monotonic() - self.started)
-
-
-class ConnectionWatch:
-    """Tells the user when the broker becomes unreachable and when it is back. kafka-python reconnects by
-    itself and the run waits; without this the wait would be silent, kafka-python's own logs being hidden
-    without --verbose. The signal is the consumer's open connection count (its public metrics()): none open
-    means no broker answers. Checked at most once a second; reported after a second without any."""
-
-    REPEAT = 30.0  # seconds between "still waiting" messages
-
-    def __init__(self, where: str) -> None:
-        self.where = where
-        self.connected = True
-        self.down_since: float | None = None  # monotonic time of the first check that found no connection
-        self.outages = 0
-        self._checked = 0.0
-        self._reported = 0.0
-
-    def check(self, consumer: Any) -> None:
-        """kafka-python: the consumer's connection count, from its metrics."""
-        if time.monotonic() - self._checked < 1.0:
-            return
-        try:
-            count = consumer.metrics().get("consumer-metrics", {}).get("connection-count")
-        except Exception:  # metrics are a convenience: never let them stop a run
-            return
-        self.update(count)
-
-    def update(self, count: int | None) -> None:
-        """The number of broker connections open now (None: not known)."""
-        now = time.monotonic()
-        if now - self._checked < 1.0:
-            return
-        self._checked = now
-        if count is None:
-            return
-        if count > 0:
-            if not self.connected and self.down_since is not None:
-                log.warning("Kafka at %s answers again after %.0fs; resuming", self.where, now - self.down_since)
-            self.connected, self.down_since = True, None
-            return
-        if self.down_since is None:
-            self.down_since = now
-        elif self.connected:
-            self.connected, self._reported = False, now
-            self.outages += 1
-            log.warning(
-                "lost the connection to Kafka at %s; waiting for it to come back "
-                "(records already polled are still written; consumption resumes where it stopped)",
-                self.where,
-            )
-        elif now - self._reported >= self.REPEAT:
-            self._reported = now
-            log.warning("still waiting for Kafka at %s (unreachable for %.0fs)", self.where, now - self.down_since)
 
 
 class GroupWatch:
@@ -521,9 +370,6 @@ class GroupWatch:
             "Restart the run: it rejoins the group and resumes from the committed offsets. If it happens again, "
             "run with --verbose and report the log.",
         )
-
-
-# ---------------------------------------------------------------------------------------------- credentials
 
 
 @contextmanager
@@ -612,23 +458,6 @@ def credential_check(settings: dict[str, Any], config: KafkaConfig) -> Iterator[
         settings.pop("kafka_client", None)
 
 
-def credentials_error_for(kind: str, reason: str, config: KafkaConfig, closed: int = 3) -> SetupError:
-    """The same SetupError as kafka-python's path gives, for a client that reports failures as text (librdkafka):
-    ``kind`` is "failed" (the broker rejected the credentials), "unsupported" (the mechanism), "unexpected" (a
-    listener without SASL answered a SASL handshake) or "closed" (the broker closed the connection during
-    set-up ``closed`` times in a row)."""
-    from kafka import errors as kafka_errors
-
-    exc: BaseException = {
-        "failed": kafka_errors.SaslAuthenticationFailedError,
-        "unsupported": kafka_errors.UnsupportedSaslMechanismError,
-        "unexpected": kafka_errors.IllegalSaslStateError,
-    }.get(kind, kafka_errors.SaslAuthenticationFailedError)(reason)
-    if kind == "closed":
-        exc = _ClosedByBroker(closed)
-    return _credentials_error(exc, config)
-
-
 class _ClosedByBroker(Exception):
     """The broker accepted connections and closed them during set-up, ``times`` times in a row."""
 
@@ -649,34 +478,19 @@ def _is_credentials_error(exc: BaseException) -> bool:
 
 
 def _credentials_error(exc: BaseException, config: KafkaConfig) -> SetupError:
-    """What the user must know: which mechanism, which user, what the broker said. Never the password."""
+    """kafka-python's refusal as the message both clients give (common.credentials_error)."""
     from kafka import errors as kafka_errors
 
-    where = ", ".join(config.bootstrap_servers)
-    mechanism = config.sasl_mechanism or "(none)"
-    sasl = config.security_protocol.startswith("SASL")
+    if isinstance(exc, _ClosedByBroker):
+        return credentials_error("closed", str(exc), config, exc.times)
     reason = str(exc.args[0] if exc.args else exc).strip() or type(exc).__name__
     prefix = f"{type(exc).__name__}: "
     reason = reason[len(prefix) :] if reason.startswith(prefix) else reason
     if isinstance(exc, kafka_errors.UnsupportedSaslMechanismError):
-        return SetupError(
-            f"Kafka at {where} does not accept SASL mechanism {mechanism}: {reason}",
-            "Set kafka.sasl_mechanism to one the broker enables (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512).",
-        )
-    if isinstance(exc, kafka_errors.IllegalSaslStateError) or (isinstance(exc, _ClosedByBroker) and not sasl):
-        expected = "does not expect SASL" if sasl else "closes the connection before answering"
-        return SetupError(
-            f"Kafka at {where} {expected} (kafka.security_protocol is {config.security_protocol}): {reason}",
-            "Check that kafka.security_protocol (PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL) matches the listener "
-            "at kafka.bootstrap_servers.",
-        )
-    if isinstance(exc, _ClosedByBroker):
-        reason = f"{reason}, which is how Kafka answers rejected credentials"
-    return SetupError(
-        f"Kafka at {where}: authentication failed (SASL {mechanism}, user {config.sasl_plain_username!r}): {reason}",
-        "Check kafka.sasl_plain_username and kafka.sasl_plain_password (or the environment variable it names), "
-        f"and that the broker has this user for {mechanism}.",
-    )
+        return credentials_error("unsupported", reason, config)
+    if isinstance(exc, kafka_errors.IllegalSaslStateError):
+        return credentials_error("unexpected", reason, config)
+    return credentials_error("failed", reason, config)
 
 
 def _kafka_reason(exc: BaseException) -> str:
@@ -685,105 +499,6 @@ def _kafka_reason(exc: BaseException) -> str:
     if text.startswith(name) or re.match(r"\[Error \d+\] " + name, text):
         return text  # kafka-python 3 already names the class
     return f"{name}: {text}" if text else name
-
-
-def _tps(offsets: dict[TopicPartition, int]) -> str:
-    return ", ".join(f"{t}[{p}]" for t, p in sorted(offsets))
-
-
-class MemorySource:
-    """An in-memory topic set and consumer group, for unit tests of the pipeline without a broker.
-
-    One member that is assigned every partition at open; committed offsets survive across instances that
-    share the same ``group`` dict, as they would in Kafka."""
-
-    encoders = 2  # the unit tests exercise batches encoded side by side
-
-    def __init__(
-        self,
-        topics: dict[str, list[list[Record]]],
-        group: dict[TopicPartition, int] | None = None,
-        auto_offset_reset: str = "earliest",
-        max_poll_records: int = 500,
-    ) -> None:
-        self.topics = topics
-        self.group = {} if group is None else group
-        self.reset = auto_offset_reset
-        self.max_poll_records = max_poll_records
-        self.positions: dict[TopicPartition, int] = {}
-        self.paused: set[TopicPartition] = set()
-        self.commits: list[dict[TopicPartition, int]] = []
-        self._revoke: Listener | None = None
-
-    def open(self, on_assigned: Listener, on_revoked: Listener, on_lost: Listener) -> None:
-        tps = [(t, p) for t, parts in self.topics.items() for p in range(len(parts))]
-        for tp in tps:
-            self.positions[tp] = self.group.get(tp, self._reset_offset(tp))
-        self._revoke = on_revoked
-        on_assigned(tps)
-
-    def _reset_offset(self, tp: TopicPartition) -> int:
-        log_ = self.topics[tp[0]][tp[1]]
-        if self.reset == "earliest" or not log_:
-            return log_[0].offset if log_ else 0
-        return log_[-1].offset + 1
-
-    def poll(self, timeout: float) -> dict[TopicPartition, Sequence[Any] | Columns]:
-        out: dict[TopicPartition, Sequence[Any] | Columns] = {}
-        budget = self.max_poll_records
-        for tp, position in self.positions.items():
-            if tp in self.paused or budget <= 0:
-                continue
-            records = [r for r in self.topics[tp[0]][tp[1]] if r.offset >= position][:budget]
-            if records:
-                out[tp] = records
-                self.positions[tp] = records[-1].offset + 1
-                budget -= len(records)
-        if not out:
-            time.sleep(timeout)  # like Kafka: an empty poll waits for its timeout
-        return out
-
-    def commit(self, offsets: dict[TopicPartition, int], wait: bool = True) -> None:
-        self.commits.append(dict(offsets))
-        self.group.update(offsets)
-
-    def seek(self, tp: TopicPartition, offset: int) -> None:
-        self.positions[tp] = offset
-
-    def seek_to_beginning(self, tp: TopicPartition) -> None:
-        log_ = self.topics[tp[0]][tp[1]]
-        self.positions[tp] = log_[0].offset if log_ else 0
-
-    def seek_to_end(self, tp: TopicPartition) -> None:
-        self.positions[tp] = self.end_offsets([tp])[tp]
-
-    def seek_to_committed(self, tps: Iterable[TopicPartition]) -> None:
-        for tp in tps:
-            self.positions[tp] = self.group.get(tp, self._reset_offset(tp))
-
-    def position(self, tp: TopicPartition) -> int:
-        return self.positions[tp]
-
-    def end_offsets(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
-        return {tp: (self.topics[tp[0]][tp[1]][-1].offset + 1 if self.topics[tp[0]][tp[1]] else 0) for tp in tps}
-
-    def assignment(self) -> set[TopicPartition]:
-        return set(self.positions)
-
-    def pause(self, tps: Iterable[TopicPartition]) -> None:
-        self.paused.update(tps)
-
-    def resume(self, tps: Iterable[TopicPartition]) -> None:
-        self.paused.difference_update(tps)
-
-    def highwater(self, tp: TopicPartition) -> int | None:
-        return self.end_offsets([tp])[tp]
-
-    def lag(self, tp: TopicPartition) -> int | None:
-        return max(0, self.end_offsets([tp])[tp] - self.positions[tp])
-
-    def close(self) -> None:
-        self._revoke = None
 
 
 def _no_brokers(kafka_errors: Any) -> tuple[type[BaseException], ...]:

@@ -1,5 +1,5 @@
 """The Kafka side with librdkafka, through confluent-kafka (``kafka.client: confluent``, the ``fast`` extra):
-the same Source as kingest/source.py's KafkaSource, with the same guarantees, for a fraction of the CPU a
+the same Source as kingest/sources/kafka_python.py's KafkaSource, with the same guarantees, for a fraction of the CPU a
 record. The one module that imports confluent_kafka, and only when this client is chosen (``kingest --help``
 and kafka-python runs never load it).
 
@@ -29,11 +29,20 @@ from itertools import compress, islice
 from operator import itemgetter, ne
 from typing import Any
 
-from .batcher import Columns
-from .config import KafkaConfig
-from .errors import CommitFailed, SetupError, SourceUnavailable, TopicNotFound
-from .source import CommitRetry, ConnectionWatch, Listener, credentials_error_for
-from .types import TopicPartition
+from kingest.batcher import Columns
+from kingest.config import KafkaConfig
+from kingest.errors import SetupError, SourceUnavailable, TopicNotFound
+from kingest.types import TopicPartition
+
+from .common import (
+    CommitRetry,
+    ConnectionWatch,
+    CredentialsFailure,
+    Listener,
+    commit_refused,
+    credentials_error,
+    lag_commit_failed,
+)
 
 log = logging.getLogger("kingest.source")
 # librdkafka's own log lines: under "kafka." like kafka-python's, so kingest's handler shows them only with
@@ -212,7 +221,7 @@ class ConfluentSource:
             if self._log.closed_by_peer >= 3:
                 # A connection accepted and then closed by the broker, three times: under SASL, how Kafka answers
                 # rejected credentials; without, a SASL or SSL listener.
-                raise credentials_error_for("closed", "", self.config, self._log.closed_by_peer) from None
+                raise credentials_error("closed", "", self.config, self._log.closed_by_peer) from None
             if time.monotonic() >= deadline:
                 log.debug("no metadata from %s: %s", self.where, failure)
                 raise SourceUnavailable(
@@ -226,13 +235,14 @@ class ConfluentSource:
         reason = re.sub(r"^\S+://\S+: ", "", text)  # the broker's name
         reason = re.sub(r"\s*\(after \d+ms in state \w+\)\s*$", "", reason)
         reason = re.sub(r"^SASL authentication error: ", "", reason)
+        kind: CredentialsFailure
         if "Request not valid in current SASL state" in reason or "Illegal SASL state" in reason:
             kind = "unexpected"
         elif "Unsupported SASL mechanism" in reason:
             kind = "unsupported"
         else:
             kind = "failed"
-        return credentials_error_for(kind, reason, self.config)
+        return credentials_error(kind, reason, self.config)
 
     def _forget(self, tps: Iterable[TopicPartition]) -> None:
         for tp in tps:
@@ -372,7 +382,7 @@ class ConfluentSource:
             try:
                 self.consumer.commit(offsets=explicit, asynchronous=True)
             except ck.KafkaException as exc:
-                log.warning("could not commit the offsets of %s to Kafka: %s", _tps(offsets), _reason(exc))
+                lag_commit_failed(offsets, _reason(exc))
             return
         retry = CommitRetry(self.where)
         while True:
@@ -389,10 +399,7 @@ class ConfluentSource:
                 if code == ck.KafkaError._AUTHENTICATION:
                     raise self._credentials(error.str()) from None  # type: ignore[union-attr]
                 if not _unanswered(ck, error):
-                    raise CommitFailed(
-                        f"Kafka refused the offset commit for {_tps(offsets)}: {_reason(exc)}",
-                        "Usually a rebalance: another instance now owns the partition. The records are consumed again.",
-                    ) from None
+                    raise commit_refused(offsets, _reason(exc)) from None
                 self.retries += 1
                 # A coordinator that is loading or not found yet is not a broker that is down: ask a broker.
                 self.connection.update(self._broker_answers())
@@ -519,7 +526,7 @@ class ConfluentSource:
     def assignment(self) -> set[TopicPartition]:
         return {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
 
-    def highwater(self, tp: TopicPartition) -> int | None:
+    def _highwater(self, tp: TopicPartition) -> int | None:
         """The log end offset the last fetch reported (no request sent): for the lag display."""
         try:
             _, high = self.consumer.get_watermark_offsets(self.ck.TopicPartition(tp[0], tp[1]), cached=True)
@@ -529,7 +536,7 @@ class ConfluentSource:
 
     def lag(self, tp: TopicPartition) -> int | None:
         """Records behind: the log end offset the last fetch reported minus the position held. No request."""
-        high = self.highwater(tp)
+        high = self._highwater(tp)
         if high is None:
             return None
         held = self.consumer.position([self.ck.TopicPartition(tp[0], tp[1])])[0].offset
@@ -592,7 +599,3 @@ def _reason(exc: Any) -> str:
     if hasattr(error, "str") and hasattr(error, "name"):
         return f"{error.name()}: {error.str()}"
     return str(exc)
-
-
-def _tps(offsets: dict[TopicPartition, int]) -> str:
-    return ", ".join(f"{t}[{p}]" for t, p in sorted(offsets))
