@@ -18,6 +18,7 @@ import typer
 from typer.exceptions import TyperException
 
 from . import __version__
+from .config import Semantics
 from .errors import KingestError
 from .output import SCRUB, install_scrubbing, report_error, report_unexpected, setup_logging
 
@@ -31,12 +32,6 @@ app = typer.Typer(
 )
 
 T = TypeVar("T")
-
-
-class Semantics(StrEnum):
-    at_most_once = "at-most-once"
-    at_least_once = "at-least-once"
-    exactly_once = "exactly-once"
 
 
 class LogFormat(StrEnum):
