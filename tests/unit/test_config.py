@@ -1,6 +1,6 @@
 """The config loader's promises beyond the bad-input table (tests/integration/test_bad_inputs.py): the issue's
 example works as written, YAML features work or fail clearly, environment values keep YAML typing and stay
-hidden, and docs/configuration.md documents every key there is."""
+hidden, and docs/configuration.md documents every key there is (its table is the model's, kingest/config.py)."""
 
 from __future__ import annotations
 
@@ -156,6 +156,11 @@ def test_documented_defaults_are_the_real_ones():
     assert config.parse_size(rows["batch.max_bytes"].strip("` ")) == BatchConfig.max_bytes
     assert config.parse_duration(rows["batch.max_age"].strip("` ")) == BatchConfig.max_age
     assert rows["semantics"].strip() == f"`{loaded.semantics}`"
+
+
+def test_the_docs_table_is_generated_from_the_model():
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    assert config.with_reference_table(text) == text, "docs/configuration.md's table of every key is stale: `make docs`"
 
 
 @pytest.mark.parametrize("cls", [config.Config, *config.SECTIONS.values()], ids=lambda cls: cls.__name__)
