@@ -105,7 +105,7 @@ class SaslMechanism(StrEnum):
 
 class Client(StrEnum):
     """The consumer library: kafka-python (pure Python, always installed) or confluent-kafka (librdkafka, C; the
-    `fast` extra). Both sit behind kingest/source.py's Source protocol."""
+    `fast` extra). Both sit behind the same Source protocol."""
 
     kafka_python = "kafka-python"
     confluent = "confluent"
