@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv up down status clean lint test demo bench
+.PHONY: help venv up down status clean lint test demo bench docs
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-7s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -43,6 +43,9 @@ lint: venv ## ruff check, ruff format --check, mypy
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy services/devservices.py services/produce_sample.py tests/conftest.py
+
+docs: venv ## write docs/configuration.md's table of every key from the config model (kingest/config.py)
+	$(VENV_PY) -c 'import pathlib, kingest.config as c; p = pathlib.Path("docs/configuration.md"); p.write_text(c.with_reference_table(p.read_text()))'
 
 # The integration tests run twice: with kafka-python (the whole suite), then with kafka.client: confluent (pytest
 # --kafka-client confluent), but for those that never consume through kingest's source (CONFLUENT_SKIP).

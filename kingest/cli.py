@@ -18,6 +18,7 @@ import typer
 from typer.exceptions import TyperException
 
 from . import __version__, use_jemalloc
+from .config import Semantics
 from .errors import KingestError
 from .output import SCRUB, install_scrubbing, report_error, report_unexpected, setup_logging
 
@@ -29,12 +30,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-
-
-class Semantics(StrEnum):
-    at_most_once = "at-most-once"
-    at_least_once = "at-least-once"
-    exactly_once = "exactly-once"
 
 
 class LogFormat(StrEnum):

@@ -1,5 +1,11 @@
 """The pipeline config: a YAML file, validated once at load into frozen dataclasses.
 
+The model is the dataclasses below: each key is one field, declared once with :func:`setting`: its type, its
+default (written as in the YAML), its parser and one line of documentation. The loader reads every section by
+walking those fields, ``docs/configuration.md``'s table of every key is generated from them (``make docs``; a
+unit test fails when the table is stale) and ``kingest init``'s template is checked against them by a unit test.
+Closed sets of values are the ``StrEnum`` classes below (``Semantics`` is also the CLI's ``--semantics``).
+
 Every error names the key (``batch.max_bytes``), the line in the file, the bad value and what is valid.
 ``${VAR}`` and ``${VAR:-default}`` in string values are read from the environment; values that came from
 the environment, and keys that hold secrets, are never echoed back in a message.
@@ -7,43 +13,107 @@ the environment, and keys that hold secrets, are never echoed back in a message.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, dataclass_transform
 
 import yaml
 
 from .errors import ConfigError
 
-SEMANTICS = ("at-most-once", "at-least-once", "exactly-once")
-FORMATS = ("raw", "string", "json")
-ON_ERROR = ("fail", "skip", "dead-letter")
-COMPRESSIONS = ("zstd", "snappy", "gzip", "lz4", "brotli", "none")
-PARTITION_BY = ("date", "hour")
-SCHEMA_TYPES = (
-    "string",
-    "int8",
-    "int16",
-    "int32",
-    "int64",
-    "float32",
-    "float64",
-    "bool",
-    "timestamp",
-    "date",
-    "binary",
-)
+# ---------------------------------------------------------------------------------------------- closed sets
+
+
+class Semantics(StrEnum):
+    """When offsets are saved: the delivery guarantee."""
+
+    at_most_once = "at-most-once"
+    at_least_once = "at-least-once"
+    exactly_once = "exactly-once"
+
+
+class RecordFormat(StrEnum):
+    raw = "raw"
+    string = "string"
+    json = "json"
+
+
+class OnError(StrEnum):
+    fail = "fail"
+    skip = "skip"
+    dead_letter = "dead-letter"
+
+
+class Compression(StrEnum):
+    zstd = "zstd"
+    snappy = "snappy"
+    gzip = "gzip"
+    lz4 = "lz4"
+    brotli = "brotli"
+    none = "none"
+
+
+class PartitionBy(StrEnum):
+    date = "date"
+    hour = "hour"
+
+
+class SchemaType(StrEnum):
+    """The column types ``records.schema`` may declare (encoder.DECLARED_TYPES maps each to an Arrow type)."""
+
+    string = "string"
+    int8 = "int8"
+    int16 = "int16"
+    int32 = "int32"
+    int64 = "int64"
+    float32 = "float32"
+    float64 = "float64"
+    bool = "bool"
+    timestamp = "timestamp"
+    date = "date"
+    binary = "binary"
+
+
+class OffsetReset(StrEnum):
+    earliest = "earliest"
+    latest = "latest"
+
+
+class IsolationLevel(StrEnum):
+    read_committed = "read_committed"
+    read_uncommitted = "read_uncommitted"
+
+
+class SecurityProtocol(StrEnum):
+    PLAINTEXT = "PLAINTEXT"
+    SSL = "SSL"
+    SASL_PLAINTEXT = "SASL_PLAINTEXT"
+    SASL_SSL = "SASL_SSL"
+
+
+class SaslMechanism(StrEnum):
+    PLAIN = "PLAIN"
+    SCRAM_SHA_256 = "SCRAM-SHA-256"
+    SCRAM_SHA_512 = "SCRAM-SHA-512"
+
+
+class Client(StrEnum):
+    """The consumer library: kafka-python (pure Python, always installed) or confluent-kafka (librdkafka, C; the
+    `fast` extra). Both sit behind the same Source protocol."""
+
+    kafka_python = "kafka-python"
+    confluent = "confluent"
+
+
+SCHEMA_TYPES = tuple(t.value for t in SchemaType)
 # The metadata columns the encoder puts first in every row (encoder.METADATA_FIELDS; a test keeps them equal).
 RESERVED_COLUMNS = ("kafka_topic", "kafka_partition", "kafka_offset", "kafka_timestamp", "kafka_key", "kafka_headers")
-SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
-SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
-# The consumer library: kafka-python (pure Python, always installed) or confluent-kafka (librdkafka, C; the
-# `fast` extra). Both sit behind the Source protocol of kingest/sources/.
-CLIENTS = ("kafka-python", "confluent")
 # Consumer settings kingest sets itself: refused under `kafka.consumer` (kafka-python and librdkafka spellings).
 RESERVED_CONSUMER_SETTINGS = (
     "enable_auto_commit",
@@ -120,51 +190,245 @@ def parse_duration(value: object) -> float:
     return seconds
 
 
+# Parsers of one value: the raw YAML value -> the typed value, or ValueError/TypeError saying what is valid.
+
+
+def _string(value: Any) -> str:
+    if isinstance(value, bool | dict | list):
+        raise ValueError("a string")
+    return str(value)
+
+
+def _name(value: Any) -> str:
+    text = _string(value)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", text):
+        raise ValueError("letters, digits, '.', '_' and '-' only, starting with a letter or digit")
+    return text
+
+
+def _int(minimum: int = 0) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"a whole number >= {minimum}")
+        if value < minimum:
+            raise ValueError(f"a whole number >= {minimum}")
+        return value
+
+    return parse
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("true or false")
+    return value
+
+
+def _string_list(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise ValueError("a non-empty list of strings, such as [orders, payments]")
+    return tuple(value)
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError("a mapping (key: value lines)")
+    return value
+
+
+def _schema(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict) or not value:
+        raise ValueError
+    return {str(k): v for k, v in value.items()}  # each type is checked by parse(), naming its line
+
+
+def _partition_by(value: Any) -> tuple[PartitionBy, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or tuple(value) not in ((), ("date",), ("date", "hour")):
+        raise ValueError
+    return tuple(PartitionBy(v) for v in value)
+
+
 # ---------------------------------------------------------------------------------------------- model
 
 
 @dataclass(frozen=True)
+class Key:
+    """What the loader and the docs know of one config key, beside its name, type and default (the field's)."""
+
+    doc: str  # one line of Markdown: docs/configuration.md's "meaning" column
+    parse: Callable[[Any], Any]  # the YAML value -> the field's value; ValueError or TypeError when not valid
+    choices: tuple[str, ...] = ()  # a closed set's values, in order
+    expected: str = ""  # what is valid, when the parser's own words are not the ones to show
+    shown_default: str = ""  # the default as the docs show it
+
+
+_KEY = "kingest.key"  # where a field's metadata holds its Key
+_REQUIRED: Any = dataclasses.MISSING
+
+
+def setting(
+    doc: str,
+    parse: Callable[[Any], Any] | type[StrEnum],
+    *,
+    default: Any = _REQUIRED,
+    expected: str = "",
+    shown: str | None = None,
+    secret: bool = False,
+) -> Any:
+    """One config key: a dataclass field with its documentation, parser and default, declared once.
+
+    ``default`` is written as in the YAML (``"64MiB"``, ``"30s"``) and parsed like a value from the file: the
+    docs show it as written, the field holds it parsed. None: unset; no default: the key must be given.
+    ``parse`` is a parser, or a StrEnum for a closed set. ``shown`` replaces the default in the docs when it
+    is computed elsewhere (``kingest-<pipeline>``). A ``secret`` value stays out of the dataclass's repr.
+    """
+    choices: tuple[str, ...] = ()
+    parser: Callable[[Any], Any] = parse
+    if isinstance(parse, type) and issubclass(parse, StrEnum):  # a closed set: one of its values
+        choices, parser = tuple(member.value for member in parse), _choice(parse)
+    metadata = {_KEY: Key(doc, parser, choices, expected, shown or _shown(default))}
+    if default is _REQUIRED:
+        return field(metadata=metadata, repr=not secret)
+    value = None if default is None else parser(default)
+    if isinstance(value, dict):
+        return field(default_factory=lambda: dict(value), metadata=metadata, repr=not secret)
+    return field(default=value, metadata=metadata, repr=not secret)
+
+
+T = TypeVar("T")
+
+
+@dataclass_transform(frozen_default=True, field_specifiers=(setting, field))
+def model(cls: type[T]) -> type[T]:
+    """A section of the config: a frozen dataclass whose fields are declared with :func:`setting` (so that
+    mypy, too, knows which keys have a default)."""
+    return dataclass(frozen=True)(cls)
+
+
+def _shown(default: Any) -> str:
+    if default is _REQUIRED:
+        return "(required)"
+    if default is None:
+        return "(none)"
+    if isinstance(default, bool):
+        return f"`{str(default).lower()}`"
+    if isinstance(default, list | tuple):
+        return f"`[{', '.join(str(v) for v in default)}]`"
+    return f"`{default}`"
+
+
+def _choice(kind: type[StrEnum]) -> Callable[[Any], Any]:
+    values = tuple(member.value for member in kind)
+
+    def parse(value: Any) -> StrEnum:
+        if not isinstance(value, str) or value not in values:
+            raise ValueError(f"use one of {', '.join(values)}")
+        return kind(value)
+
+    return parse
+
+
+@model
 class KafkaConfig:
-    bootstrap_servers: tuple[str, ...]
-    topics: tuple[str, ...]
-    group_id: str
-    auto_offset_reset: str = "earliest"
-    isolation_level: str = "read_committed"
-    group_instance_id: str | None = None
-    client_id: str = "kingest"
-    security_protocol: str = "PLAINTEXT"
-    sasl_mechanism: str | None = None
-    sasl_plain_username: str | None = None
-    sasl_plain_password: str | None = field(default=None, repr=False)
-    ssl_cafile: str | None = None
-    ssl_certfile: str | None = None
-    ssl_keyfile: str | None = None
-    ssl_password: str | None = field(default=None, repr=False)
-    ssl_check_hostname: bool = True
-    session_timeout_ms: int = 45000
-    max_poll_interval_ms: int = 300000
-    heartbeat_interval_ms: int = 3000
-    request_timeout_ms: int = 30000
-    fetch_min_bytes: int = 1
-    fetch_max_wait_ms: int = 500
-    fetch_max_bytes: int = 52428800
+    """``kafka:`` the brokers, the topics and the consumer's settings."""
+
+    bootstrap_servers: tuple[str, ...] = setting(
+        "`host:port`, a list of them, or a comma-separated string.",
+        _string_list,
+        expected="host:port, such as localhost:9092",
+    )
+    topics: tuple[str, ...] = setting(
+        "The topics to ingest: a list, or a comma-separated string.", _string_list, expected="a list of topic names"
+    )
+    # parse() gives it its default, kingest-<pipeline>, from another key
+    group_id: str = setting(
+        "The consumer group. Instances sharing it share the partitions.", _string, shown="`kingest-<pipeline>`"
+    )
+    auto_offset_reset: OffsetReset = setting(
+        "Where a partition with no saved position starts: `earliest` or `latest`.", OffsetReset, default="earliest"
+    )
+    isolation_level: IsolationLevel = setting(
+        "`read_committed` skips aborted transactional records; `read_uncommitted` reads everything.",
+        IsolationLevel,
+        default="read_committed",
+    )
+    group_instance_id: str | None = setting(
+        "Static membership: a stable, unique name per instance (see docs/scaling.md).", _name, default=None
+    )
+    client_id: str = setting(
+        "The client id the broker logs and shows in group descriptions.", _string, default="kingest"
+    )
+    security_protocol: SecurityProtocol = setting(
+        "`PLAINTEXT`, `SSL`, `SASL_PLAINTEXT` or `SASL_SSL`.", SecurityProtocol, default="PLAINTEXT"
+    )
+    sasl_mechanism: SaslMechanism | None = setting(
+        "`PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`; required with a `SASL_*` protocol.", SaslMechanism, default=None
+    )
+    sasl_plain_username: str | None = setting("SASL user name.", _string, default=None)
+    sasl_plain_password: str | None = setting(
+        "SASL password: use `${VAR}`. Never printed.", _string, default=None, secret=True
+    )
+    ssl_cafile: str | None = setting("CA bundle (PEM) to verify the brokers.", _string, default=None)
+    ssl_certfile: str | None = setting("Client certificate (PEM), for mutual TLS.", _string, default=None)
+    ssl_keyfile: str | None = setting("Client private key (PEM).", _string, default=None)
+    ssl_password: str | None = setting(
+        "Password of the private key. Never printed.", _string, default=None, secret=True
+    )
+    ssl_check_hostname: bool = setting(
+        "Check that the broker's certificate matches its host name.", _bool, default=True
+    )
+    session_timeout_ms: int = setting(
+        "How long the group waits for a silent member before giving its partitions away.", _int(1), default=45000
+    )
+    max_poll_interval_ms: int = setting(
+        "Longest time between polls before the member is considered stuck.", _int(1), default=300000
+    )
+    heartbeat_interval_ms: int = setting("Heartbeat period (well under `session_timeout_ms`).", _int(1), default=3000)
+    request_timeout_ms: int = setting("Timeout of one broker request.", _int(1), default=30000)
+    fetch_min_bytes: int = setting(
+        "A fetch waits for at least this much data (or `fetch_max_wait_ms`).", _int(1), default=1
+    )
+    fetch_max_wait_ms: int = setting("Longest wait of a fetch for `fetch_min_bytes`.", _int(0), default=500)
+    fetch_max_bytes: int = setting("Largest fetch response, all partitions together.", _int(1), default=52428800)
     # 1 MiB, Kafka's own default: kafka-python holds several fetches' worth of records per partition, and at 4 MiB
     # peak RSS was ~90 MB higher for the same CPU per record (benchmarks/, docs/performance.md).
-    max_partition_fetch_bytes: int = 1024 * 1024
-    max_poll_records: int = 10000
-    check_crcs: bool = True
-    client: str = "kafka-python"
-    consumer: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    max_partition_fetch_bytes: int = setting(
+        "Largest fetch per partition (more costs memory, not speed: docs/performance.md).", _int(1), default=1024 * 1024
+    )
+    max_poll_records: int = setting("Most records one poll returns.", _int(1), default=10000)
+    check_crcs: bool = setting(
+        "Check record CRCs (costs CPU; off only if the network is trusted).", _bool, default=True
+    )
+    client: Client = setting(
+        "The consumer library: `kafka-python`, or `confluent` (librdkafka through confluent-kafka: much less CPU "
+        "a record; install it with `pip install 'kingest[fast]'`). The same guarantees either way; see "
+        "[the faster consumer](#the-faster-consumer-kafkaclient-confluent).",
+        Client,
+        default="kafka-python",
+    )
+    consumer: Mapping[str, Any] = setting(
+        "Any other consumer setting, passed through as is: kafka-python's keyword arguments "
+        "(`reconnect_backoff_ms`), or with `kafka.client: confluent` librdkafka's properties "
+        "(`queued.max.messages.kbytes`). What kingest sets itself is refused here (`enable_auto_commit`, "
+        "`group_id`, `bootstrap_servers`, and their librdkafka names, `enable.auto.offset.store` too). "
+        "Never printed.",
+        _mapping,
+        default={},
+        secret=True,
+    )
 
     def consumer_settings(self) -> dict[str, Any]:
         """Keyword arguments for kafka-python's KafkaConsumer (secrets included: never print this)."""
         settings: dict[str, Any] = {
             "bootstrap_servers": list(self.bootstrap_servers),
             "group_id": self.group_id,
-            "auto_offset_reset": self.auto_offset_reset,
-            "isolation_level": self.isolation_level,
+            "auto_offset_reset": self.auto_offset_reset.value,
+            "isolation_level": self.isolation_level.value,
             "client_id": self.client_id,
-            "security_protocol": self.security_protocol,
+            "security_protocol": self.security_protocol.value,
             "session_timeout_ms": self.session_timeout_ms,
             "max_poll_interval_ms": self.max_poll_interval_ms,
             "heartbeat_interval_ms": self.heartbeat_interval_ms,
@@ -179,7 +443,7 @@ class KafkaConfig:
         }
         optional = {
             "group_instance_id": self.group_instance_id,
-            "sasl_mechanism": self.sasl_mechanism,
+            "sasl_mechanism": self.sasl_mechanism and self.sasl_mechanism.value,
             "sasl_plain_username": self.sasl_plain_username,
             "sasl_plain_password": self.sasl_plain_password,
             "ssl_cafile": self.ssl_cafile,
@@ -188,7 +452,7 @@ class KafkaConfig:
             "ssl_password": self.ssl_password,
         }
         settings.update({k: v for k, v in optional.items() if v is not None})
-        if self.client == "kafka-python":
+        if self.client == Client.kafka_python:
             settings.update(self.consumer)
         return settings
 
@@ -204,9 +468,9 @@ class KafkaConfig:
             # kingest commits explicit offsets itself, synchronously, when the semantics says so.
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
-            "auto.offset.reset": self.auto_offset_reset,
-            "isolation.level": self.isolation_level,
-            "security.protocol": self.security_protocol.lower(),
+            "auto.offset.reset": self.auto_offset_reset.value,
+            "isolation.level": self.isolation_level.value,
+            "security.protocol": self.security_protocol.value.lower(),
             "session.timeout.ms": self.session_timeout_ms,
             "max.poll.interval.ms": self.max_poll_interval_ms,
             "heartbeat.interval.ms": self.heartbeat_interval_ms,
@@ -217,11 +481,11 @@ class KafkaConfig:
             "max.partition.fetch.bytes": self.max_partition_fetch_bytes,
             "check.crcs": self.check_crcs,
         }
-        if self.security_protocol in ("SSL", "SASL_SSL"):
+        if self.security_protocol in (SecurityProtocol.SSL, SecurityProtocol.SASL_SSL):
             settings["ssl.endpoint.identification.algorithm"] = "https" if self.ssl_check_hostname else "none"
         optional = {
             "group.instance.id": self.group_instance_id,
-            "sasl.mechanism": self.sasl_mechanism,
+            "sasl.mechanism": self.sasl_mechanism and self.sasl_mechanism.value,
             "sasl.username": self.sasl_plain_username,
             "sasl.password": self.sasl_plain_password,
             "ssl.ca.location": self.ssl_cafile,
@@ -230,49 +494,111 @@ class KafkaConfig:
             "ssl.key.password": self.ssl_password,
         }
         settings.update({k: v for k, v in optional.items() if v is not None})
-        if self.client == "confluent":
+        if self.client == Client.confluent:
             settings.update(self.consumer)
         return settings
 
 
-@dataclass(frozen=True)
+@model
 class RecordsConfig:
-    format: str = "json"
-    schema: Mapping[str, str] | None = None
-    on_error: str = "fail"
+    """``records:`` how a record's value becomes a row."""
+
+    format: RecordFormat = setting(
+        "`raw` (the value's bytes, a `binary` column), `string` (UTF-8 text, a `string` column) or `json` (a JSON "
+        "object per record, one column per field).",
+        RecordFormat,
+        default="json",
+    )
+    schema: Mapping[str, SchemaType] | None = setting(
+        "`json` only: `field: type` for the columns to keep, values coerced to these types (below). Types: "
+        + ", ".join(f"`{t}`" for t in SchemaType)
+        + ".",
+        _schema,
+        default=None,  # each type is checked by parse(), naming its line
+        expected=f"a mapping of field: type, types: {', '.join(SchemaType)}",
+        shown="(none: inferred)",
+    )
+    on_error: OnError = setting(
+        "A record that cannot be decoded: `fail` stops the run, `skip` drops it, `dead-letter` keeps it under "
+        "`_dead_letters/` (below).",
+        OnError,
+        default="fail",
+    )
 
 
-@dataclass(frozen=True)
+@model
 class LakeConfig:
-    path: str
-    storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
-    compression: str = "zstd"
-    partition_by: tuple[str, ...] = ()
+    """``lake:`` where the Parquet files go."""
+
+    path: str = setting(
+        "A local folder or `s3://bucket/prefix` (any fsspec URL). Data goes to `topic=<t>/partition=<p>/` below it.",
+        _string,
+        expected="./lake/NAME or s3://bucket/prefix",
+    )
+    storage_options: Mapping[str, Any] = setting(
+        "Passed to fsspec/s3fs: `endpoint_url`, `key`, `secret`, `client_kwargs`, ... Without keys, S3 uses the "
+        "standard AWS chain. Never printed.",
+        _mapping,
+        default={},
+        secret=True,
+    )
+    compression: Compression = setting(
+        "Parquet compression: `zstd`, `snappy`, `gzip`, `lz4`, `brotli` or `none`.", Compression, default="zstd"
+    )
+    partition_by: tuple[PartitionBy, ...] = setting(
+        "`[date]` or `[date, hour]`: folders `date=YYYY-MM-DD[/hour=HH]` from the record timestamp (UTC), in place "
+        "of `partition=<p>`.",
+        _partition_by,
+        default=[],
+        expected="[date] or [date, hour] (from the record timestamp)",
+    )
 
 
-@dataclass(frozen=True)
+@model
 class BatchConfig:
-    max_records: int = 100_000
-    max_bytes: int = 64 * 2**20
-    max_age: float = 30.0
+    """``batch:`` a partition's batch is written when it reaches any of these."""
+
+    max_records: int = setting(
+        "A partition's batch is written when it holds this many records.", _int(1), default=100_000
+    )
+    max_bytes: int = setting(
+        "... or when all buffers together hold this many bytes (then every batch is written).",
+        parse_size,
+        default="64MiB",
+    )
+    max_age: float = setting(
+        "... or when its oldest record is this old, even if no new record arrives.", parse_duration, default="30s"
+    )
 
 
-@dataclass(frozen=True)
+@model
 class Config:
-    pipeline: str
+    """The whole file: two keys and four sections (SECTIONS)."""
+
+    pipeline: str = setting(
+        "The pipeline's name: letters, digits, `.`, `_`, `-`. Names the default group and the manifest folder "
+        "`_kingest/<pipeline>/`.",
+        _name,
+        expected="a name such as orders",
+    )
     kafka: KafkaConfig
     records: RecordsConfig
     lake: LakeConfig
     batch: BatchConfig
-    semantics: str = "at-least-once"
-    source_path: str | None = None
+    semantics: Semantics = setting(
+        "When offsets are saved: `at-most-once` (before writing), `at-least-once` (after), `exactly-once` (in the "
+        "lake's offsets manifest, with the data). `--semantics` overrides it.",
+        Semantics,
+        default="at-least-once",
+    )
+    source_path: str | None = None  # the file it was read from: not a key
 
     def with_semantics(self, semantics: str | None) -> Config:
         if semantics is None:
             return self
-        if semantics not in SEMANTICS:
-            raise ConfigError(f"--semantics: {semantics!r} is not valid; use one of {', '.join(SEMANTICS)}")
-        return replace(self, semantics=semantics)
+        if semantics not in tuple(Semantics):
+            raise ConfigError(f"--semantics: {semantics!r} is not valid; use one of {', '.join(Semantics)}")
+        return replace(self, semantics=Semantics(semantics))
 
     def secrets(self) -> list[str]:
         """Every secret value in this config, so that output can be scrubbed of them."""
@@ -280,6 +606,19 @@ class Config:
         found += [v for k, v in _walk(self.lake.storage_options) if is_secret_key(k)]
         found += [v for k, v in _walk(self.kafka.consumer) if is_secret_key(k)]
         return [str(v) for v in found if v not in (None, "")]
+
+
+SECTIONS: dict[str, type] = {"kafka": KafkaConfig, "records": RecordsConfig, "lake": LakeConfig, "batch": BatchConfig}
+
+
+def keys() -> Iterator[tuple[str, dataclasses.Field[Any], Key]]:
+    """Every key of the config, in the docs' order: ``(dotted name, dataclass field, Key)``."""
+    for f in dataclasses.fields(Config):
+        if _KEY in f.metadata:
+            yield f.name, f, f.metadata[_KEY]
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            yield f"{section}.{f.name}", f, f.metadata[_KEY]
 
 
 def _walk(mapping: Mapping[str, Any]) -> list[tuple[str, Any]]:
@@ -290,6 +629,24 @@ def _walk(mapping: Mapping[str, Any]) -> list[tuple[str, Any]]:
         else:
             out.append((str(key), value))
     return out
+
+
+# ---------------------------------------------------------------------------------------------- docs
+
+_TABLE_START = "<!-- The table below is generated from kingest/config.py by `make docs`: edit the docs there. -->"
+_TABLE_END = "<!-- End of the generated table. -->"
+
+
+def reference_table() -> str:
+    """docs/configuration.md's table of every key, its default and its meaning, from the model."""
+    rows = [f"| `{name}` | {key.shown_default} | {key.doc} |" for name, _, key in keys()]
+    return "\n".join(["| key | default | meaning |", "|---|---|---|", *rows]) + "\n"
+
+
+def with_reference_table(markdown: str) -> str:
+    """``markdown`` (docs/configuration.md) with the generated table between its markers replaced by the model's."""
+    start, end = markdown.index(_TABLE_START) + len(_TABLE_START), markdown.index(_TABLE_END)
+    return markdown[:start] + "\n" + reference_table() + markdown[end:]
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -474,77 +831,11 @@ class _Section:
         except (ValueError, TypeError) as exc:
             raise self.fail(name, value, expected or str(exc)) from None
 
-    def choice(self, name: str, choices: tuple[str, ...], default: Any = ...) -> Any:
-        def parse(value: Any) -> str:
-            if value not in choices:
-                raise ValueError
-            return str(value)
-
-        return self.get(name, parse, default, f"use one of {', '.join(choices)}")
-
 
 def _kind(value: Any) -> str:
     return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}.get(
         type(value), type(value).__name__
     )
-
-
-def _string(value: Any) -> str:
-    if isinstance(value, bool | dict | list):
-        raise ValueError("a string")
-    return str(value)
-
-
-def _name(value: Any) -> str:
-    text = _string(value)
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", text):
-        raise ValueError("letters, digits, '.', '_' and '-' only, starting with a letter or digit")
-    return text
-
-
-def _int(minimum: int = 0) -> Callable[[Any], int]:
-    def parse(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"a whole number >= {minimum}")
-        if value < minimum:
-            raise ValueError(f"a whole number >= {minimum}")
-        return value
-
-    return parse
-
-
-def _bool(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError("true or false")
-    return value
-
-
-def _string_list(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [v.strip() for v in value.split(",") if v.strip()]
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
-        raise ValueError("a non-empty list of strings, such as [orders, payments]")
-    return tuple(value)
-
-
-def _mapping(value: Any) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ValueError("a mapping (key: value lines)")
-    return value
-
-
-_KAFKA_KEYS = tuple(f for f in KafkaConfig.__dataclass_fields__)
-_INT_SETTINGS = {
-    "session_timeout_ms": 1,
-    "max_poll_interval_ms": 1,
-    "heartbeat_interval_ms": 1,
-    "request_timeout_ms": 1,
-    "fetch_min_bytes": 1,
-    "fetch_max_wait_ms": 0,
-    "fetch_max_bytes": 1,
-    "max_partition_fetch_bytes": 1,
-    "max_poll_records": 1,
-}
 
 
 def load(path: str | os.PathLike[str] | None = None) -> Config:
@@ -562,25 +853,49 @@ def load(path: str | os.PathLike[str] | None = None) -> Config:
     return parse(text, str(chosen))
 
 
-def parse(text: str, source: str = "<config>") -> Config:
-    """Validate config text (see :func:`load`)."""
-    doc = _Doc(text, source)
-    top = _Section(doc, doc.data, "", ("pipeline", "kafka", "records", "lake", "batch", "semantics"))
-    pipeline = top.get("pipeline", _name, expected="a name such as orders")
+def _read(section: _Section, cls: type, names: tuple[str, ...] = (), **defaults: Any) -> dict[str, Any]:
+    """The values of ``cls``'s keys (or of ``names``) in this section, parsed; absent ones get their default
+    (``defaults`` replaces the field's: a default computed from other keys)."""
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        key = f.metadata.get(_KEY)
+        if key is None or (names and f.name not in names):
+            continue
+        if f.name in defaults:
+            default = defaults[f.name]
+        elif f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = ...  # required
+        values[f.name] = section.get(f.name, key.parse, default, key.expected)
+    return values
 
-    kafka = _Section(doc, top.data.get("kafka"), "kafka", _KAFKA_KEYS)
+
+def _section(doc: _Doc, data: Any, path: str, cls: type) -> _Section:
+    return _Section(doc, data, path, tuple(f.name for f in dataclasses.fields(cls) if _KEY in f.metadata))
+
+
+def parse(text: str, source: str = "<config>") -> Config:
+    """Validate config text (see :func:`load`). Each key is read as its field in the model says; what follows
+    each section's reading is what spans several keys."""
+    doc = _Doc(text, source)
+    top = _Section(doc, doc.data, "", tuple(f.name for f in dataclasses.fields(Config) if f.name != "source_path"))
+    pipeline = _read(top, Config, ("pipeline",))["pipeline"]
+
+    kafka = _section(doc, top.data.get("kafka"), "kafka", KafkaConfig)
     if "kafka" not in top.data:
         raise ConfigError(f"{source}: `kafka` is required (bootstrap_servers and topics)")
-    ints = {name: kafka.get(name, _int(minimum), getattr(KafkaConfig, name)) for name, minimum in _INT_SETTINGS.items()}
-    consumer = kafka.get("consumer", _mapping, {})
+    kafka_config = KafkaConfig(**_read(kafka, KafkaConfig, group_id=f"kingest-{pipeline}"))
+    consumer = kafka_config.consumer
     for reserved in RESERVED_CONSUMER_SETTINGS:
         if reserved in consumer:
             raise ConfigError(
                 f"{doc.where('kafka.consumer.' + reserved)}: `kafka.consumer.{reserved}` cannot be set here",
                 "kingest commits offsets itself; set group_id and bootstrap_servers under `kafka:`.",
             )
-    client = kafka.choice("client", CLIENTS, "kafka-python")
-    if client == "confluent":
+    if kafka_config.client == Client.confluent:
         for name, value in consumer.items():
             if isinstance(value, dict | list):
                 raise ConfigError(
@@ -597,73 +912,40 @@ def parse(text: str, source: str = "<config>") -> Config:
                 "it back, as the eager protocol does; the cooperative protocol is not supported (not tested)",
                 "Use range, roundrobin (the default) or both.",
             )
-    kafka_config = KafkaConfig(
-        bootstrap_servers=kafka.get("bootstrap_servers", _string_list, expected="host:port, such as localhost:9092"),
-        topics=kafka.get("topics", _string_list, expected="a list of topic names"),
-        group_id=kafka.get("group_id", _string, f"kingest-{pipeline}"),
-        auto_offset_reset=kafka.choice("auto_offset_reset", ("earliest", "latest"), "earliest"),
-        isolation_level=kafka.choice("isolation_level", ("read_committed", "read_uncommitted"), "read_committed"),
-        group_instance_id=kafka.get("group_instance_id", _name, None),
-        client_id=kafka.get("client_id", _string, "kingest"),
-        security_protocol=kafka.choice("security_protocol", SECURITY_PROTOCOLS, "PLAINTEXT"),
-        sasl_mechanism=kafka.choice("sasl_mechanism", SASL_MECHANISMS, None),
-        sasl_plain_username=kafka.get("sasl_plain_username", _string, None),
-        sasl_plain_password=kafka.get("sasl_plain_password", _string, None),
-        ssl_cafile=kafka.get("ssl_cafile", _string, None),
-        ssl_certfile=kafka.get("ssl_certfile", _string, None),
-        ssl_keyfile=kafka.get("ssl_keyfile", _string, None),
-        ssl_password=kafka.get("ssl_password", _string, None),
-        ssl_check_hostname=kafka.get("ssl_check_hostname", _bool, True),
-        check_crcs=kafka.get("check_crcs", _bool, True),
-        client=client,
-        consumer=consumer,
-        **ints,
-    )
     if kafka_config.security_protocol.startswith("SASL") and not kafka_config.sasl_mechanism:
         raise ConfigError(
             f"{doc.where('kafka.security_protocol')}: `kafka.security_protocol` is "
             f"{kafka_config.security_protocol} but `kafka.sasl_mechanism` is not set",
-            f"Set kafka.sasl_mechanism to one of {', '.join(SASL_MECHANISMS)}.",
+            f"Set kafka.sasl_mechanism to one of {', '.join(SaslMechanism)}.",
         )
 
-    records = _Section(doc, top.data.get("records"), "records", ("format", "schema", "on_error"))
-    schema = records.get("schema", _schema, None, f"a mapping of field: type, types: {', '.join(SCHEMA_TYPES)}")
-    for name, kind in (schema or {}).items():
-        where = doc.where(f"records.schema.{name}")
-        if kind not in SCHEMA_TYPES:
-            raise ConfigError(
-                f"{where}: `records.schema.{name}` = {kind!r} is not valid: use one of {', '.join(SCHEMA_TYPES)}"
-            )
-        if name in RESERVED_COLUMNS:
-            raise ConfigError(
-                f"{where}: `records.schema.{name}`: {name} is the name of a column kingest adds to every row",
-                f"Its columns are {', '.join(RESERVED_COLUMNS)}; a record field of that name cannot be stored.",
-            )
-    records_config = RecordsConfig(
-        format=records.choice("format", FORMATS, "json"),
-        schema=schema,
-        on_error=records.choice("on_error", ON_ERROR, "fail"),
-    )
-    if schema is not None and records_config.format != "json":
-        raise ConfigError(f"{doc.where('records.schema')}: `records.schema` applies only to `records.format: json`")
+    records = _section(doc, top.data.get("records"), "records", RecordsConfig)
+    records_config = RecordsConfig(**_read(records, RecordsConfig))
+    if records_config.schema is not None:
+        declared: dict[str, SchemaType] = {}
+        for name, kind in records_config.schema.items():
+            where = doc.where(f"records.schema.{name}")
+            if kind not in SCHEMA_TYPES:
+                raise ConfigError(
+                    f"{where}: `records.schema.{name}` = {kind!r} is not valid: use one of {', '.join(SCHEMA_TYPES)}"
+                )
+            if name in RESERVED_COLUMNS:
+                raise ConfigError(
+                    f"{where}: `records.schema.{name}`: {name} is the name of a column kingest adds to every row",
+                    f"Its columns are {', '.join(RESERVED_COLUMNS)}; a record field of that name cannot be stored.",
+                )
+            declared[name] = SchemaType(kind)
+        if records_config.format != RecordFormat.json:
+            raise ConfigError(f"{doc.where('records.schema')}: `records.schema` applies only to `records.format: json`")
+        records_config = replace(records_config, schema=declared)
 
     if "lake" not in top.data:
         raise ConfigError(f"{source}: `lake` is required (lake.path: ./lake/NAME or s3://bucket/prefix)")
-    lake = _Section(doc, top.data.get("lake"), "lake", ("path", "storage_options", "compression", "partition_by"))
-    partition_by = lake.get("partition_by", _partition_by, (), "[date] or [date, hour] (from the record timestamp)")
-    lake_config = LakeConfig(
-        path=lake.get("path", _string, expected="./lake/NAME or s3://bucket/prefix"),
-        storage_options=lake.get("storage_options", _mapping, {}),
-        compression=lake.choice("compression", COMPRESSIONS, "zstd"),
-        partition_by=partition_by,
-    )
+    lake = _section(doc, top.data.get("lake"), "lake", LakeConfig)
+    lake_config = LakeConfig(**_read(lake, LakeConfig))
 
-    batch = _Section(doc, top.data.get("batch"), "batch", ("max_records", "max_bytes", "max_age"))
-    batch_config = BatchConfig(
-        max_records=batch.get("max_records", _int(1), BatchConfig.max_records),
-        max_bytes=batch.get("max_bytes", parse_size, BatchConfig.max_bytes),
-        max_age=batch.get("max_age", parse_duration, BatchConfig.max_age),
-    )
+    batch = _section(doc, top.data.get("batch"), "batch", BatchConfig)
+    batch_config = BatchConfig(**_read(batch, BatchConfig))
 
     return Config(
         pipeline=pipeline,
@@ -671,20 +953,6 @@ def parse(text: str, source: str = "<config>") -> Config:
         records=records_config,
         lake=lake_config,
         batch=batch_config,
-        semantics=top.choice("semantics", SEMANTICS, "at-least-once"),
+        semantics=_read(top, Config, ("semantics",))["semantics"],
         source_path=source,
     )
-
-
-def _schema(value: Any) -> dict[str, str]:
-    if not isinstance(value, dict) or not value:
-        raise ValueError
-    return {str(k): v for k, v in value.items()}  # each type is checked by the caller, naming its line
-
-
-def _partition_by(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or tuple(value) not in ((), ("date",), ("date", "hour")):
-        raise ValueError
-    return tuple(value)

@@ -1,4 +1,9 @@
-"""`kingest init`: write a commented starter config that loads as written (``config.parse`` checks it first)."""
+"""`kingest init`: write a commented starter config that loads as written (``config.parse`` checks it first).
+
+The template is checked against the config model (kingest/config.py) by tests/unit/test_config_init.py: the
+keys it shows exist, show their default unless they are an example, and list all the values of a closed set;
+a key of the model is in the template or, on purpose, left to docs/configuration.md.
+"""
 
 from __future__ import annotations
 

@@ -1,11 +1,15 @@
-"""`kingest init`: a commented starter config that loads as written, never replacing a file by accident.
-(tests/integration/test_check.py shows the same file passing `kingest check` and running.)"""
+"""`kingest init`: a commented starter config that loads as written, never replacing a file by accident, and
+that agrees with the config model. (tests/integration/test_check.py shows the same file passing `kingest check`
+and running.)"""
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from kingest import config
@@ -84,3 +88,71 @@ def test_init_to_a_path_it_cannot_write_is_a_clear_error(tmp_path: Path, where: 
     assert result.exit_code == 2 and "Traceback" not in result.output
     expected = f"{path} is a folder" if where == "folder" else f"cannot write {path}: No such file or directory"
     assert expected in result.output
+
+
+# ---------------------------------------------------------------------------------------------- the model
+
+# The keys the starter leaves to docs/configuration.md: every other key of the model is in it, set or commented
+# out. A key added to the model fails the test below until it is added to the template or to this set.
+LEFT_TO_THE_DOCS = {
+    "kafka.group_instance_id", "kafka.client_id", "kafka.ssl_certfile", "kafka.ssl_keyfile", "kafka.ssl_password",
+    "kafka.ssl_check_hostname", "kafka.session_timeout_ms", "kafka.max_poll_interval_ms",
+    "kafka.heartbeat_interval_ms", "kafka.request_timeout_ms", "kafka.fetch_min_bytes", "kafka.fetch_max_wait_ms",
+    "kafka.fetch_max_bytes", "kafka.max_partition_fetch_bytes", "kafka.max_poll_records", "kafka.check_crcs",
+}  # fmt: skip
+# The keys the starter shows with an example (or the value of an `init` option) rather than with their default.
+EXAMPLES = {
+    "pipeline", "kafka.bootstrap_servers", "kafka.topics", "kafka.group_id", "kafka.security_protocol",
+    "kafka.sasl_mechanism", "kafka.sasl_plain_username", "kafka.sasl_plain_password", "kafka.ssl_cafile",
+    "records.schema", "lake.path", "lake.partition_by",
+}  # fmt: skip
+
+KEY_LINE = re.compile(r"^(?P<indent> *)(?P<hash># )?(?P<key>[a-z_]+):(?P<value>[^#]*?)\s*(?:# (?P<note>.*))?$")
+
+
+def template_keys(text: str) -> dict[str, tuple[str, str]]:
+    """Every key the starter sets or shows commented out: dotted name -> (the value shown, the comments about
+    it: the comment lines just above it, its own, and those of the example lines nested under it)."""
+    found: dict[str, tuple[str, list[str]]] = {}
+    section, last, above = "", "", []
+    for line in text.splitlines():
+        match = KEY_LINE.match(line)
+        if match and len(match["indent"]) in (0, 2):
+            if not match["indent"] and not match["hash"] and not match["value"]:  # a section: kafka, records...
+                section, last, above = match["key"], "", []
+                continue
+            name = match["key"] if not match["indent"] else f"{section}.{match['key']}"
+            last = name
+            found[name] = (match["value"].strip(), [*above, match["note"] or ""])
+            above = []
+        elif re.match(r"^ *#  +", line) and last:  # an example nested under the last key: its comment is the key's
+            nested = re.match(r"^ *# +\S.*?\s# (.*)$", line)
+            found[last][1].append(nested[1] if nested else "")
+        elif line.lstrip().startswith("#"):
+            above.append(line.lstrip("# "))
+        else:
+            above = []
+    # a list of values, `a | b | c`, with the remarks in parentheses taken out
+    return {name: (value, re.sub(r"\s*\([^()]*\)", "", " ".join(notes))) for name, (value, notes) in found.items()}
+
+
+def test_the_starter_agrees_with_the_model(tmp_path: Path):
+    """Every key the template shows is a key of the model, with the model's default (unless it is an example) and,
+    where it lists the valid values, all of them; every key of the model is in it or left to the docs on purpose."""
+    result = runner.invoke(app, ["init", str(tmp_path / "k.yaml")])  # the CLI's own defaults for the options
+    assert result.exit_code == 0, result.output
+    shown = template_keys((tmp_path / "k.yaml").read_text())
+    model = {name: (f, key) for name, f, key in config.keys()}
+    assert set(shown) <= set(model), "keys in the template that the model does not have"
+    assert set(model) - set(shown) == LEFT_TO_THE_DOCS, "each key is in the template or left to the docs"
+    for name, (value, notes) in shown.items():
+        f, key = model[name]
+        choices = config.SCHEMA_TYPES if name == "records.schema" else key.choices
+        for listed in re.findall(r"[\w-]+(?: \| [\w-]+)+", notes):
+            assert listed.split(" | ") == list(choices), f"{name}: the template lists {listed}"
+        if not value:
+            continue
+        parsed = key.parse(yaml.safe_load(value))  # examples, too, must be valid values
+        if name not in EXAMPLES:
+            default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+            assert parsed == default, f"{name}: the template shows {value}, the default is {default!r}"
