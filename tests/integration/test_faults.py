@@ -5,8 +5,8 @@ The broker and S3 tests stop a server in the middle of a run, so they run their 
 broker, a second `weed mini`), started through services/devservices.py with a private KINGEST_DEV_DIR and free
 ports: the shared dev services, which other tests and engineers use, are never touched.
 
-Each run is a real `python -m kingest run` process; the lake is read back independently (DuckDB / pyarrow, see
-guarantees_support.py) and checked against the offsets in the topic, per semantics.
+Each run is a real `python -m kingest run` process; the lake is read back independently (pyarrow, see
+support/lake.py) and checked against the offsets in the topic, per semantics.
 """
 
 from __future__ import annotations
@@ -24,17 +24,24 @@ import time
 import urllib.parse
 import urllib.request
 import uuid
-from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from tests.conftest import kafka_client
-
-from .guarantees_support import duplicates, folder_offsets, missing
+from .support import (
+    LakeView,
+    covers,
+    dense,
+    duplicates,
+    end_offsets,
+    folder_offsets,
+    kingest,
+    missing,
+    run_until_caught_up,
+    write_config,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -194,23 +201,6 @@ def produce(bootstrap: str, topic: str, per_partition: int, start: int) -> None:
         producer.close()
 
 
-def log_end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id="kingest-tests")
-    try:
-        ends = consumer.end_offsets([TopicPartition(topic, p) for p in range(PARTITIONS)])
-        return {tp.partition: int(offset) for tp, offset in ends.items()}
-    finally:
-        consumer.close()
-
-
-def write_config(path: Path, **sections: Any) -> Path:
-    sections["kafka"] = {"client": kafka_client(), **sections["kafka"]}
-    path.write_text(yaml.safe_dump(sections))
-    return path
-
-
 class Run:
     """A `kingest run` process (no --until-caught-up: it runs until SIGTERM), stderr kept in a file."""
 
@@ -275,31 +265,6 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str, runs: l
         time.sleep(0.25)
 
 
-def offsets_seen(lake: str, storage_options: dict[str, Any] | None = None) -> dict[int, Counter[int]]:
-    """(partition, offset) -> copies, as a reader of the dataset folder sees them (see folder_offsets)."""
-    if lake.startswith("s3://"):
-        import s3fs
-
-        fs = s3fs.S3FileSystem(**(storage_options or {}), skip_instance_cache=True, use_listings_cache=False)
-        visible = [
-            path
-            for path in fs.find(lake)
-            if path.endswith(".parquet") and not any(part.startswith(("_", ".")) for part in path.split("/")[2:])
-        ]
-        if not visible:  # pyarrow cannot make a dataset of a folder with no data file yet
-            return {}
-    return folder_offsets(lake, storage_options)
-
-
-def covers(seen: dict[int, Counter[int]], ends: dict[int, int]) -> bool:
-    return all(all(o in seen.get(p, Counter()) for o in range(end)) for p, end in ends.items())
-
-
-def expected_offsets(ends: dict[int, int]) -> dict[int, list[int]]:
-    # Plain (non-transactional) producers: the offsets are dense, 0 .. end - 1.
-    return {p: list(range(end)) for p, end in ends.items()}
-
-
 # --------------------------------------------------------------------------------------------- broker down
 
 
@@ -344,7 +309,7 @@ def test_broker_stopped_and_started_during_a_run(private_kafka: PrivateService, 
     every = list(runs.values())
     try:
         wait_until(
-            lambda: all(covers(offsets_seen(lake), {p: 100 for p in range(PARTITIONS)}) for lake in lakes.values()),
+            lambda: all(covers(folder_offsets(lake), {p: 100 for p in range(PARTITIONS)}) for lake in lakes.values()),
             90,
             "the first records are in every lake",
             every,
@@ -366,11 +331,11 @@ def test_broker_stopped_and_started_during_a_run(private_kafka: PrivateService, 
         private_kafka.up()
 
         produce(bootstrap, topic, 100, start=200)
-        ends = log_end_offsets(bootstrap, topic)
+        ends = end_offsets(bootstrap, topic)
         assert ends == {p: 300 for p in range(PARTITIONS)}
         # Progress: each run resumes by itself (a rejoin may wait for the broker to expire the old member).
         wait_until(
-            lambda: all(covers(offsets_seen(lake), ends) for lake in lakes.values()),
+            lambda: all(covers(folder_offsets(lake), ends) for lake in lakes.values()),
             180,
             "the records produced after the outage are in every lake",
             every,
@@ -383,14 +348,14 @@ def test_broker_stopped_and_started_during_a_run(private_kafka: PrivateService, 
             print(f"--- {semantics}:\n{run.stderr[-3000:]}")
     assert codes == {s: 0 for s in SEMANTICS}, {s: runs[s].stderr[-2000:] for s in SEMANTICS}
 
-    expected = expected_offsets(ends)
-    exactly = offsets_seen(lakes["exactly-once"])
+    expected = dense(ends)
+    exactly = folder_offsets(lakes["exactly-once"])
     assert duplicates(exactly) == {} and missing(exactly, expected) == {}
-    assert missing(offsets_seen(lakes["at-least-once"]), expected) == {}
+    assert missing(folder_offsets(lakes["at-least-once"]), expected) == {}
     # An outage is not a crash: at-most-once loses nothing either (the commit before the write waits for the
     # broker, or is refused because the group moved on, and then the batch is not written but consumed again),
     # and never writes a record twice.
-    at_most = offsets_seen(lakes["at-most-once"])
+    at_most = folder_offsets(lakes["at-most-once"])
     assert duplicates(at_most) == {} and missing(at_most, expected) == {}
 
 
@@ -425,7 +390,7 @@ def test_s3_stopped_and_started_during_a_run(
     try:
         wait_until(
             lambda: all(
-                covers(offsets_seen(lake, options), {p: 100 for p in range(PARTITIONS)}) for lake in lakes.values()
+                covers(folder_offsets(lake, options), {p: 100 for p in range(PARTITIONS)}) for lake in lakes.values()
             ),
             90,
             "the first records are in every lake",
@@ -449,7 +414,7 @@ def test_s3_stopped_and_started_during_a_run(
         produce(kafka_bootstrap, topic, 100, start=200)
         ends = {p: 300 for p in range(PARTITIONS)}
         wait_until(  # progress after the outage (the retry backoff may be several seconds by now)
-            lambda: all(covers(offsets_seen(lake, options), ends) for lake in lakes.values()),
+            lambda: all(covers(folder_offsets(lake, options), ends) for lake in lakes.values()),
             180,
             "every record is in every lake",
             every,
@@ -462,16 +427,11 @@ def test_s3_stopped_and_started_during_a_run(
             print(f"--- {semantics}:\n{run.stderr[-3000:]}")
     assert codes == {s: 0 for s in lakes}, {s: runs[s].stderr[-2000:] for s in lakes}
 
-    expected = expected_offsets(ends)
-    exactly = offsets_seen(lakes["exactly-once"], options)
+    expected = dense(ends)
+    exactly = folder_offsets(lakes["exactly-once"], options)
     assert duplicates(exactly) == {} and missing(exactly, expected) == {}
-    assert missing(offsets_seen(lakes["at-least-once"], options), expected) == {}
-    done = subprocess.run(
-        [sys.executable, "-m", "kingest", "verify", "-c", str(configs["exactly-once"]), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    assert missing(folder_offsets(lakes["at-least-once"], options), expected) == {}
+    done = kingest("verify", "-c", str(configs["exactly-once"]), "--json", timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -479,23 +439,13 @@ def test_s3_stopped_and_started_during_a_run(
 
 
 def manifest_files(lake: Path) -> set[str]:
-    """Data files the offsets manifest counts in the lake: every path added and not removed, read straight
-    from the manifest version files (see docs/manifest.md)."""
-    files: set[str] = set()
-    for version in sorted(lake.glob("_kingest/*/manifest/topic=*/partition=*/*.json")):
-        doc = json.loads(version.read_text())
-        files -= set(doc.get("remove", []))
-        files |= {entry["path"] for entry in doc.get("add", [])}
-    return files
+    """Data files the offsets manifest counts in the lake (see LakeView.counted_files)."""
+    return LakeView(str(lake)).counted_files()
 
 
 def visible_parquet(lake: Path) -> set[str]:
     """Parquet files a reader of the dataset folder sees: no path part starts with `_` or `.`."""
-    return {
-        str(p.relative_to(lake))
-        for p in lake.rglob("*.parquet")
-        if not any(part.startswith(("_", ".")) for part in p.relative_to(lake).parts)
-    }
+    return set(LakeView(str(lake)).visible_files())
 
 
 def exactly_once_config(tmp_path: Path, bootstrap: str, topic: str, lake: str, **lake_extra: Any) -> Path:
@@ -518,16 +468,6 @@ def exactly_once_config(tmp_path: Path, bootstrap: str, topic: str, lake: str, *
     )
 
 
-def run_until_caught_up(config: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "kingest", "run", "-c", str(config), "--until-caught-up"],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env={**{k: v for k, v in os.environ.items() if k != "KINGEST_CRASH_AT"}, **env},
-    )
-
-
 def test_local_write_killed_half_way_is_never_counted(kafka_bootstrap: str, topic_factory: Any, tmp_path: Path) -> None:
     """SIGKILL with half of a Parquet file on disk (fsynced): the half file is there, hidden, and neither a
     reader of the folder nor the manifest counts it; the next run still writes every offset exactly once."""
@@ -536,7 +476,7 @@ def test_local_write_killed_half_way_is_never_counted(kafka_bootstrap: str, topi
     lake = tmp_path / "lake"
     config = exactly_once_config(tmp_path, kafka_bootstrap, topic, str(lake))
 
-    crashed = run_until_caught_up(config, KINGEST_CRASH_AT="mid-write:3")
+    crashed = run_until_caught_up(config, crash="mid-write:3")
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr
 
     halves = [p for p in lake.rglob(".*.tmp")]
@@ -546,14 +486,14 @@ def test_local_write_killed_half_way_is_never_counted(kafka_bootstrap: str, topi
     assert not (halves[0].parent / final_name).exists()
     assert visible_parquet(lake) == manifest_files(lake)  # the two files before it, committed
     assert len(visible_parquet(lake)) == 2
-    seen = offsets_seen(str(lake))  # DuckDB reads the folder without tripping on the half file
-    assert sum(sum(c.values()) for c in seen.values()) == 100 and duplicates(seen) == {}
+    seen = folder_offsets(str(lake))  # pyarrow reads the folder without tripping on the half file
+    assert sum(len(offsets) for offsets in seen.values()) == 100 and duplicates(seen) == {}
 
     done = run_until_caught_up(config)
     assert done.returncode == 0, done.stderr
     assert visible_parquet(lake) == manifest_files(lake)
-    seen = offsets_seen(str(lake))
-    expected = expected_offsets({p: 100 for p in range(PARTITIONS)})
+    seen = folder_offsets(str(lake))
+    expected = dense({p: 100 for p in range(PARTITIONS)})
     assert duplicates(seen) == {} and missing(seen, expected) == {}
 
 
@@ -600,8 +540,8 @@ def test_local_write_failing_half_way_leaves_nothing(
     monkeypatch.setattr("kingest.lake.os.fsync", real_fsync)
     done = run_until_caught_up(config)
     assert done.returncode == 0, done.stderr
-    seen = offsets_seen(str(lake))
-    expected = expected_offsets({p: 100 for p in range(PARTITIONS)})
+    seen = folder_offsets(str(lake))
+    expected = dense({p: 100 for p in range(PARTITIONS)})
     assert duplicates(seen) == {} and missing(seen, expected) == {}
     assert visible_parquet(lake) == manifest_files(lake)
 
@@ -721,8 +661,8 @@ def test_s3_put_cut_half_way_is_never_counted(
     for key, sent, size, visible in proxy.cut:
         assert 0 < sent < size and not visible, (key, sent, size)
 
-    seen = offsets_seen(s3_prefix, s3_storage_options)
-    expected = expected_offsets({p: 100 for p in range(PARTITIONS)})
+    seen = folder_offsets(s3_prefix, s3_storage_options)
+    expected = dense({p: 100 for p in range(PARTITIONS)})
     assert duplicates(seen) == {} and missing(seen, expected) == {}
     # Every file the manifest counts is whole (pyarrow read it above) and every data file is counted.
     bucket_prefix = s3_prefix.removeprefix("s3://")

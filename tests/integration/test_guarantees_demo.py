@@ -10,7 +10,7 @@ from rich.console import Console
 
 from kingest import demo
 
-from .guarantees_support import PARTITIONS, produce_evenly
+from .support import PARTITIONS, produce_evenly
 
 pytestmark = pytest.mark.integration
 

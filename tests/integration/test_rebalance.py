@@ -16,24 +16,20 @@ lake (read independently: pyarrow over s3fs, offsets per partition) and the run 
 
 from __future__ import annotations
 
-import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.conftest import kafka_client, wait_for_topic
 
-from .guarantees_support import duplicates, events, folder_offsets, missing, private_producer
+from .support import Instance, duplicates, events, folder_offsets, missing, private_producer, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -137,12 +133,12 @@ def _consumed(metrics: str) -> int | None:
     return None
 
 
-def _wait_consumed(run: subprocess.Popen[str], metrics: str, count: int, bound: float) -> int | None:
+def _wait_consumed(run: Instance, metrics: str, count: int, bound: float) -> int | None:
     """Until the run has polled ``count`` records; gives up after ``bound`` seconds (a liveness bound, not a
     speed requirement: the run is then stopped and the lake tells what it missed)."""
     deadline = time.monotonic() + bound
     seen = None
-    while time.monotonic() < deadline and run.poll() is None:
+    while time.monotonic() < deadline and run.alive():
         seen = _consumed(metrics)
         if seen is not None and seen >= count:
             break
@@ -173,36 +169,21 @@ def test_partitions_come_back_after_a_rebalance_during_a_slow_revocation_flush(
         if kafka_client() == "kafka-python"
         else {"topic.metadata.refresh.interval.ms": 500}
     )
-    config = tmp_path / "kingest.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "pipeline": f"rebal-{uuid.uuid4().hex[:8]}",
-                "kafka": {
-                    "bootstrap_servers": kafka_bootstrap,
-                    "topics": [topic],
-                    "client": kafka_client(),
-                    "consumer": refresh,
-                },
-                "records": {"format": "json"},
-                "lake": {"path": lake, "storage_options": {**s3_storage_options, "endpoint_url": proxy.url}},
-                # Nothing is due before the rebalance: the records polled wait in the batcher, and the revocation
-                # flush has all of them to write.
-                "batch": {"max_records": 100000, "max_bytes": "64MiB", "max_age": "10m"},
-                "semantics": "at-least-once",
-            }
-        )
+    config = write_config(
+        tmp_path / "kingest.yaml",
+        bootstrap=kafka_bootstrap,
+        topic=topic,
+        lake=lake,
+        storage_options={**s3_storage_options, "endpoint_url": proxy.url},
+        kafka={"consumer": refresh},
+        # Nothing is due before the rebalance: the records polled wait in the batcher, and the revocation flush
+        # has all of them to write.
+        batch={"max_records": 100000, "max_bytes": "64MiB", "max_age": "10m"},
+        semantics="at-least-once",
     )
     port = _free_port()
     metrics = f"http://127.0.0.1:{port}/metrics"
-    log = tmp_path / "run.log"  # a file, not a pipe: a pipe nobody reads would stall the run once full
-    with log.open("w") as out:
-        run = subprocess.Popen(
-            [sys.executable, "-m", "kingest", "run", "-c", str(config), "--metrics-port", str(port), "-v"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+    run = Instance("run", config, tmp_path, args=("--metrics-port", str(port), "-v")).start()
     expected = {p: FIRST for p in range(START)}  # records per partition
     try:
         polled = _wait_consumed(run, metrics, sum(expected.values()), bound=60)
@@ -219,18 +200,15 @@ def test_partitions_come_back_after_a_rebalance_during_a_slow_revocation_flush(
             if polled != sum(expected.values()):
                 break  # the run is stuck: stop it and let the lake tell
     finally:
-        if run.poll() is None:
-            run.send_signal(signal.SIGTERM)  # a clean stop: what is buffered is written and committed
         try:
-            run.wait(timeout=60)
+            run.stop(timeout=60)  # a clean stop: what is buffered is written and committed
         except subprocess.TimeoutExpired:
             run.kill()
-            run.wait()
         proxy.close()
 
     seen = folder_offsets(lake, s3_storage_options)
-    tail = "\n".join(line[:300] for line in log.read_text().splitlines()[-40:])
+    tail = "\n".join(line[:300] for line in run.log().splitlines()[-40:])
     lost = missing(seen, {p: list(range(n)) for p, n in expected.items()})
     assert lost == {}, f"records missing from the lake; the run's log ends:\n{tail}"
     assert duplicates(seen) == {}  # one run, no crash: nothing is written twice
-    assert run.returncode == 0, tail
+    assert run.process is not None and run.process.returncode == 0, tail

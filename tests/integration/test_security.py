@@ -9,19 +9,15 @@ SSL is not tested here: the dev broker has no SSL listener, and adding one means
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from tests.conftest import kafka_client, patient_bootstrap
+from tests.conftest import patient_bootstrap
 
-from .guarantees_support import duplicates, folder_offsets, missing
+from .support import duplicates, folder_offsets, kingest, missing, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -30,35 +26,28 @@ PASSWORD_VAR = "KT_BROKER_PW"  # a name that does not look secret: the config, n
 
 
 def sasl_config(path: Path, *, bootstrap: str, topic: str, mechanism: str, user: str, lake: Path, **kafka: Any) -> Path:
-    config = {
-        "pipeline": f"sasl-{uuid.uuid4().hex[:8]}",
-        "kafka": {
-            "bootstrap_servers": bootstrap,
-            "topics": [topic],
+    return write_config(
+        path,
+        bootstrap=bootstrap,
+        topic=topic,
+        lake=str(lake),
+        kafka={
             "security_protocol": "SASL_PLAINTEXT",
             "sasl_mechanism": mechanism,
             "sasl_plain_username": user,
             "sasl_plain_password": "${" + PASSWORD_VAR + "}",
-            "client": kafka_client(),
             **kafka,
         },
-        "records": {"format": "json"},
-        "lake": {"path": str(lake)},
-        "batch": {"max_records": 1000, "max_age": "2s"},
-        "semantics": "exactly-once",
-    }
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def kingest(*args: str, password: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, PASSWORD_VAR: password}
-    env.pop("KINGEST_CRASH_AT", None)
-    # The timeout is a safety net for a hang, not a measure: a bootstrap that waited out its timeout would
-    # also end with another message ("no Kafka broker answered"), which the tests reject.
-    return subprocess.run(
-        [sys.executable, "-m", "kingest", *args], capture_output=True, text=True, timeout=120, env=env
+        batch={"max_records": 1000, "max_age": "2s"},
+        semantics="exactly-once",
     )
+
+
+def with_password(password: str) -> dict[str, Any]:
+    """kingest() options: the broker password in the environment the config names. The timeout is a safety net
+    for a hang, not a measure: a bootstrap that waited out its timeout would also end with another message ("no
+    Kafka broker answered"), which the tests reject."""
+    return {"env": {PASSWORD_VAR: password}, "timeout": 120}
 
 
 @pytest.mark.parametrize("mechanism", MECHANISMS)
@@ -77,7 +66,7 @@ def test_run_over_sasl_with_the_right_password(
         user=kafka_sasl["username"],
         lake=lake,
     )
-    done = kingest("run", "-c", str(config), "--until-caught-up", password=kafka_sasl["password"])
+    done = kingest("run", "-c", str(config), "--until-caught-up", **with_password(kafka_sasl["password"]))
     assert done.returncode == 0, done.stderr
     assert "done: 120 records" in done.stdout
     seen = folder_offsets(str(lake))
@@ -102,7 +91,7 @@ def test_wrong_password_is_a_clear_error_without_waiting(
         # minutes) or fail on the message ("no Kafka broker answered").
         **patient_bootstrap(),
     )
-    done = kingest("run", "-c", str(config), "--until-caught-up", password=wrong)
+    done = kingest("run", "-c", str(config), "--until-caught-up", **with_password(wrong))
     assert done.returncode == 2, done.stderr
     assert (
         f"Error: Kafka at {kafka_sasl['bootstrap']}: authentication failed (SASL {mechanism}, user "
@@ -129,7 +118,7 @@ def test_wrong_password_in_the_inspection_commands(
         user=kafka_sasl["username"],
         lake=tmp_path / "lake",
     )
-    done = kingest(*command, "-c", str(config), password=wrong)
+    done = kingest(*command, "-c", str(config), **with_password(wrong))
     assert done.returncode == 2, done.stdout + done.stderr
     out = done.stdout + done.stderr
     assert f"authentication failed (SASL SCRAM-SHA-256, user '{kafka_sasl['username']}')" in out
@@ -149,7 +138,7 @@ def test_sasl_against_a_plaintext_listener(
         lake=tmp_path / "lake",
         **patient_bootstrap(),
     )
-    done = kingest("run", "-c", str(config), "--until-caught-up", password=kafka_sasl["password"])
+    done = kingest("run", "-c", str(config), "--until-caught-up", **with_password(kafka_sasl["password"]))
     assert done.returncode == 2, done.stderr
     assert f"Kafka at {kafka_bootstrap} does not expect SASL (kafka.security_protocol is SASL_PLAINTEXT)" in (
         done.stderr
@@ -159,22 +148,15 @@ def test_sasl_against_a_plaintext_listener(
 
 def test_plaintext_against_a_sasl_listener(kafka_sasl: dict[str, Any], topic_factory: Any, tmp_path: Path) -> None:
     topic = topic_factory(partitions=1, name="plain-mismatch")
-    config = tmp_path / "k.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "pipeline": "plain-mismatch",
-                "kafka": {
-                    "bootstrap_servers": kafka_sasl["bootstrap"],
-                    "topics": [topic],
-                    "client": kafka_client(),
-                    **patient_bootstrap(),
-                },
-                "lake": {"path": str(tmp_path / "lake")},
-            }
-        )
+    config = write_config(
+        tmp_path / "k.yaml",
+        pipeline="plain-mismatch",
+        bootstrap=kafka_sasl["bootstrap"],
+        topic=topic,
+        lake=str(tmp_path / "lake"),
+        kafka=patient_bootstrap(),
     )
-    done = kingest("run", "-c", str(config), "--until-caught-up", password="unused")
+    done = kingest("run", "-c", str(config), "--until-caught-up", **with_password("unused"))
     assert done.returncode == 2, done.stderr
     assert (
         f"Kafka at {kafka_sasl['bootstrap']} closes the connection before answering "

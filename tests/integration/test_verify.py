@@ -11,14 +11,16 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from .guarantees_support import (
+from .support import (
     PARTITIONS,
+    LakeView,
+    crash_config,
+    duplicates,
     folder_offsets,
     kingest,
     produce_evenly,
     run_until_caught_up,
     verify,
-    write_config,
 )
 
 pytestmark = pytest.mark.integration
@@ -26,20 +28,8 @@ pytestmark = pytest.mark.integration
 PER_PARTITION = 600
 
 
-class LakeFiles:
-    """Independent access to the lake's files (s3fs or the local filesystem, not kingest's Lake)."""
-
-    def __init__(self, lake: str, options: dict | None) -> None:
-        if lake.startswith("s3://"):
-            import s3fs
-
-            self.fs = s3fs.S3FileSystem(**(options or {}))
-            self.root = lake.removeprefix("s3://")
-        else:
-            import fsspec
-
-            self.fs = fsspec.filesystem("file")
-            self.root = lake
+class LakeFiles(LakeView):
+    """The lake's files, to damage (fsspec, not kingest's Lake)."""
 
     def data_files(self, partition: int) -> list[str]:
         """The partition's visible Parquet files, relative to the lake, in offset order."""
@@ -76,7 +66,7 @@ def lake_and_options(request, tmp_path):
 def ingest(tmp_path, kafka_bootstrap, topic_factory, produce, lake, options, semantics) -> Path:
     topic = topic_factory(partitions=PARTITIONS)
     produce_evenly(produce, topic, PER_PARTITION)
-    config = write_config(
+    config = crash_config(
         tmp_path / "kingest.yaml",
         topic=topic,
         lake=lake,
@@ -143,7 +133,7 @@ def test_exactly_once_named_file_gone_and_orphan(tmp_path, kafka_bootstrap, topi
     assert code == 0
     assert report["orphan_files"] == [orphan]
     assert report["totals"]["duplicated"] == 0
-    assert sum(n > 1 for n in folder_offsets(lake, options)[1].values()) == count  # what the note warns about
+    assert len(duplicates(folder_offsets(lake, options)).get(1, [])) == count  # what the note warns about
     files.delete(orphan)
 
     # A file the manifest names, gone: its offsets are missing and the file is named.
@@ -163,7 +153,7 @@ def test_lag_is_not_loss(semantics, tmp_path, kafka_bootstrap, topic_factory, pr
     lake = str(tmp_path / "lake")
     topic = topic_factory(partitions=PARTITIONS)
     produce_evenly(produce, topic, 300)
-    config = write_config(
+    config = crash_config(
         tmp_path / "kingest.yaml", topic=topic, lake=lake, semantics=semantics, bootstrap=kafka_bootstrap
     )
     assert run_until_caught_up(config).returncode == 0
@@ -177,7 +167,7 @@ def test_lag_is_not_loss(semantics, tmp_path, kafka_bootstrap, topic_factory, pr
 
 
 def test_verify_errors_are_clear(tmp_path, kafka_bootstrap, topic_factory, produce):
-    missing_topic = write_config(
+    missing_topic = crash_config(
         tmp_path / "missing.yaml",
         topic="no-such-topic-kingest",
         lake=str(tmp_path / "lake"),
