@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .scale_support import (
+from .support import (
     Instance,
     LakeView,
     end_offsets,
@@ -18,8 +18,9 @@ from .scale_support import (
     kingest,
     missing_and_duplicated,
     produce_spread,
+    read_config,
+    scale_config,
     wait_for,
-    write_config,
 )
 
 pytestmark = pytest.mark.integration
@@ -36,9 +37,15 @@ def test_a_writer_paused_between_its_claim_and_its_recovery_deletes_nothing_comm
     topic = topic_factory(partitions=1, name="paused-claim")
     config_path = tmp_path / "kingest.yaml"
     lake = tmp_path / "lake"
-    config = write_config(
-        config_path, topic=topic, lake=str(lake), semantics="exactly-once", bootstrap=kafka_bootstrap, max_age="1s"
+    scale_config(
+        config_path,
+        topic=topic,
+        lake=str(lake),
+        semantics="exactly-once",
+        bootstrap=kafka_bootstrap,
+        batch={"max_age": "1s"},
     )
+    config = read_config(config_path)
     group = f"kingest-{config['pipeline']}"
     produce_spread(produce, topic, 0, RECORDS, 1)
     release = tmp_path / "release-b"

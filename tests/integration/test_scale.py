@@ -4,7 +4,6 @@ across all of them, checked by `kingest verify` and by an independent read of th
 
 from __future__ import annotations
 
-import json
 import signal
 import threading
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .scale_support import (
+from .support import (
     Instance,
     LakeView,
     end_offsets,
@@ -21,8 +20,10 @@ from .scale_support import (
     kingest,
     missing_and_duplicated,
     produce_spread,
+    read_config,
+    scale_config,
+    verify,
     wait_for,
-    write_config,
     writes_without_latest_claim,
 )
 
@@ -46,10 +47,9 @@ def stable_with(kafka_admin, group: str, names: set[str]):
     return check
 
 
-def verify(config: Path, cwd: Path) -> dict:
-    result = kingest("verify", "-c", str(config), "--json", cwd=cwd)
-    assert result.returncode in (0, 1), result.stderr
-    return json.loads(result.stdout)
+def one_off(workdir: Path) -> dict:
+    """kingest() options for a one-off command (verify, a final run): an instance of its own, in the workdir."""
+    return {"cwd": workdir, "env": {"KINGEST_TEST_INSTANCE": "one-off"}, "timeout": 300}
 
 
 def show_logs(*instances: Instance) -> None:
@@ -63,9 +63,8 @@ def test_three_instances_survive_kill_freeze_and_late_join(
 ):
     topic = topic_factory(partitions=PARTITIONS, name="scale")
     config_path = tmp_path / "kingest.yaml"
-    config = write_config(
-        config_path, topic=topic, lake=str(tmp_path / "lake"), semantics=semantics, bootstrap=kafka_bootstrap
-    )
+    scale_config(config_path, topic=topic, lake=str(tmp_path / "lake"), semantics=semantics, bootstrap=kafka_bootstrap)
+    config = read_config(config_path)
     group = f"kingest-{config['pipeline']}"
     produce_spread(produce, topic, 0, BEFORE, PARTITIONS)
     a, b, c = (Instance(name, config_path, tmp_path) for name in "abc")
@@ -106,7 +105,7 @@ def test_three_instances_survive_kill_freeze_and_late_join(
             assert instance.stop() == 0, f"instance {instance.name} did not stop cleanly"
         print(f"{semantics}: {TOTAL} records through 3 instances with chaos in {time.monotonic() - started:.1f}s")
 
-        final = kingest("run", "-c", str(config_path), "--until-caught-up", cwd=tmp_path)
+        final = kingest("run", "-c", str(config_path), "--until-caught-up", **one_off(tmp_path))
         assert final.returncode == 0, final.stderr
     except BaseException:
         show_logs(a, b, c)
@@ -115,7 +114,7 @@ def test_three_instances_survive_kill_freeze_and_late_join(
         for instance in (a, b, c):
             instance.kill()
 
-    report = verify(config_path, tmp_path)
+    _, report = verify(config_path, **one_off(tmp_path))
     totals = report["totals"]
     assert totals["missing"] == 0, report["violations"]
     assert totals["expected"] == TOTAL
@@ -149,15 +148,15 @@ def test_a_frozen_instance_is_fenced_when_it_resumes(
     topic = topic_factory(partitions=partitions, name="zombie")
     config_path = tmp_path / "kingest.yaml"
     # Batches are written by age only (4 s): the zombie is frozen with a buffer it has not written yet.
-    config = write_config(
+    scale_config(
         config_path,
         topic=topic,
         lake=str(tmp_path / "lake"),
         semantics=semantics,
         bootstrap=kafka_bootstrap,
-        max_records=100_000,
-        max_age="4s",
+        batch={"max_records": 100_000, "max_age": "4s"},
     )
+    config = read_config(config_path)
     group = f"kingest-{config['pipeline']}"
     zombie, other = Instance("zombie", config_path, tmp_path), Instance("other", config_path, tmp_path)
     view = LakeView(str(tmp_path / "lake"))
@@ -196,7 +195,7 @@ def test_a_frozen_instance_is_fenced_when_it_resumes(
         other.kill()
 
     show_logs(zombie)  # how the zombie noticed (or not): for diagnosis only, shown when an assertion below fails
-    report = verify(config_path, tmp_path)
+    _, report = verify(config_path, **one_off(tmp_path))
     assert report["totals"]["expected"] == sum(ends.values())
     assert report["holds"], report["violations"]
     folder = LakeView(str(tmp_path / "lake")).folder_offsets()
@@ -224,7 +223,7 @@ def test_static_members_restart_without_a_rebalance(tmp_path, kafka_bootstrap, k
     partitions = 4
     topic = topic_factory(partitions=partitions, name="static")
     config_path = tmp_path / "kingest.yaml"
-    config = write_config(
+    scale_config(
         config_path,
         topic=topic,
         lake=str(tmp_path / "lake"),
@@ -232,6 +231,7 @@ def test_static_members_restart_without_a_rebalance(tmp_path, kafka_bootstrap, k
         bootstrap=kafka_bootstrap,
         kafka={"group_instance_id": "${KINGEST_TEST_INSTANCE}", "session_timeout_ms": 30000},
     )
+    config = read_config(config_path)
     group = f"kingest-{config['pipeline']}"
     a = Instance("a", config_path, tmp_path)
     b = Instance("b", config_path, tmp_path, args=("--metrics-port", "0"))
@@ -266,5 +266,5 @@ def test_static_members_restart_without_a_rebalance(tmp_path, kafka_bootstrap, k
         a.kill()
         b.kill()
 
-    report = verify(config_path, tmp_path)
+    _, report = verify(config_path, **one_off(tmp_path))
     assert report["holds"] and report["totals"]["expected"] == 4000, report["violations"]
