@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +14,12 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
-import yaml
 
 from kingest.deadletter import count_dead_letters, dead_letters_in_state
 from kingest.lake import Lake
 from kingest.manifest import ManifestStore
-from tests.conftest import kafka_client
 
-from .cli import kingest
+from .support import LakeView, by_partition, committed, kingest, merge, read_config, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -41,47 +38,17 @@ def values_for(partition: int) -> list[bytes]:
     return [BAD[i][0] if i in BAD else json.dumps({"n": i, "p": partition}).encode() for i in range(PER_PARTITION)]
 
 
-def write_config(
-    path: Path, *, topic: str, lake: str, bootstrap: str, storage_options: dict[str, Any] | None = None, **sections: Any
-) -> dict[str, Any]:
-    doc: dict[str, Any] = {
-        "pipeline": f"bad-{uuid.uuid4().hex[:8]}",
-        "kafka": {"bootstrap_servers": bootstrap, "topics": [topic], "client": kafka_client()},
-        "records": {"format": "json"},
-        "lake": {"path": lake, "storage_options": storage_options or {}},
-        "batch": {"max_records": 5, "max_bytes": "1MiB", "max_age": "1s"},
-        "semantics": "at-least-once",
-    }
-    for name, value in sections.items():
-        doc[name] = {**doc[name], **value} if isinstance(value, dict) else value
-    path.write_text(yaml.safe_dump(doc))
-    return doc
+def small_batch_config(path: Path, **overrides: Any) -> dict[str, Any]:
+    """write_config with batches of 5 records (a few files per partition); returns the config written."""
+    write_config(path, **merge({"batch": {"max_records": 5, "max_bytes": "1MiB", "max_age": "1s"}}, overrides))
+    return read_config(path)
 
 
-def dataset(url: str, storage_options: dict[str, Any] | None = None, **kw: Any) -> ds.Dataset:
-    if url.startswith("s3://"):
-        import s3fs
-
-        fs = s3fs.S3FileSystem(**(storage_options or {}), skip_instance_cache=True)
-        return ds.dataset(url.removeprefix("s3://"), filesystem=fs, format="parquet", partitioning="hive", **kw)
-    return ds.dataset(url, format="parquet", partitioning="hive", **kw)
-
-
-def offsets_by_partition(table: pa.Table) -> dict[int, list[int]]:
-    out: dict[int, list[int]] = {}
-    for p, o in zip(table.column("kafka_partition").to_pylist(), table.column("kafka_offset").to_pylist(), strict=True):
-        out.setdefault(p, []).append(o)
-    return {p: sorted(v) for p, v in sorted(out.items())}
-
-
-def committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int | None]:
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    try:
-        return {p: consumer.committed(TopicPartition(topic, p)) for p in range(partitions)}
-    finally:
-        consumer.close(autocommit=False)
+def dataset(url: str, storage_options: dict[str, Any] | None = None, schema: pa.Schema | None = None) -> ds.Dataset:
+    """The dataset folder at url, as a pyarrow user reads it (hive partition columns included)."""
+    found = LakeView(url, storage_options).folder_dataset(schema=schema)
+    assert found is not None, f"no data file in {url}"
+    return found
 
 
 def files_in(folder: Path) -> set[str]:
@@ -101,7 +68,7 @@ def test_bad_records_are_settled_with_their_batch_and_the_run_goes_on(
         produce(topic, values_for(p), partition=p, key=f"key-{p}", headers=[("trace", f"t{p}".encode())])
     lake = tmp_path / "lake"
     config = tmp_path / "kingest.yaml"
-    doc = write_config(config, topic=topic, lake=str(lake), bootstrap=kafka_bootstrap,
+    doc = small_batch_config(config, topic=topic, lake=str(lake), bootstrap=kafka_bootstrap,
                        records={"on_error": on_error}, semantics=semantics)  # fmt: skip
 
     result = kingest("run", "-c", str(config), "--until-caught-up")
@@ -111,7 +78,7 @@ def test_bad_records_are_settled_with_their_batch_and_the_run_goes_on(
 
     # The dataset folder holds every good record once, and no bad one.
     data = dataset(str(lake)).to_table(columns=["kafka_partition", "kafka_offset", "n", "p"])
-    assert offsets_by_partition(data) == {0: GOOD, 1: GOOD}
+    assert by_partition(data) == {0: GOOD, 1: GOOD}
     pairs = zip(data.column("p").to_pylist(), data.column("n").to_pylist(), strict=True)
     assert sorted(pairs) == [(p, n) for p in (0, 1) for n in GOOD]
 
@@ -122,7 +89,7 @@ def test_bad_records_are_settled_with_their_batch_and_the_run_goes_on(
         assert f"skipped bad record {topic}[1]@9: type conflict: field `n`" in result.stderr
     else:
         dead = dataset(str(dead_folder)).to_table()
-        assert offsets_by_partition(dead) == {0: sorted(BAD), 1: sorted(BAD)}
+        assert by_partition(dead) == {0: sorted(BAD), 1: sorted(BAD)}
         for row in dead.to_pylist():
             value, reason = BAD[row["kafka_offset"]]
             assert row["value"] == value  # the raw bytes, as produced
@@ -160,7 +127,7 @@ def test_exactly_once_writes_each_dead_letter_once_across_a_crash(
     for p in range(2):
         produce(topic, values_for(p), partition=p)
     config = tmp_path / "kingest.yaml"
-    doc = write_config(
+    doc = small_batch_config(
         config, topic=topic, lake=s3_prefix, bootstrap=kafka_bootstrap, semantics="exactly-once",
         records={"on_error": "dead-letter"}, storage_options=s3_storage_options,
         batch={"max_records": 100},
@@ -175,14 +142,14 @@ def test_exactly_once_writes_each_dead_letter_once_across_a_crash(
     assert result.returncode == 0, result.stderr
     lake = Lake(s3_prefix, s3_storage_options)
     data = dataset(s3_prefix, s3_storage_options).to_table(columns=["kafka_partition", "kafka_offset"])
-    assert offsets_by_partition(data) == {0: GOOD, 1: GOOD}
+    assert by_partition(data) == {0: GOOD, 1: GOOD}
     # Every dead-letter file in the store is one the manifest committed, and each bad record is in one of them.
     store = ManifestStore(lake, doc["pipeline"])
     named = {path for p in range(2) for path, entry in store.load(topic, p).files.items() if entry.get("kind")}
     assert count_dead_letters(lake, [topic]) == {(topic, 0): 4, (topic, 1): 4}
     assert count_dead_letters(lake, [topic], committed=named) == {(topic, 0): 4, (topic, 1): 4}
     dead = dataset(f"{s3_prefix}/_dead_letters", s3_storage_options).to_table()
-    assert offsets_by_partition(dead) == {0: sorted(BAD), 1: sorted(BAD)}
+    assert by_partition(dead) == {0: sorted(BAD), 1: sorted(BAD)}
 
 
 def test_declared_schema_coerces_values_and_files_carry_schema_and_lineage(
@@ -201,7 +168,7 @@ def test_declared_schema_coerces_values_and_files_carry_schema_and_lineage(
         partition=0,
     )
     config = tmp_path / "kingest.yaml"
-    doc = write_config(
+    doc = small_batch_config(
         config, topic=topic, lake=s3_prefix, bootstrap=kafka_bootstrap, semantics="at-least-once",
         records={"on_error": "dead-letter",
                  "schema": {"id": "int64", "amount": "float64", "at": "timestamp", "paid": "bool", "note": "string"}},
@@ -254,7 +221,7 @@ def test_inferred_schema_evolves_new_fields_and_widening_readable_as_one_dataset
     produce(topic, [json.dumps({"id": i, "amount": i + 0.5, "coupon": f"c{i}"}).encode() for i in range(5, 10)],
             partition=0)  # fmt: skip
     lake = tmp_path / "lake"
-    write_config(tmp_path / "kingest.yaml", topic=topic, lake=str(lake), bootstrap=kafka_bootstrap)
+    small_batch_config(tmp_path / "kingest.yaml", topic=topic, lake=str(lake), bootstrap=kafka_bootstrap)
     result = kingest("run", "-c", str(tmp_path / "kingest.yaml"), "--until-caught-up")
     assert result.returncode == 0, result.stderr
     files = sorted(lake.rglob("*.parquet"))
@@ -280,7 +247,7 @@ def test_on_error_fail_names_the_field_that_cannot_be_coerced_and_commits_nothin
     topic = topic_factory(partitions=1)
     produce(topic, [b'{"n": 0}', b'{"n": "1"}', b'{"n": 2}', b'{"n": "three"}', b'{"n": 4}'], partition=0)
     config = tmp_path / "kingest.yaml"
-    doc = write_config(config, topic=topic, lake=str(tmp_path / "lake"), bootstrap=kafka_bootstrap,
+    doc = small_batch_config(config, topic=topic, lake=str(tmp_path / "lake"), bootstrap=kafka_bootstrap,
                        records={"schema": {"n": "int64"}})  # fmt: skip
     result = kingest("run", "-c", str(config), "--until-caught-up")
     assert result.returncode == 1

@@ -12,24 +12,20 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
 import fsspec
-import pyarrow.dataset as ds
 import pytest
-import yaml
 
 from kingest import config as config_module
 from kingest import kafka_admin
 from kingest.lake import Lake
 from kingest.manifest import ManifestStore
-from tests.conftest import kafka_client
 
-from .cli import kingest, start_run
+from .support import LakeView, kingest, merge, start_run, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -41,19 +37,9 @@ PER_PARTITION = 100  # with batches of 40: files 0-39, 40-79, 80-99 per partitio
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def write_config(
-    path: Path, *, topic: str, lake: str, semantics: str, bootstrap: str, storage_options=None, max_records=40
-) -> Path:
-    config = {
-        "pipeline": f"p-{uuid.uuid4().hex[:8]}",
-        "kafka": {"bootstrap_servers": bootstrap, "topics": [topic], "client": kafka_client()},
-        "records": {"format": "json"},
-        "lake": {"path": lake, "storage_options": storage_options or {}},
-        "batch": {"max_records": max_records, "max_bytes": "8MiB", "max_age": "2s"},
-        "semantics": semantics,
-    }
-    path.write_text(yaml.safe_dump(config))
-    return path
+def rewind_config(path: Path, **overrides) -> Path:
+    """write_config with batches of 40 records (see PER_PARTITION)."""
+    return write_config(path, **merge({"batch": {"max_records": 40}}, overrides))
 
 
 def group_of(config_path: Path) -> str:
@@ -117,9 +103,9 @@ def produce_all(produce, topic: str, n: int = PER_PARTITION, start: int = 0) -> 
 
 
 def lake_fs(url: str, storage_options: dict | None) -> tuple[fsspec.AbstractFileSystem, str]:
-    fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
-    fs.invalidate_cache()  # s3fs caches listings, and fsspec caches the instance: read what is there now
-    return fs, root
+    view = LakeView(url, storage_options)
+    view.fs.invalidate_cache()  # read what is there now
+    return view.fs, view.root
 
 
 def lake_objects(url: str, storage_options: dict | None) -> dict[str, str]:
@@ -133,12 +119,10 @@ def lake_objects(url: str, storage_options: dict | None) -> dict[str, str]:
 def folder_rows(url: str, storage_options: dict | None) -> list[dict]:
     """An independent read of the dataset folder, as a pyarrow user would do it: partition, offset, the
     record's own fields, and the file each row is in."""
-    fs, root = lake_fs(url, storage_options)
-    if not fs.exists(root):
-        return []
-    dataset = ds.dataset(root, filesystem=fs, format="parquet", partitioning="hive")
-    table = dataset.to_table(columns=["partition", "kafka_partition", "kafka_offset", "p", "o", "__filename"])
-    return table.to_pylist()
+    table = LakeView(url, storage_options).folder_table(
+        ["partition", "kafka_partition", "kafka_offset", "p", "o", "__filename"]
+    )
+    return table.to_pylist() if table is not None else []
 
 
 def folder_counts(url: str, storage_options: dict | None) -> dict[int, Counter[int]]:
@@ -180,7 +164,7 @@ def test_exactly_once_rewind_mid_file_then_replay_gives_every_offset_once(
     topic = topic_factory(partitions=PARTITIONS)
     produce_all(produce, topic)
     url, so = lake_url(where, tmp_path, s3_prefix), options(where, s3_storage_options)
-    config = write_config(
+    config = rewind_config(
         tmp_path / "k.yaml",
         topic=topic,
         lake=url,
@@ -248,7 +232,7 @@ def test_a_killed_rewind_finishes_when_run_again(tmp_path, kafka_bootstrap, topi
     produce_all(produce, topic)
     for point in ("after-write", "after-commit"):
         url = str(tmp_path / f"lake-{point}")
-        config = write_config(
+        config = rewind_config(
             tmp_path / f"{point}.yaml", topic=topic, lake=url, semantics="exactly-once", bootstrap=kafka_bootstrap
         )
         assert kingest("run", "-c", str(config), "--until-caught-up").returncode == 0
@@ -287,7 +271,7 @@ def test_at_least_once_rewind_resets_the_group_and_the_replay_duplicates(
     topic = topic_factory(partitions=PARTITIONS)
     produce_all(produce, topic)
     url = str(tmp_path / "lake")
-    config = write_config(
+    config = rewind_config(
         tmp_path / "k.yaml", topic=topic, lake=url, semantics="at-least-once", bootstrap=kafka_bootstrap
     )
     group = group_of(config)
@@ -335,7 +319,7 @@ def test_to_timestamp_resolves_like_kafkas_own_reset(tmp_path, kafka_bootstrap, 
     producer.flush()
     producer.close()
     url = str(tmp_path / "lake")
-    config = write_config(
+    config = rewind_config(
         tmp_path / "k.yaml", topic=topic, lake=url, semantics="at-least-once", bootstrap=kafka_bootstrap
     )
     group = group_of(config)
@@ -368,7 +352,7 @@ def test_out_of_range_targets_are_errors_naming_the_valid_range(tmp_path, kafka_
     admin.delete_records({TopicPartition(topic, 0): 10})  # partition 0 now starts at offset 10
     admin.close()
     url = str(tmp_path / "lake")
-    config = write_config(
+    config = rewind_config(
         tmp_path / "k.yaml", topic=topic, lake=url, semantics="exactly-once", bootstrap=kafka_bootstrap
     )
 
@@ -393,7 +377,7 @@ def test_rewind_refuses_while_a_run_is_active_and_status_names_it(tmp_path, kafk
     topic = topic_factory(partitions=PARTITIONS)
     produce_all(produce, topic, n=20)
     url = str(tmp_path / "lake")
-    config_path = write_config(
+    config_path = rewind_config(
         tmp_path / "k.yaml", topic=topic, lake=url, semantics="exactly-once", bootstrap=kafka_bootstrap
     )
     config = config_module.load(config_path)

@@ -10,34 +10,15 @@ import uuid
 from pathlib import Path
 
 import duckdb
-import pyarrow.dataset as ds
 import pytest
-import yaml
 
-from tests.conftest import kafka_client
-
-from .cli import kingest, start_run
+from .support import LakeView, committed, kingest, read_config, start_run, write_config
 
 pytestmark = pytest.mark.integration
 
 SEMANTICS = ["at-most-once", "at-least-once", "exactly-once"]
 PARTITIONS = 3
 PER_PARTITION = 700
-
-
-def write_config(
-    path: Path, *, topic: str, lake: str, semantics: str, bootstrap: str, storage_options=None, **batch
-) -> Path:
-    config = {
-        "pipeline": f"p-{uuid.uuid4().hex[:8]}",
-        "kafka": {"bootstrap_servers": bootstrap, "topics": [topic], "client": kafka_client()},
-        "records": {"format": "json"},
-        "lake": {"path": lake, "storage_options": storage_options or {}},
-        "batch": {"max_records": 250, "max_bytes": "8MiB", "max_age": "2s", **batch},
-        "semantics": semantics,
-    }
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def events(n: int, start: int = 0) -> list[bytes]:
@@ -56,29 +37,13 @@ def produce_evenly(produce, topic: str, per_partition: int, start: int = 0) -> N
 
 def offsets_in_folder(lake_url: str, storage_options: dict | None) -> dict[int, list[int]]:
     """An independent read of the dataset folder, as a pyarrow user would do it."""
-    if lake_url.startswith("s3://"):
-        import s3fs
-
-        fs = s3fs.S3FileSystem(**storage_options)
-        dataset = ds.dataset(lake_url.removeprefix("s3://"), filesystem=fs, format="parquet", partitioning="hive")
-    else:
-        dataset = ds.dataset(lake_url, format="parquet", partitioning="hive")
-    table = dataset.to_table(columns=["kafka_partition", "kafka_offset", "partition"])
+    table = LakeView(lake_url, storage_options).folder_table(["kafka_partition", "kafka_offset", "partition"])
+    assert table is not None, f"no data file in {lake_url}"
     out: dict[int, list[int]] = {}
     for p, o, hive_p in zip(*(table.column(i).to_pylist() for i in range(3)), strict=True):
         assert int(hive_p) == p  # the hive folder agrees with the row
         out.setdefault(p, []).append(o)
     return {p: sorted(v) for p, v in out.items()}
-
-
-def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int | None]:
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    try:
-        return {p: consumer.committed(TopicPartition(topic, p)) for p in range(PARTITIONS)}
-    finally:
-        consumer.close(autocommit=False)
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
@@ -105,10 +70,8 @@ def test_every_offset_lands_exactly_once(
     expected = {p: list(range(PER_PARTITION)) for p in range(PARTITIONS)}
     assert offsets_in_folder(lake, options) == expected
 
-    group = yaml.safe_load(config.read_text())["pipeline"]
-    assert committed_offsets(kafka_bootstrap, f"kingest-{group}", topic) == {
-        p: PER_PARTITION for p in range(PARTITIONS)
-    }
+    group = read_config(config)["pipeline"]
+    assert committed(kafka_bootstrap, f"kingest-{group}", topic) == {p: PER_PARTITION for p in range(PARTITIONS)}
 
     if where == "local":  # DuckDB reads the lake with no configuration
         rows = duckdb.sql(
@@ -126,9 +89,7 @@ def test_every_offset_lands_exactly_once(
     again = kingest("run", "-c", str(config), "--until-caught-up")
     assert again.returncode == 0, again.stderr
     assert "done: 0 records" in again.stdout
-    assert committed_offsets(kafka_bootstrap, f"kingest-{group}", topic) == {
-        p: PER_PARTITION for p in range(PARTITIONS)
-    }
+    assert committed(kafka_bootstrap, f"kingest-{group}", topic) == {p: PER_PARTITION for p in range(PARTITIONS)}
     assert offsets_in_folder(lake, options) == expected
     if where == "local":
         assert sorted(str(p.relative_to(lake)) for p in Path(lake).rglob("*") if p.is_file()) == before
@@ -147,7 +108,7 @@ def test_sigterm_mid_run_then_restart_ends_with_every_offset_once(
         lake=lake,
         semantics=semantics,
         bootstrap=kafka_bootstrap,
-        max_records=100,
+        batch={"max_records": 100},
     )
     process = start_run(config)
     # Stop it once some files have landed and while plenty is left to consume.
@@ -177,8 +138,7 @@ def test_age_flush_fires_with_no_new_records(tmp_path, kafka_bootstrap, topic_fa
         lake=lake,
         semantics="at-least-once",
         bootstrap=kafka_bootstrap,
-        max_records=100_000,
-        max_age="1s",
+        batch={"max_records": 100_000, "max_age": "1s"},
     )
     process = start_run(config)
     try:
@@ -188,9 +148,9 @@ def test_age_flush_fires_with_no_new_records(tmp_path, kafka_bootstrap, topic_fa
             assert process.poll() is None, process.communicate()
             time.sleep(0.1)
         assert offsets_in_folder(lake, None) == {0: [0, 1, 2, 3, 4]}
-        group = yaml.safe_load(config.read_text())["pipeline"]
+        group = read_config(config)["pipeline"]
         deadline = time.monotonic() + 10
-        while committed_offsets(kafka_bootstrap, f"kingest-{group}", topic)[0] != 5:
+        while committed(kafka_bootstrap, f"kingest-{group}", topic)[0] != 5:
             assert time.monotonic() < deadline, "the age flush wrote but did not commit"
             time.sleep(0.1)
     finally:
@@ -215,8 +175,8 @@ def test_bad_json_stops_the_run_naming_the_record_and_commits_nothing_past_it(
     assert result.returncode == 1
     assert f"record {topic}[0]@40 cannot be decoded: not valid JSON" in result.stderr
     assert "Traceback" not in result.stderr
-    group = yaml.safe_load(config.read_text())["pipeline"]
-    assert committed_offsets(kafka_bootstrap, f"kingest-{group}", topic)[0] == 40
+    group = read_config(config)["pipeline"]
+    assert committed(kafka_bootstrap, f"kingest-{group}", topic)[0] == 40
     assert offsets_in_folder(lake, None) == {0: list(range(40))}
     # Running again stops at the same record: nothing past it is ever committed.
     again = kingest("run", "-c", str(config), "--until-caught-up")
@@ -273,8 +233,8 @@ def test_missing_bucket_fails_before_anything_is_consumed(
     assert "is not writable" in result.stderr and "bucket" in result.stderr
     assert "Traceback" not in result.stderr
     assert s3_storage_options["secret"] not in result.stderr + result.stdout
-    group = yaml.safe_load(config.read_text())["pipeline"]
-    assert committed_offsets(kafka_bootstrap, f"kingest-{group}", topic)[0] is None
+    group = read_config(config)["pipeline"]
+    assert committed(kafka_bootstrap, f"kingest-{group}", topic)[0] is None
 
 
 def test_unwritable_local_path_fails_before_anything_is_consumed(tmp_path, kafka_bootstrap, topic_factory, produce):
@@ -295,5 +255,5 @@ def test_unwritable_local_path_fails_before_anything_is_consumed(tmp_path, kafka
     assert result.returncode == 2
     assert f"the lake at {lake} is not writable" in result.stderr
     assert "Traceback" not in result.stderr
-    group = yaml.safe_load(config.read_text())["pipeline"]
-    assert committed_offsets(kafka_bootstrap, f"kingest-{group}", topic)[0] is None
+    group = read_config(config)["pipeline"]
+    assert committed(kafka_bootstrap, f"kingest-{group}", topic)[0] is None

@@ -13,18 +13,18 @@ from kafka import KafkaAdminClient, TopicPartition
 from kingest import config as config_module
 from tests.unit.test_status import FIELDS  # the JSON field names users rely on, listed once
 
+from .support import kingest
 from .test_rewind import (
     PARTITIONS,
     folder_rows,
     group_of,
-    kingest,
     lake_fs,
     lake_url,
     options,
     produce_all,
+    rewind_config,
     tool_describe,
     tool_log_offsets,
-    write_config,
 )
 
 pytestmark = pytest.mark.integration
@@ -37,7 +37,7 @@ def test_status_offsets_are_kafkas_and_lake_figures_are_the_lakes(
     topic = topic_factory(partitions=PARTITIONS)
     produce_all(produce, topic, n=60)
     url, so = lake_url(where, tmp_path, s3_prefix), options(where, s3_storage_options)
-    config_path = write_config(
+    config_path = rewind_config(
         tmp_path / "k.yaml", topic=topic, lake=url, semantics=semantics, bootstrap=kafka_bootstrap, storage_options=so
     )
     assert kingest("run", "-c", str(config_path), "--until-caught-up").returncode == 0
@@ -98,7 +98,7 @@ def test_status_offsets_are_kafkas_and_lake_figures_are_the_lakes(
 
 def test_status_on_s3_prints_names_as_they_are(tmp_path, kafka_bootstrap, topic_factory, s3_prefix, s3_storage_options):
     topic = topic_factory(partitions=1)
-    config_path = write_config(
+    config_path = rewind_config(
         tmp_path / "k.yaml",
         topic=topic,
         lake=s3_prefix,
