@@ -7,10 +7,7 @@ talks to the services; config mistakes and `check` run in-process with Typer's C
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +19,8 @@ import yaml
 from typer.testing import CliRunner
 
 from kingest.cli import app
-from tests.conftest import kafka_client
+
+from .support import default_config, kingest, merge
 
 runner = CliRunner()
 
@@ -39,14 +37,14 @@ class Env:
         return self.request.getfixturevalue(name)
 
     def config(self, **overrides: Any) -> dict[str, Any]:
-        base: dict[str, Any] = {
-            "pipeline": f"bad-{uuid.uuid4().hex[:8]}",
-            "kafka": {"bootstrap_servers": "127.0.0.1:9092", "topics": ["orders"], "client": kafka_client()},
-            "records": {"format": "json"},
-            "lake": {"path": str(self.tmp / "lake")},
-            "batch": {"max_records": 100, "max_bytes": "1MiB", "max_age": "1s"},
-            "semantics": "at-least-once",
-        }
+        base = merge(
+            default_config(),
+            {
+                "kafka": {"bootstrap_servers": "127.0.0.1:9092", "topics": ["orders"]},
+                "lake": {"path": str(self.tmp / "lake")},
+                "batch": {"max_records": 100, "max_bytes": "1MiB", "max_age": "1s"},
+            },
+        )
         for dotted, value in overrides.items():
             target = base
             *parents, last = dotted.split("__")
@@ -82,7 +80,7 @@ def corrupted_manifest(env: Env) -> Path:
     topic = doc["kafka"]["topics"][0]
     env.fixture("produce")(topic, [json.dumps({"n": i}) for i in range(3)], partition=0)
     path = env.write(doc)
-    first = kingest_process("run", "-c", str(path), "--until-caught-up")
+    first = kingest("run", "-c", str(path), "--until-caught-up", timeout=60)
     assert first.returncode == 0, first.stderr
     folder = Path(doc["lake"]["path"]) / "_kingest" / doc["pipeline"] / "manifest" / f"topic={topic}" / "partition=0"
     latest = sorted(folder.iterdir())[-1]
@@ -235,12 +233,6 @@ CASES = [
 ]
 
 
-def kingest_process(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "kingest", *args], capture_output=True, text=True, timeout=timeout, env=dict(os.environ)
-    )
-
-
 @pytest.mark.parametrize(
     "case",
     [
@@ -264,7 +256,7 @@ def test_bad_input_gets_a_clear_message_and_exit_2(case: Case, tmp_path: Path, r
             result = runner.invoke(app, command)
             outputs.append((result.output, result.exit_code))
         else:
-            process = kingest_process(*command, timeout=30)
+            process = kingest(*command, timeout=30)
             outputs.append((process.stdout + process.stderr, process.returncode))
     (run_out, run_code), (check_out, check_code) = outputs
 

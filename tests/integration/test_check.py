@@ -5,45 +5,17 @@ writes a config that passes `check` as written once pointed at real services."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import textwrap
-import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
 from tests.conftest import kafka_client
 
+from .support import kingest, write_config
+
 pytestmark = pytest.mark.integration
-
-
-def kingest(*args: str, cwd: Path | None = None, prelude: str = "") -> subprocess.CompletedProcess[str]:
-    code = f"{prelude}\nfrom kingest.cli import main\nmain()\n"
-    return subprocess.run(
-        [sys.executable, "-c", code, *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=cwd,
-        env=dict(os.environ),
-    )
-
-
-def write_config(
-    path: Path, *, bootstrap: str, topics: list[str], lake: str, semantics: str, **lake_extra: Any
-) -> Path:
-    doc = {
-        "pipeline": f"chk-{uuid.uuid4().hex[:8]}",
-        "kafka": {"bootstrap_servers": bootstrap, "topics": topics, "client": kafka_client()},
-        "lake": {"path": lake, **lake_extra},
-        "semantics": semantics,
-    }
-    path.write_text(yaml.safe_dump(doc))
-    return path
 
 
 def lines(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
@@ -64,7 +36,7 @@ def test_everything_passes_and_the_probe_object_is_removed(store, tmp_path, requ
     else:
         lake, options = str(tmp_path / "lake"), {}
     config = write_config(
-        tmp_path / "k.yaml", bootstrap=kafka_bootstrap, topics=topics, lake=lake, semantics="exactly-once",
+        tmp_path / "k.yaml", bootstrap=kafka_bootstrap, kafka={"topics": topics}, lake=lake, semantics="exactly-once",
         storage_options=options,
     )  # fmt: skip
     result = kingest("check", "-c", str(config))
@@ -93,7 +65,7 @@ def test_everything_passes_and_the_probe_object_is_removed(store, tmp_path, requ
 def test_each_failing_check_is_reported_and_the_others_still_run(tmp_path, kafka_bootstrap, topic_factory):
     topic = topic_factory(partitions=1)
     config = write_config(
-        tmp_path / "k.yaml", bootstrap=kafka_bootstrap, topics=[topic, "kingest-no-such-topic"],
+        tmp_path / "k.yaml", bootstrap=kafka_bootstrap, kafka={"topics": [topic, "kingest-no-such-topic"]},
         lake=str(tmp_path / "lake"), semantics="at-least-once",
     )  # fmt: skip
     result = kingest("check", "-c", str(config))
@@ -128,7 +100,11 @@ def test_a_store_without_exclusive_create_is_refused_for_exactly_once(semantics,
                                                                     topic_factory):  # fmt: skip
     topic = topic_factory(partitions=1)
     config = write_config(
-        tmp_path / "k.yaml", bootstrap=kafka_bootstrap, topics=[topic], lake="nocreate://lake", semantics=semantics
+        tmp_path / "k.yaml",
+        bootstrap=kafka_bootstrap,
+        topic=topic,
+        lake="nocreate://lake",
+        semantics=semantics,
     )
     checked = kingest("check", "-c", str(config), prelude=NO_EXCLUSIVE_CREATE)
     line = lines(checked)["exclusive create"]
@@ -167,7 +143,7 @@ def test_a_corrupted_manifest_fails_check(tmp_path, kafka_bootstrap, topic_facto
     topic = topic_factory(partitions=1)
     produce(topic, [b'{"n": 1}'], partition=0)
     config = write_config(
-        tmp_path / "k.yaml", bootstrap=kafka_bootstrap, topics=[topic], lake=str(tmp_path / "lake"),
+        tmp_path / "k.yaml", bootstrap=kafka_bootstrap, topic=topic, lake=str(tmp_path / "lake"),
         semantics="exactly-once",
     )  # fmt: skip
     assert kingest("run", "-c", str(config), "--until-caught-up").returncode == 0

@@ -5,43 +5,31 @@ is one JSON object on stdout."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import socket
-import subprocess
-import sys
-import time
 import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import kafka_client
+from .support import Instance, kingest, wait_for, write_config
 
 pytestmark = pytest.mark.integration
 
 
-def write_config(path: Path, bootstrap: str, topic: str, lake: Path, **extra: Any) -> Path:
-    config = {
-        "pipeline": f"metrics-{uuid.uuid4().hex[:8]}",
-        "kafka": {"bootstrap_servers": bootstrap, "topics": [topic], "client": kafka_client()},
-        "records": {"format": "json"},
-        "lake": {"path": str(lake)},
-        "batch": {"max_records": 100, "max_age": "1s"},
-        "semantics": "at-least-once",
-        **extra,
-    }
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k != "KINGEST_CRASH_AT"}
+def metrics_config(path: Path, bootstrap: str, topic: str, lake: Path) -> Path:
+    return write_config(
+        path,
+        pipeline=f"metrics-{uuid.uuid4().hex[:8]}",
+        bootstrap=bootstrap,
+        topic=topic,
+        lake=str(lake),
+        batch={"max_records": 100, "max_age": "1s"},
+        semantics="at-least-once",
+    )
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -57,17 +45,6 @@ def scrape(url: str) -> dict[str, float]:
     return samples
 
 
-def wait_for(condition: Any, timeout: float, what: str, process: subprocess.Popen[str], err: Path) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert process.poll() is None, f"kingest exited while waiting until {what}:\n{err.read_text()}"
-        assert time.monotonic() < deadline, f"timed out waiting until {what}:\n{err.read_text()}"
-        time.sleep(0.2)
-
-
 def visible_parquet(lake: Path) -> list[Path]:
     return [p for p in lake.rglob("*.parquet") if not any(q.startswith((".", "_")) for q in p.relative_to(lake).parts)]
 
@@ -77,23 +54,14 @@ def test_metrics_endpoint_during_a_run(kafka_bootstrap: str, topic_factory: Any,
     for partition in range(3):
         produce(topic, [json.dumps({"n": i}) for i in range(200)], partition=partition)
     lake = tmp_path / "lake"
-    config = write_config(tmp_path / "k.yaml", kafka_bootstrap, topic, lake)
-    err = tmp_path / "stderr"
-    with open(err, "w") as stderr:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "kingest", "run", "-c", str(config), "--metrics-port", "0"],
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-            env=env(),
-        )
+    config = metrics_config(tmp_path / "k.yaml", kafka_bootstrap, topic, lake)
+    run = Instance("run", config, tmp_path, args=("--metrics-port", "0")).start()
     try:
         url = wait_for(
-            lambda: (m := re.search(r"metrics: (http://\S+/metrics)", err.read_text())) and m.group(1),
-            60,
+            lambda: (m := re.search(r"metrics: (http://\S+/metrics)", run.log())) and m.group(1),
             "the endpoint is announced",
-            process,
-            err,
+            60,
+            watch=[run],
         )
         assert url.startswith("http://127.0.0.1:")  # loopback unless --metrics-host says otherwise
 
@@ -103,7 +71,7 @@ def test_metrics_endpoint_during_a_run(kafka_bootstrap: str, topic_factory: Any,
             written = got.get("kingest_records_written_total") == 600 and got.get("kingest_commits_total", 0) >= 1
             return got if written and lags == [0, 0, 0] else None
 
-        metrics = wait_for(caught_up, 60, "600 records are written and committed, and the lag is 0", process, err)
+        metrics = wait_for(caught_up, "600 records are written and committed, and the lag is 0", 60, watch=[run])
         files = visible_parquet(lake)
         assert metrics["kingest_records_consumed_total"] == 600
         assert metrics["kingest_files_written_total"] == len(files) >= 6
@@ -122,20 +90,16 @@ def test_metrics_endpoint_during_a_run(kafka_bootstrap: str, topic_factory: Any,
             produce(topic, [json.dumps({"n": i}) for i in range(200, 250)], partition=partition)
         metrics = wait_for(
             lambda: (got := scrape(url)).get("kingest_records_written_total") == 750 and got,
-            60,
             "the next 150 records are counted",
-            process,
-            err,
+            60,
+            watch=[run],
         )
         assert metrics["kingest_records_consumed_total"] == 750
-        process.send_signal(signal.SIGTERM)
-        out, _ = process.communicate(timeout=60)
+        code = run.stop(timeout=60)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    assert process.returncode == 0, err.read_text()
-    assert "done: 750 records" in out
+        run.kill()
+    assert code == 0, run.log()
+    assert "done: 750 records" in run.out()
     with pytest.raises(OSError):  # the endpoint goes away with the run
         scrape(url)
 
@@ -146,26 +110,10 @@ def test_metrics_port_taken_is_a_clear_error_before_consuming(
     topic = topic_factory(partitions=1, name="metrics-port")
     produce(topic, [json.dumps({"n": i}) for i in range(10)], partition=0)
     lake = tmp_path / "lake"
-    config = write_config(tmp_path / "k.yaml", kafka_bootstrap, topic, lake)
+    config = metrics_config(tmp_path / "k.yaml", kafka_bootstrap, topic, lake)
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "kingest",
-                "run",
-                "-c",
-                str(config),
-                "--until-caught-up",
-                "--metrics-port",
-                str(port),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env=env(),
-        )
+        done = kingest("run", "-c", str(config), "--until-caught-up", "--metrics-port", str(port), timeout=120)
     assert done.returncode == 2
     assert f"Error: cannot serve metrics on 127.0.0.1:{port}: Address already in use" in done.stderr
     assert "--metrics-port" in done.stderr and "Traceback" not in done.stderr
@@ -193,15 +141,9 @@ def test_json_logs_of_a_run(
     topic = topic_factory(partitions=2, name="json-logs")
     for partition in range(2):
         produce(topic, [json.dumps({"n": i}) for i in range(25)], partition=partition)
-    config = write_config(tmp_path / "k.yaml", kafka_bootstrap, topic, tmp_path / "lake")
+    config = metrics_config(tmp_path / "k.yaml", kafka_bootstrap, topic, tmp_path / "lake")
     args = ["run", "-c", str(config), "--until-caught-up", "--log-format", "json", "--metrics-port", "0"]
-    done = subprocess.run(
-        [sys.executable, "-m", "kingest", *args, *(["--verbose"] if verbose else [])],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env(),
-    )
+    done = kingest(*args, *(["--verbose"] if verbose else []), timeout=120)
     assert done.returncode == 0, done.stderr
     logs = json_lines(done.stderr)  # every line on stderr is JSON
     assert all({"time", "level", "logger", "message"} <= set(line) for line in logs)
@@ -219,14 +161,8 @@ def test_json_logs_of_a_run(
 
 
 def test_json_logs_of_an_error(kafka_bootstrap: str, tmp_path: Path) -> None:
-    config = write_config(tmp_path / "k.yaml", kafka_bootstrap, f"missing-{uuid.uuid4().hex[:8]}", tmp_path / "l")
-    done = subprocess.run(
-        [sys.executable, "-m", "kingest", "run", "-c", str(config), "--log-format", "json"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env(),
-    )
+    config = metrics_config(tmp_path / "k.yaml", kafka_bootstrap, f"missing-{uuid.uuid4().hex[:8]}", tmp_path / "l")
+    done = kingest("run", "-c", str(config), "--log-format", "json", timeout=120)
     assert done.returncode == 2
     logs = json_lines(done.stderr)
     error = logs[-1]

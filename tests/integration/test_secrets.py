@@ -7,57 +7,37 @@ value). The environment variables have plain names, so it is the config, not a n
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from tests.conftest import kafka_client
+from .support import kingest, merge, read_config, write_config
 
 pytestmark = pytest.mark.integration
 
 SASL_VAR, S3_VAR, SSL_VAR = "KT_A", "KT_B", "KT_C"
 
 
-def write_config(path: Path, *, kafka_sasl: dict[str, Any], topic: str, lake: str, s3: dict[str, Any]) -> Path:
-    config = {
-        "pipeline": f"secrets-{uuid.uuid4().hex[:8]}",
-        "kafka": {
-            "bootstrap_servers": kafka_sasl["bootstrap"],
-            "topics": [topic],
+def secrets_config(path: Path, *, kafka_sasl: dict[str, Any], topic: str, lake: str, s3: dict[str, Any]) -> Path:
+    return write_config(
+        path,
+        pipeline=f"secrets-{uuid.uuid4().hex[:8]}",
+        bootstrap=kafka_sasl["bootstrap"],
+        topic=topic,
+        lake=lake,
+        storage_options={"endpoint_url": s3["endpoint_url"], "key": s3["key"], "secret": "${" + S3_VAR + "}"},
+        kafka={
             "security_protocol": "SASL_PLAINTEXT",
             "sasl_mechanism": "SCRAM-SHA-512",
             "sasl_plain_username": kafka_sasl["username"],
             "sasl_plain_password": "${" + SASL_VAR + "}",
             "ssl_password": "${" + SSL_VAR + "}",  # unused without SSL: a sentinel the client still receives
-            "client": kafka_client(),
         },
-        "records": {"format": "json"},
-        "lake": {
-            "path": lake,
-            "storage_options": {"endpoint_url": s3["endpoint_url"], "key": s3["key"], "secret": "${" + S3_VAR + "}"},
-        },
-        "batch": {"max_records": 100, "max_age": "2s"},
-        "semantics": "exactly-once",
-    }
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def kingest(args: list[str], config: Path, secrets: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **secrets}
-    env.pop("KINGEST_CRASH_AT", None)
-    return subprocess.run(
-        [sys.executable, "-m", "kingest", *args, "-c", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=env,
+        batch={"max_records": 100, "max_age": "2s"},
+        semantics="exactly-once",
     )
 
 
@@ -80,7 +60,7 @@ def setup(
     topic = topic_factory(partitions=3, name="secrets")
     for partition in range(3):
         produce(topic, [f'{{"n": {i}}}' for i in range(30)], partition=partition)
-    config = write_config(
+    config = secrets_config(
         tmp_path / "k.yaml", kafka_sasl=kafka_sasl, topic=topic, lake=s3_prefix, s3=s3_storage_options
     )
     secrets = {
@@ -108,7 +88,7 @@ SUCCESSFUL = [
 def test_no_secret_in_the_output_of_any_command(setup: dict[str, Any]) -> None:
     secrets = setup["secrets"]
     for args in SUCCESSFUL:
-        done = kingest(args, setup["config"], secrets)
+        done = kingest(*args, "-c", str(setup["config"]), env=secrets)
         assert done.returncode == 0, f"`kingest {' '.join(args)}` failed:\n{done.stdout}{done.stderr}"
         assert_clean(done, *secrets.values())
         if args == SUCCESSFUL[0]:
@@ -131,26 +111,25 @@ def test_no_secret_in_errors(setup: dict[str, Any], tmp_path: Path) -> None:
         (["check"], {**good, S3_VAR: sentinel}, "lake"),
     ]
     for args, secrets, says in cases:
-        done = kingest(args, config, secrets)
+        done = kingest(*args, "-c", str(config), env=secrets)
         assert done.returncode == 2, f"`kingest {' '.join(args)}`:\n{done.stdout}{done.stderr}"
         assert says in done.stdout + done.stderr
         assert_clean(done, sentinel, *good.values())
 
     # An S3 server that does not answer: botocore's errors carry the URL; the secret must not follow.
-    data = yaml.safe_load(config.read_text())
-    data["lake"]["storage_options"]["endpoint_url"] = "http://127.0.0.1:9"
-    unreachable = tmp_path / "unreachable.yaml"
-    unreachable.write_text(yaml.safe_dump(data))
-    done = kingest(["run", "--until-caught-up", "--verbose"], unreachable, {**good, S3_VAR: sentinel})
+    unreachable = write_config(
+        tmp_path / "unreachable.yaml",
+        **merge(read_config(config), {"lake": {"storage_options": {"endpoint_url": "http://127.0.0.1:9"}}}),
+    )
+    done = kingest("run", "--until-caught-up", "--verbose", "-c", str(unreachable), env={**good, S3_VAR: sentinel})
     assert done.returncode == 2 and "did not answer" in done.stderr, done.stderr
     assert_clean(done, sentinel, *good.values())
 
     # A secret in a value the config rejects: the message names the key, not the value.
-    data = yaml.safe_load(config.read_text())
-    data["lake"]["compression"] = "${" + S3_VAR + "}"
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump(data))
+    bad = write_config(
+        tmp_path / "bad.yaml", **merge(read_config(config), {"lake": {"compression": "${" + S3_VAR + "}"}})
+    )
     for args in (["run"], ["check"], ["status"]):
-        done = kingest(args, bad, {**good, S3_VAR: sentinel})
+        done = kingest(*args, "-c", str(bad), env={**good, S3_VAR: sentinel})
         assert done.returncode == 2 and "lake.compression" in done.stdout + done.stderr
         assert_clean(done, sentinel, *good.values())
