@@ -53,85 +53,14 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-import dataset  # noqa: E402  (benchmarks/ is not a package)
+# benchmarks/ is not a package: its modules import each other by name
+import dataset  # noqa: E402
+from contenders import CONTENDERS, NAMES, STARTUPS, Contender  # noqa: E402
 
-MiB = 1 << 20
 MB = 1_000_000
 
 
-# ---------------------------------------------------------------------------------------------- contenders
-
-
-@dataclass(frozen=True)
-class Contender:
-    name: str
-    label: str
-    kind: str  # java | bare | kingest
-    topic: str = "main"  # main | slice | tiny
-    semantics: str = ""
-    lake: str = "local"  # local | s3
-    batch: dict[str, Any] = field(default_factory=dict)
-    startup_of: str = ""  # a run on the tiny topic: the fixed cost of this contender
-    client: str = "kafka-python"  # kafka.client: kafka-python | confluent
-
-    @property
-    def own_bare(self) -> str:
-        """The bare loop of this contender's client."""
-        return "bare-confluent" if self.client == "confluent" else "bare"
-
-    @property
-    def is_startup(self) -> bool:
-        return bool(self.startup_of)
-
-
-CONTENDERS = [
-    Contender("java", "Kafka Java consumer (perf test)", "java"),
-    Contender("bare", "bare kafka-python poll loop", "bare"),
-    Contender("bare-confluent", "bare confluent-kafka poll loop", "bare", client="confluent"),
-    Contender("alo", "kingest at-least-once, local", "kingest", semantics="at-least-once"),
-    Contender("amo", "kingest at-most-once, local", "kingest", semantics="at-most-once"),
-    Contender("eo", "kingest exactly-once, local", "kingest", semantics="exactly-once"),
-    Contender("eo-s3", "kingest exactly-once, S3", "kingest", semantics="exactly-once", lake="s3"),
-    Contender(
-        "alo-16MiB",
-        "kingest at-least-once, local, batch.max_bytes 16MiB",
-        "kingest",
-        semantics="at-least-once",
-        batch={"max_bytes": "16MiB"},
-    ),
-    Contender(
-        "alo-1-record",
-        "kingest at-least-once, batch.max_records 1 (slice)",
-        "kingest",
-        topic="slice",
-        semantics="at-least-once",
-        batch={"max_records": 1},
-    ),
-    Contender(
-        "alo-confluent",
-        "kingest at-least-once, local, confluent",
-        "kingest",
-        semantics="at-least-once",
-        client="confluent",
-    ),
-    Contender(
-        "eo-confluent",
-        "kingest exactly-once, local, confluent",
-        "kingest",
-        semantics="exactly-once",
-        client="confluent",
-    ),
-]
-NAMES = [c.name for c in CONTENDERS]
-# The tiny-topic twins that measure each contender's fixed cost (Java reports its own fetch time instead).
-STARTUPS = [
-    Contender(
-        f"{c.name}:startup", f"{c.label}, tiny topic", c.kind, "tiny", c.semantics, c.lake, c.batch, c.name, c.client
-    )
-    for c in CONTENDERS
-    if c.kind != "java" and c.topic == "main"
-]
-DEFAULT_MAX_BYTES = 64 * MiB  # kingest's batch.max_bytes default (kingest.config.BatchConfig)
+# ---------------------------------------------------------------------------------------------- runs
 
 
 @dataclass
@@ -235,7 +164,7 @@ class Bench:
                 self.bootstrap, main_topic, a.records, a.partitions, a.value_size, a.seed
             )
         partitions = self.topics["main"].partitions
-        if "alo-1-record" in a.only:
+        if any(c.topic == "slice" for c in CONTENDERS if c.name in a.only):
             self.topics["slice"] = dataset.produce(
                 self.bootstrap, f"kingest-bench-{self.tag}-slice", a.slice, partitions, a.value_size, a.seed, True
             )
@@ -324,15 +253,9 @@ class Bench:
             options = self.s3_options("${KINGEST_BENCH_S3_SECRET}")
         else:
             lake_path, options = str(self.work / group), {}
-        config = {
-            "pipeline": group,
-            "kafka": {"bootstrap_servers": self.bootstrap, "topics": [topic], "client": c.client},
-            "records": {"format": "json"},
-            "lake": {"path": lake_path, "storage_options": options},
-            "semantics": c.semantics,
-        }
-        if c.batch:
-            config["batch"] = dict(c.batch)
+        config = c.kingest_config(
+            pipeline=group, bootstrap=self.bootstrap, topic=topic, lake_path=lake_path, storage_options=options
+        )
         config_path = self.work / f"{group}.yaml"
         config_path.write_text(json.dumps(config, indent=2))  # JSON is YAML
 
@@ -429,7 +352,7 @@ class Bench:
                 "cpu_per_record_vs_bare": ratios(cpu_per_record, c.name, "bare"),
             }
             if c.kind == "kingest":
-                max_bytes = parse_size(c.batch.get("max_bytes", DEFAULT_MAX_BYTES))
+                max_bytes = c.batch_max_bytes
                 entry["batch_max_bytes"] = max_bytes
                 entry["rss_limit_mb"] = (1.5 * max_bytes + 200 * MB) / MB
                 entry["files"] = _median([r.extra.get("files", 0) for r in runs])
@@ -576,12 +499,6 @@ def consumer_settings(bootstrap: str) -> dict[str, Any]:
     settings = KafkaConfig(bootstrap_servers=(bootstrap,), topics=("t",), group_id="g").consumer_settings()
     keep = ("fetch_min_bytes", "fetch_max_wait_ms", "fetch_max_bytes", "max_partition_fetch_bytes")
     return {k: settings[k] for k in (*keep, "max_poll_records", "check_crcs", "isolation_level")}
-
-
-def parse_size(value: Any) -> int:
-    from kingest.config import parse_size as parse
-
-    return parse(value)
 
 
 def count_rows(path: Path) -> int:
@@ -836,7 +753,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = [n for n in args.only if n not in NAMES]
     if unknown:
         parser.error(f"unknown contender(s) {', '.join(unknown)}; choose from {', '.join(NAMES)}")
-    confluent = [n for n in args.only if n.endswith("confluent")]
+    confluent = [c.name for c in CONTENDERS if c.name in args.only and c.client == "confluent"]
     if confluent and importlib.util.find_spec("confluent_kafka") is None:
         print(
             f"bench.py: confluent-kafka is not installed: skipping {', '.join(confluent)} "
@@ -863,7 +780,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
     spawner = Spawner()  # first, while this process is small (see Spawner)
-    s3 = "eo-s3" in args.only
+    s3 = any(c.lake == "s3" for c in CONTENDERS if c.name in args.only)
     ensure_services(args.bootstrap, args.s3_endpoint if s3 else None)
     bench = Bench(args, spawner)
     try:
