@@ -28,6 +28,12 @@ join, lake probe, one small flush; not an empty topic, where the first poll woul
 the "net" rate is records / (wall - startup), the steady-state cost per record.
 
 Writes benchmarks/results/<date>.json and .png (``-quick`` when --quick) and prints a markdown table.
+
+The files (benchmarks/ is a folder of scripts: each imports its neighbours by name):
+
+  bench.py        this: the command line, the topics (dataset.py), the repetitions, the files written
+  contenders.py   what is run: one declarative entry per contender
+  measure.py      a contender run as a process (through spawner.py), timed, CPU and peak RSS from os.wait4
 """
 
 from __future__ import annotations
@@ -45,7 +51,6 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,79 +61,9 @@ sys.path.insert(0, str(HERE))
 # benchmarks/ is not a package: its modules import each other by name
 import dataset  # noqa: E402
 from contenders import CONTENDERS, NAMES, STARTUPS, Contender  # noqa: E402
+from measure import BenchError, Measurer, Run, S3Place, Spawner, consumer_settings, measure_help  # noqa: E402
 
 MB = 1_000_000
-
-
-# ---------------------------------------------------------------------------------------------- runs
-
-
-@dataclass
-class Run:
-    """One measured process."""
-
-    name: str
-    rep: int
-    wall_s: float
-    user_s: float
-    sys_s: float
-    maxrss_mb: float
-    returncode: int
-    load1: float  # 1-minute load average when it started
-    records: int | None = None  # as the contender reported it
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def cpu_s(self) -> float:
-        return self.user_s + self.sys_s
-
-
-class Spawner:
-    """Runs each contender through benchmarks/spawner.py, started while this process is still small: a child's
-    peak RSS (ru_maxrss) counts the process it was forked from, and this one grows (see spawner.py)."""
-
-    def __init__(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, str(HERE / "spawner.py")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-
-    def measure(self, argv: list[str], env: dict[str, str], timeout: float, cwd: Path) -> tuple[Run, str, str]:
-        """Run ``argv`` to its end: wall time, and user+sys CPU and peak RSS of that process from os.wait4."""
-        assert self.process.stdin is not None and self.process.stdout is not None
-        with tempfile.TemporaryDirectory(prefix="kingest-bench-run-") as tmp:
-            out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
-            job = {
-                "argv": argv,
-                "env": env,
-                "cwd": str(cwd),
-                "timeout": timeout,
-                "stdout": str(out),
-                "stderr": str(err),
-            }
-            self.process.stdin.write(json.dumps(job) + "\n")
-            self.process.stdin.flush()
-            reply = self.process.stdout.readline()
-            if not reply:
-                raise BenchError("benchmarks/spawner.py stopped")
-            got = json.loads(reply)
-            stdout = out.read_text(errors="replace")
-            stderr = err.read_text(errors="replace")
-        run = Run(
-            "",
-            0,
-            got["wall_s"],
-            got["user_s"],
-            got["sys_s"],
-            got["maxrss_kb"] * 1024 / MB,
-            got["returncode"],
-            got["load1"],
-        )
-        return run, stdout, stderr
-
-    def close(self) -> None:
-        if self.process.stdin is not None:
-            self.process.stdin.close()
-        self.process.wait(timeout=30)
 
 
 # ---------------------------------------------------------------------------------------------- the bench
@@ -142,13 +77,13 @@ class Bench:
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         self.tag = f"{stamp}-{uuid.uuid4().hex[:4]}"
         self.work = Path(tempfile.mkdtemp(prefix="kingest-bench-", dir=args.work_dir))
-        self.s3_prefix = f"{args.s3_bucket}/bench-{self.tag}"
-        self.groups: list[str] = []
         self.topics: dict[str, dataset.Produced] = {}
         self.runs: list[Run] = []
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("KINGEST_CRASH")}
         self.env["KINGEST_BENCH_S3_SECRET"] = args.s3_secret
-        self.kingest_env = {**self.env, **args.env}  # --env: for the kingest contenders only
+        s3 = S3Place(args.s3_endpoint, args.s3_key, args.s3_secret, f"{args.s3_bucket}/bench-{self.tag}")
+        # --env: for the kingest contenders only
+        self.measurer = Measurer(spawner, self.bootstrap, self.tag, self.work, s3, self.env, {**self.env, **args.env})
 
     # ------------------------------------------------------------------------------------ set-up
 
@@ -164,7 +99,7 @@ class Bench:
                 self.bootstrap, main_topic, a.records, a.partitions, a.value_size, a.seed
             )
         partitions = self.topics["main"].partitions
-        if any(c.topic == "slice" for c in CONTENDERS if c.name in a.only):
+        if any(c.topic == "slice" for c in self.chosen()):
             self.topics["slice"] = dataset.produce(
                 self.bootstrap, f"kingest-bench-{self.tag}-slice", a.slice, partitions, a.value_size, a.seed, True
             )
@@ -185,98 +120,25 @@ class Bench:
             return
         ours = [p.topic for role, p in self.topics.items() if not (role == "main" and self.args.topic)]
         try:
-            dataset.delete_topics(self.bootstrap, ours, self.groups)
+            dataset.delete_topics(self.bootstrap, ours, self.measurer.groups)
         except Exception as exc:
             print(f"could not delete the bench topics {ours}: {exc}", file=sys.stderr)
+        s3 = self.measurer.s3
         try:
-            self.s3_fs().rm(self.s3_prefix, recursive=True)
+            s3.fs().rm(s3.prefix, recursive=True)
         except FileNotFoundError:
             pass
         except Exception as exc:
-            print(f"could not delete s3://{self.s3_prefix}: {exc}", file=sys.stderr)
+            print(f"could not delete s3://{s3.prefix}: {exc}", file=sys.stderr)
 
-    def s3_fs(self) -> Any:
-        import fsspec
-
-        return fsspec.filesystem("s3", **self.s3_options(self.args.s3_secret))
-
-    def s3_options(self, secret: str) -> dict[str, Any]:
-        return {"endpoint_url": self.args.s3_endpoint, "key": self.args.s3_key, "secret": secret}
-
-    # ------------------------------------------------------------------------------------ one run
-
-    def run_one(self, c: Contender, rep: int) -> Run:
-        produced = self.topics[c.topic]
-        group = f"kingest-bench-{self.tag}-{c.name.replace(':', '-')}-{rep}"
-        timeout = 120 + produced.records / 1000
-        expected = produced.records
-        cleanup: Callable[[], None] = lambda: None  # noqa: E731
-        if c.kind == "java":
-            self.groups.append(group)
-            argv = java_command(self.bootstrap, produced.topic, expected, group)
-        elif c.kind == "bare":
-            self.groups.append(group)
-            argv = [sys.executable, str(HERE / "bare_consumer.py"), "--bootstrap", self.bootstrap]
-            argv += ["--topic", produced.topic, "--group", group, "--client", c.client]
-        else:
-            argv, cleanup = self.kingest_command(c, produced.topic, group, rep)
-        env = self.kingest_env if c.kind == "kingest" else self.env
-        run, stdout, stderr = self.spawner.measure(argv, env, timeout, ROOT)
-        run.name, run.rep = c.name, rep
-        try:
-            if run.returncode != 0:
-                raise BenchError(f"{c.name} exited with {run.returncode}:\n{_tail(stderr)}")
-            if c.kind == "java":
-                run.extra = parse_java(stdout)
-                run.records = int(run.extra["data.consumed.in.nMsg"])
-            elif c.kind == "bare":
-                reported = json.loads(stdout.strip().splitlines()[-1])
-                run.records, run.extra = reported.pop("records"), reported
-            else:
-                summary = json.loads(stdout.strip().splitlines()[-1])
-                run.records = summary["records"]
-                run.extra = {k: summary[k] for k in ("files", "bytes", "commits", "seconds")}
-                if c.lake == "local":
-                    run.extra["rows_in_lake"] = count_rows(self.work / group)
-                    if run.extra["rows_in_lake"] != expected:
-                        raise BenchError(f"{c.name}: the lake holds {run.extra['rows_in_lake']} rows, not {expected}")
-            if run.records != expected:
-                raise BenchError(f"{c.name} read {run.records} records, not {expected}")
-        finally:
-            cleanup()
-        return run
-
-    def kingest_command(self, c: Contender, topic: str, group: str, rep: int) -> tuple[list[str], Callable[[], None]]:
-        self.groups.append(f"kingest-{group}")
-        if c.lake == "s3":
-            lake_path = f"s3://{self.s3_prefix}/{group}"
-            options = self.s3_options("${KINGEST_BENCH_S3_SECRET}")
-        else:
-            lake_path, options = str(self.work / group), {}
-        config = c.kingest_config(
-            pipeline=group, bootstrap=self.bootstrap, topic=topic, lake_path=lake_path, storage_options=options
-        )
-        config_path = self.work / f"{group}.yaml"
-        config_path.write_text(json.dumps(config, indent=2))  # JSON is YAML
-
-        def cleanup() -> None:
-            config_path.unlink(missing_ok=True)
-            if c.lake == "local":
-                shutil.rmtree(lake_path, ignore_errors=True)
-            else:
-                try:
-                    self.s3_fs().rm(lake_path.removeprefix("s3://"), recursive=True)
-                except FileNotFoundError:
-                    pass
-
-        argv = [sys.executable, "-m", "kingest", "run", "-c", str(config_path), "--until-caught-up"]
-        return argv + ["--log-format", "json"], cleanup
+    def chosen(self) -> list[Contender]:
+        return [c for c in CONTENDERS if c.name in self.args.only]
 
     # ------------------------------------------------------------------------------------ the whole run
 
     def run(self) -> dict[str, Any]:
         a = self.args
-        chosen = [c for c in CONTENDERS if c.name in a.only]
+        chosen = self.chosen()
         startups = [s for s in STARTUPS if s.startup_of in a.only] if a.startup else []
         order = chosen + startups
         loads: list[tuple[float, ...]] = []
@@ -286,7 +148,8 @@ class Bench:
             rotated = order[shift:] + order[:shift]  # no contender always runs first, or right after another
             print(f"repetition {rep + 1}/{a.repetitions} (load average {loads[-1][0]:.2f}):")
             for c in rotated:
-                run = self.run_one(c, rep)
+                produced = self.topics[c.topic]
+                run = self.measurer.run_one(c, rep, produced.topic, produced.records)
                 self.runs.append(run)
                 print(
                     f"  {c.name:<20} {run.wall_s:7.2f}s wall {run.cpu_s:7.2f}s CPU {run.maxrss_mb:6.0f} MB RSS"
@@ -448,65 +311,7 @@ class Bench:
         }
 
 
-class BenchError(Exception):
-    pass
-
-
-def target(
-    name: str, value: float | None, lower: float, net: float | None, upper: float | None = None
-) -> dict[str, Any]:
-    def met(x: float | None) -> bool | None:
-        return None if x is None else (x >= lower and (upper is None or x <= upper))
-
-    return {"target": name, "value": value, "met": met(value), "net_value": net, "net_met": met(net)}
-
-
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-def java_command(bootstrap: str, topic: str, records: int, group: str) -> list[str]:
-    """Kafka's consumer perf test with kingest's consumer settings where the two clients share them."""
-    settings = consumer_settings(bootstrap)
-    argv = [sys.executable, str(ROOT / "services" / "devservices.py"), "kafka-tool", "consumer-perf-test"]
-    argv += ["--bootstrap-server", bootstrap, "--topic", topic, "--num-records", str(records), "--group", group]
-    argv += ["--timeout", "60000", "--fetch-size", str(settings["max_partition_fetch_bytes"])]
-    for key, value in {
-        "fetch.min.bytes": settings["fetch_min_bytes"],
-        "fetch.max.bytes": settings["fetch_max_bytes"],
-        "fetch.max.wait.ms": settings["fetch_max_wait_ms"],
-        "max.poll.records": settings["max_poll_records"],
-        "isolation.level": settings["isolation_level"],
-        "check.crcs": str(settings["check_crcs"]).lower(),
-        "auto.offset.reset": "earliest",
-        "enable.auto.commit": "false",
-    }.items():
-        argv += ["--command-property", f"{key}={value}"]
-    return argv
-
-
-def parse_java(stdout: str) -> dict[str, str]:
-    lines = [line for line in stdout.splitlines() if line.strip()]
-    header = next(i for i, line in enumerate(lines) if line.startswith("start.time"))
-    keys = [k.strip() for k in lines[header].split(",")]
-    values = [v.strip() for v in lines[header + 1].split(",")]
-    return dict(zip(keys, values, strict=True))
-
-
-def consumer_settings(bootstrap: str) -> dict[str, Any]:
-    """The consumer settings kingest runs with by default (the bare loop uses the same)."""
-    from kingest.config import KafkaConfig
-
-    settings = KafkaConfig(bootstrap_servers=(bootstrap,), topics=("t",), group_id="g").consumer_settings()
-    keep = ("fetch_min_bytes", "fetch_max_wait_ms", "fetch_max_bytes", "max_partition_fetch_bytes")
-    return {k: settings[k] for k in (*keep, "max_poll_records", "check_crcs", "isolation_level")}
-
-
-def count_rows(path: Path) -> int:
-    import pyarrow.dataset as ds
-
-    if not path.exists():
-        return 0
-    return ds.dataset(str(path), format="parquet", partitioning="hive").count_rows()
 
 
 def existing_topic(bootstrap: str, topic: str) -> dataset.Produced:
@@ -533,18 +338,6 @@ def existing_topic(bootstrap: str, topic: str) -> dataset.Produced:
         consumer.close()
     scale = records / max(1, sampled)
     return dataset.Produced(topic, records, len(partitions), round(keys * scale), round(values * scale), 0.0)
-
-
-def measure_help(spawner: Spawner, env: dict[str, str], runs: int = 10) -> list[float]:
-    script = Path(sys.executable).parent / "kingest"
-    argv = [str(script), "--help"] if script.exists() else [sys.executable, "-m", "kingest", "--help"]
-    times = []
-    for _ in range(runs):
-        run, _, stderr = spawner.measure(argv, env, 30, ROOT)
-        if run.returncode != 0:
-            raise BenchError(f"kingest --help exited with {run.returncode}: {_tail(stderr)}")
-        times.append(round(run.wall_s, 4))
-    return times
 
 
 def machine_info(loads: list[tuple[float, ...]]) -> dict[str, Any]:
@@ -583,12 +376,17 @@ def _git() -> str | None:
     return head.stdout.strip() + (" (uncommitted changes)" if dirty.stdout.strip() else "")
 
 
+def target(
+    name: str, value: float | None, lower: float, net: float | None, upper: float | None = None
+) -> dict[str, Any]:
+    def met(x: float | None) -> bool | None:
+        return None if x is None else (x >= lower and (upper is None or x <= upper))
+
+    return {"target": name, "value": value, "met": met(value), "net_value": net, "net_met": met(net)}
+
+
 def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
-
-
-def _tail(text: str, lines: int = 15) -> str:
-    return "\n".join(text.strip().splitlines()[-lines:])
 
 
 def ensure_services(bootstrap: str, s3_endpoint: str | None) -> None:
@@ -785,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(args, spawner)
     try:
         bench.produce()
-        summary = bench.run()
+        result = bench.run()
     except BenchError as exc:
         print(f"bench.py: {exc}", file=sys.stderr)
         return 1
@@ -794,14 +592,14 @@ def main(argv: list[str] | None = None) -> int:
         bench.cleanup()
     args.out.mkdir(parents=True, exist_ok=True)
     stem = dt.date.today().isoformat() + ("-quick" if args.quick else "")
-    (args.out / f"{stem}.json").write_text(json.dumps(summary, indent=2) + "\n")
-    table = markdown(summary)
+    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    table = markdown(result)
     print()
     print(table)
     print()
     written = [args.out / f"{stem}.json"]
     if args.chart:
-        chart(summary, args.out / f"{stem}.png")
+        chart(result, args.out / f"{stem}.png")
         written.append(args.out / f"{stem}.png")
     print("wrote " + ", ".join(str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p) for p in written))
     return 0

@@ -1,8 +1,8 @@
 """What the benchmark runs: each contender one declarative entry.
 
-A contender is read by bench.py, never run here: its ``kind`` picks the command (Kafka's Java perf test,
-benchmarks/bare_consumer.py, or ``kingest run`` with the config ``kingest_config`` writes). Imports only the
-standard library at load (the unit tests load this file by path).
+A contender is read by the other modules, never run here: measure.py turns it into a process (its ``kind``
+picks the command: Kafka's Java perf test, benchmarks/bare_consumer.py, or ``kingest run`` with the config
+``kingest_config`` writes). Imports only the standard library at load (the unit tests load this file by path).
 """
 
 from __future__ import annotations
@@ -106,8 +106,8 @@ CONTENDERS = [
     # - Avro: `records.format: avro` (a field for it in kingest_config) and an Avro topic: a `topic` role of
     #   its own, produced in bench.py's Bench.produce by dataset.py.
     # - exactly-once, S3, 32 partitions, +20 ms a request: a `topic` role with 32 partitions (Bench.produce)
-    #   and a `lake` kind whose endpoint is a latency proxy in front of the S3 server (bench.py's
-    #   Bench.kingest_command, the one place a lake kind becomes a path and storage options).
+    #   and a `lake` kind whose endpoint is a latency proxy in front of the S3 server (measure.py's
+    #   Measurer.lake, the one place a lake kind becomes a path and storage options).
     # Each then gets its tiny-topic startup twin (STARTUPS) and its row in the table and chart for free.
 ]
 NAMES = [c.name for c in CONTENDERS]
