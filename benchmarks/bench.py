@@ -32,8 +32,9 @@ Writes benchmarks/results/<date>.json and .png (``-quick`` when --quick) and pri
 The files (benchmarks/ is a folder of scripts: each imports its neighbours by name):
 
   bench.py        this: the command line, the topics (dataset.py), the repetitions, the files written
-  contenders.py   what is run: one declarative entry per contender
+  contenders.py   what is run: one declarative entry per contender, and the ratio targets
   measure.py      a contender run as a process (through spawner.py), timed, CPU and peak RSS from os.wait4
+  summary.py      pure functions from the runs to the figures, targets, table rows and chart bars
 """
 
 from __future__ import annotations
@@ -45,12 +46,10 @@ import json
 import os
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +59,8 @@ sys.path.insert(0, str(HERE))
 
 # benchmarks/ is not a package: its modules import each other by name
 import dataset  # noqa: E402
-from contenders import CONTENDERS, NAMES, STARTUPS, Contender  # noqa: E402
+import summary  # noqa: E402
+from contenders import CONTENDERS, NAMES, STARTUPS, TARGETS, Contender  # noqa: E402
 from measure import BenchError, Measurer, Run, S3Place, Spawner, consumer_settings, measure_help  # noqa: E402
 
 MB = 1_000_000
@@ -161,153 +161,26 @@ class Bench:
         return self.summarise(chosen, loads, help_times)
 
     def summarise(self, chosen: list[Contender], loads: list[tuple[float, ...]], help_times: list[float]) -> dict:
+        """The JSON written to benchmarks/results (its keys are what docs/performance.md quotes)."""
         a = self.args
-        by_rep: dict[tuple[str, int], Run] = {(r.name, r.rep): r for r in self.runs}
-        reps = range(a.repetitions)
-        results: dict[str, Any] = {}
-
-        def rate(name: str, rep: int) -> float | None:
-            run = by_rep.get((name, rep))
-            return None if run is None or not run.records else run.records / run.wall_s
-
-        def net_rate(name: str, rep: int) -> float | None:
-            run = by_rep.get((name, rep))
-            if run is None or not run.records:
-                return None
-            if name == "java":
-                return run.records / (float(run.extra["fetch.time.ms"]) / 1000)
-            startup = by_rep.get((f"{name}:startup", rep))
-            if startup is None or run.wall_s <= startup.wall_s:
-                return None
-            return run.records / (run.wall_s - startup.wall_s)
-
-        def cpu_per_record(name: str, rep: int) -> float | None:
-            run = by_rep.get((name, rep))
-            return None if run is None or not run.records else run.cpu_s / run.records
-
-        def ratios(f: Callable[[str, int], float | None], name: str, base: str) -> float | None:
-            values = [x / y for rep in reps if (x := f(name, rep)) and (y := f(base, rep))]
-            return _median(values)
-
-        for c in chosen:
-            runs = [by_rep[(c.name, rep)] for rep in reps if (c.name, rep) in by_rep]
-            produced = self.topics[c.topic]
-            startup = [by_rep[(f"{c.name}:startup", rep)] for rep in reps if (f"{c.name}:startup", rep) in by_rep]
-            entry: dict[str, Any] = {
-                "label": c.label,
-                "topic": c.topic,
-                "records": produced.records,
-                "records_per_s": _median([produced.records / r.wall_s for r in runs]),
-                "mb_per_s": _median([produced.nbytes / MB / r.wall_s for r in runs]),
-                "wall_s": _median([r.wall_s for r in runs]),
-                "cpu_s": _median([r.cpu_s for r in runs]),
-                "peak_rss_mb": _median([r.maxrss_mb for r in runs]),
-                "max_peak_rss_mb": max((r.maxrss_mb for r in runs), default=None),
-                "startup_s": _median([r.wall_s for r in startup]) if startup else None,
-                "net_records_per_s": _median([x for rep in reps if (x := net_rate(c.name, rep))]),
-                "vs_java": ratios(rate, c.name, "java"),
-                "vs_bare": ratios(rate, c.name, "bare"),
-                "net_vs_java": ratios(net_rate, c.name, "java"),
-                "net_vs_bare": ratios(net_rate, c.name, "bare"),
-                "vs_own_bare": ratios(rate, c.name, c.own_bare),
-                "client": c.client,
-                # CPU seconds per record, as a multiple of the bare loop's: the measure least moved by a busy machine
-                "cpu_per_record_vs_bare": ratios(cpu_per_record, c.name, "bare"),
-            }
-            if c.kind == "kingest":
-                max_bytes = c.batch_max_bytes
-                entry["batch_max_bytes"] = max_bytes
-                entry["rss_limit_mb"] = (1.5 * max_bytes + 200 * MB) / MB
-                entry["files"] = _median([r.extra.get("files", 0) for r in runs])
-                entry["commits"] = _median([r.extra.get("commits", 0) for r in runs])
-            if c.kind == "java":
-                entry["java_fetch_records_per_s"] = _median([float(r.extra["fetch.nMsg.sec"]) for r in runs])
-                entry["java_rebalance_ms"] = _median([float(r.extra["rebalance.time.ms"]) for r in runs])
-            results[c.name] = entry
-
-        def pair(name: str, base: str, f: Callable[[str, int], float | None] = rate) -> float | None:
-            return ratios(f, name, base) if name in results and base in results else None
-
-        help_median = _median(help_times) if help_times else None
-        targets = [
-            target("at-least-once local >= 0.9x bare loop", pair("alo", "bare"), 0.9, pair("alo", "bare", net_rate)),
-            target("exactly-once local >= 0.9x bare loop", pair("eo", "bare"), 0.9, pair("eo", "bare", net_rate)),
-            target(
-                "at-least-once local, confluent >= 0.9x bare loop",
-                pair("alo-confluent", "bare"),
-                0.9,
-                pair("alo-confluent", "bare", net_rate),
-            ),
-            target(
-                "exactly-once local, confluent >= 0.9x bare loop",
-                pair("eo-confluent", "bare"),
-                0.9,
-                pair("eo-confluent", "bare", net_rate),
-            ),
-            target(
-                "at-most-once within 5% of at-least-once",
-                pair("amo", "alo"),
-                0.95,
-                pair("amo", "alo", net_rate),
-                upper=1.05,
-            ),
-            target(
-                "exactly-once S3 >= 0.8x exactly-once local", pair("eo-s3", "eo"), 0.8, pair("eo-s3", "eo", net_rate)
-            ),
-        ]
-        for name, entry in results.items():
-            if "rss_limit_mb" in entry and entry["max_peak_rss_mb"] is not None:
-                targets.append(
-                    {
-                        "target": f"{name}: peak RSS <= 1.5 x batch.max_bytes + 200 MB "
-                        f"({entry['rss_limit_mb']:.0f} MB)",
-                        "value": round(entry["max_peak_rss_mb"], 1),
-                        "met": entry["max_peak_rss_mb"] <= entry["rss_limit_mb"],
-                    }
-                )
-        if help_median is not None:
-            targets.append(
-                {
-                    "target": f"kingest --help under 0.3 s (median of {len(help_times)})",
-                    "value": help_median,
-                    "met": help_median < 0.3,
-                }
-            )
-        main = self.topics["main"]
+        runs = summary.index(self.runs)
+        results = summary.results(chosen, runs, a.repetitions, self.topics)
         return {
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "quick": a.quick,
-            "dataset": {
-                "records": main.records,
-                "partitions": main.partitions,
-                "value_size_target": a.value_size,
-                "mean_value_bytes": round(main.value_bytes / max(1, main.records), 1),
-                "key_and_value_mb": round(main.nbytes / MB, 2),
-                "slice_records": self.topics["slice"].records if "slice" in self.topics else None,
-                "produce_seconds": round(main.seconds, 2),
-                "format": "JSON objects (benchmarks/dataset.py), uncompressed topic, keys, no headers",
-            },
+            "dataset": summary.dataset_figures(
+                self.topics["main"],
+                self.topics["slice"].records if "slice" in self.topics else None,
+                a.value_size,
+            ),
             "repetitions": a.repetitions,
             "machine": machine_info(loads),
             "consumer_settings": consumer_settings(self.bootstrap),
             "kingest_env": a.env,
             "results": results,
             "help_seconds": help_times,
-            "targets": targets,
-            "runs": [
-                {
-                    "name": r.name,
-                    "rep": r.rep,
-                    "wall_s": round(r.wall_s, 3),
-                    "user_s": round(r.user_s, 3),
-                    "sys_s": round(r.sys_s, 3),
-                    "maxrss_mb": round(r.maxrss_mb, 1),
-                    "load1": round(r.load1, 2),
-                    "records": r.records,
-                    **r.extra,
-                }
-                for r in self.runs
-            ],
+            "targets": summary.targets(TARGETS, results, runs, a.repetitions, help_times),
+            "runs": [summary.run_row(r) for r in self.runs],
         }
 
 
@@ -376,19 +249,6 @@ def _git() -> str | None:
     return head.stdout.strip() + (" (uncommitted changes)" if dirty.stdout.strip() else "")
 
 
-def target(
-    name: str, value: float | None, lower: float, net: float | None, upper: float | None = None
-) -> dict[str, Any]:
-    def met(x: float | None) -> bool | None:
-        return None if x is None else (x >= lower and (upper is None or x <= upper))
-
-    return {"target": name, "value": value, "met": met(value), "net_value": net, "net_met": met(net)}
-
-
-def _median(values: list[float]) -> float | None:
-    return statistics.median(values) if values else None
-
-
 def ensure_services(bootstrap: str, s3_endpoint: str | None) -> None:
     """Start the dev broker (and S3 server) when they do not answer; they are shared, so never stopped here."""
     host, _, port = bootstrap.rpartition(":")
@@ -417,90 +277,31 @@ def _answers(host: str, port: int) -> bool:
 # ---------------------------------------------------------------------------------------------- output
 
 
-def _fmt(x: float | None, spec: str) -> str:
-    return "–" if x is None else format(x, spec)
-
-
-def _ratio(x: float | None) -> str:
-    return "–" if x is None else (f"{x:.2f}" if x >= 0.1 else f"{x:.2g}")
-
-
-def markdown(summary: dict[str, Any]) -> str:
-    d, m = summary["dataset"], summary["machine"]
-    loads = [x[0] for x in m["load_average_per_repetition"]]
-    lines = [
-        f"{d['records']:,} JSON records (mean value {d['mean_value_bytes']:.0f} B, {d['key_and_value_mb']} MB of keys "
-        f"and values) over {d['partitions']} partitions; median of {summary['repetitions']} repetition(s); "
-        f"{m['cpus']} CPUs, 1-min load average {min(loads):.1f}-{max(loads):.1f} during the run.",
-        "",
-        "| contender | records/s | MB/s | wall s | CPU s | peak RSS MB | vs Java | vs bare | vs own client "
-        "| startup s | net vs bare | CPU/record vs bare |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in summary["results"].values():
-        label = r["label"] + (f" ({r['records']:,} records)" if r["topic"] != "main" else "")
-        lines.append(
-            f"| {label} | {_fmt(r['records_per_s'], ',.0f')} | {_fmt(r['mb_per_s'], '.1f')} | "
-            f"{_fmt(r['wall_s'], '.2f')} | {_fmt(r['cpu_s'], '.2f')} | {_fmt(r['peak_rss_mb'], '.0f')} | "
-            f"{_ratio(r['vs_java'])} | {_ratio(r['vs_bare'])} | {_ratio(r.get('vs_own_bare'))} | "
-            f"{_fmt(r['startup_s'], '.2f')} | "
-            f"{_ratio(r['net_vs_bare'])} | {_fmt(r['cpu_per_record_vs_bare'], '.2f')} |"
-        )
-    lines += ["", "| target | measured | met | net of startup | met |", "|---|---:|---|---:|---|"]
-    for t in summary["targets"]:
-        value = t["value"]
-        shown = "–" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value))
-        net = t.get("net_value")
-        lines.append(
-            f"| {t['target']} | {shown} | {_yes(t['met'])} | {'' if net is None else f'{net:.3f}'} | "
-            f"{'' if 'net_met' not in t else _yes(t['net_met'])} |"
-        )
-    return "\n".join(lines)
-
-
-def _yes(met: bool | None) -> str:
-    return "–" if met is None else ("yes" if met else "**no**")
-
-
-def chart(summary: dict[str, Any], path: Path) -> None:
+def chart(result: dict[str, Any], path: Path) -> None:
+    """The PNG: records/s and peak RSS per contender (the bars and title from summary.py)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    results = summary["results"]
-    names = list(results)[::-1]
-    labels = [results[n]["label"] for n in names]
-    rates: list[float] = [results[n]["records_per_s"] or 0.0 for n in names]
-    rss = [results[n]["peak_rss_mb"] or 0 for n in names]
-    colors = ["#7f7f7f" if n in ("java", "bare", "bare-confluent") else "#1f77b4" for n in names]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 0.55 * len(names) + 1.8), sharey=True)
-    left.barh(labels, rates, color=colors)
-    for y, n in enumerate(names):
-        r = results[n]
-        note = f"{r['records_per_s']:,.0f}/s" if r["records_per_s"] else ""
-        if r.get("vs_bare") is not None and n != "bare":
-            note += f"  {_ratio(r['vs_bare'])}x bare"
-        left.text((r["records_per_s"] or 0) * 1.01, y, note, va="center", fontsize=8)
+    bars = summary.chart_bars(result["results"], [c.name for c in CONTENDERS if c.kind != "kingest"])
+    labels = [b.label for b in bars]
+    colors = [b.color for b in bars]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 0.55 * len(bars) + 1.8), sharey=True)
+    left.barh(labels, [b.rate for b in bars], color=colors)
+    for y, b in enumerate(bars):
+        left.text(b.rate * 1.01, y, b.note, va="center", fontsize=8)
     left.set_xlabel("records/s (median, wall clock, process start to exit)")
     left.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x / 1000:,.0f}k"))
-    fastest = max(rates, default=0.0)
+    fastest = max((b.rate for b in bars), default=0.0)
     left.set_xlim(0, fastest * 1.45 if fastest else 1.0)
-    right.barh(labels, rss, color=colors)
-    for y, n in enumerate(names):
-        limit = results[n].get("rss_limit_mb")
-        if limit:
-            right.plot([limit, limit], [y - 0.4, y + 0.4], color="#d62728", linewidth=2)
+    right.barh(labels, [b.rss for b in bars], color=colors)
+    for y, b in enumerate(bars):
+        if b.rss_limit:
+            right.plot([b.rss_limit, b.rss_limit], [y - 0.4, y + 0.4], color="#d62728", linewidth=2)
     right.set_xlabel("peak RSS, MB (red: 1.5 x batch.max_bytes + 200 MB)")
-    d, m = summary["dataset"], summary["machine"]
-    loads = [x[0] for x in m["load_average_per_repetition"]]
-    fig.suptitle(
-        f"kingest {summary['date'][:10]}: {d['records']:,} JSON records of ~{d['mean_value_bytes']:.0f} B, "
-        f"{d['partitions']} partitions, median of {summary['repetitions']}; {m['cpus']} CPUs, "
-        f"load {min(loads):.1f}-{max(loads):.1f}",
-        fontsize=10,
-    )
+    fig.suptitle(summary.chart_title(result), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -593,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     stem = dt.date.today().isoformat() + ("-quick" if args.quick else "")
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-    table = markdown(result)
+    table = summary.markdown(result)
     print()
     print(table)
     print()

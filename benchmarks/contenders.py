@@ -1,15 +1,16 @@
-"""What the benchmark runs: each contender one declarative entry.
+"""What the benchmark runs: each contender one declarative entry, and the targets the summary checks.
 
 A contender is read by the other modules, never run here: measure.py turns it into a process (its ``kind``
 picks the command: Kafka's Java perf test, benchmarks/bare_consumer.py, or ``kingest run`` with the config
-``kingest_config`` writes). Imports only the standard library at load (the unit tests load this file by path).
+``kingest_config`` writes), summary.py turns its runs into figures. Imports only the standard library at load
+(the unit tests load this file by path).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 MiB = 1 << 20
 DEFAULT_MAX_BYTES = 64 * MiB  # kingest's batch.max_bytes default (kingest.config.BatchConfig)
@@ -102,13 +103,14 @@ CONTENDERS = [
     ),
     # Contenders to come, each an entry here plus the one thing it needs that is not declared yet:
     # - Delta Lake exactly-once: a lake format (a field, say `table: "delta"`, that kingest_config writes
-    #   under `lake:`) once kingest writes Delta tables; the figures need nothing new.
+    #   under `lake:`) once kingest writes Delta tables; summary.py needs nothing new.
     # - Avro: `records.format: avro` (a field for it in kingest_config) and an Avro topic: a `topic` role of
     #   its own, produced in bench.py's Bench.produce by dataset.py.
     # - exactly-once, S3, 32 partitions, +20 ms a request: a `topic` role with 32 partitions (Bench.produce)
     #   and a `lake` kind whose endpoint is a latency proxy in front of the S3 server (measure.py's
     #   Measurer.lake, the one place a lake kind becomes a path and storage options).
-    # Each then gets its tiny-topic startup twin (STARTUPS) and its row in the table and chart for free.
+    # Each then gets its tiny-topic startup twin (STARTUPS) and its row in the table and chart for free; a goal
+    # for it (say Delta >= 0.9x exactly-once Parquet) is a Target in TARGETS below.
 ]
 NAMES = [c.name for c in CONTENDERS]
 
@@ -122,3 +124,23 @@ def startup_twin(c: Contender) -> Contender:
 
 # The tiny-topic twins that measure each contender's fixed cost (Java reports its own fetch time instead).
 STARTUPS = [startup_twin(c) for c in CONTENDERS if c.kind != "java" and c.topic == "main"]
+
+
+class Target(NamedTuple):
+    """A goal for the ratio of two contenders' rates (within a repetition, then the median)."""
+
+    text: str
+    name: str
+    base: str
+    lower: float
+    upper: float | None = None
+
+
+TARGETS = [
+    Target("at-least-once local >= 0.9x bare loop", "alo", "bare", 0.9),
+    Target("exactly-once local >= 0.9x bare loop", "eo", "bare", 0.9),
+    Target("at-least-once local, confluent >= 0.9x bare loop", "alo-confluent", "bare", 0.9),
+    Target("exactly-once local, confluent >= 0.9x bare loop", "eo-confluent", "bare", 0.9),
+    Target("at-most-once within 5% of at-least-once", "amo", "alo", 0.95, upper=1.05),
+    Target("exactly-once S3 >= 0.8x exactly-once local", "eo-s3", "eo", 0.8),
+]

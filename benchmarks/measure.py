@@ -2,8 +2,8 @@
 
 ``Spawner`` runs each process through benchmarks/spawner.py (wall time, and user+sys CPU and peak RSS from
 os.wait4); ``Measurer.run_one`` builds a contender's command (and, for kingest, its config and lake), runs it,
-reads what it reported and checks that it read the whole topic. The result is a ``Run``, which bench.py
-summarises. Imports only the standard library at load (kingest, pyarrow and fsspec when used).
+reads what it reported and checks that it read the whole topic. The result is a ``Run``, which summary.py
+turns into figures. Imports only the standard library at load (kingest, pyarrow and fsspec when used).
 """
 
 from __future__ import annotations
