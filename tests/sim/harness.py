@@ -65,7 +65,7 @@ from kingest.pipeline import Pipeline
 TOPIC = "t"
 PIPELINE = "sim"
 ROOT = "/sim"
-TRACE_LINES = 60
+TRACE_LINES = 80
 STEPS = 150  # steps of a run (make simulate's default)
 LIVENESS = 1.0  # the fraction of runs that end with the liveness check (make simulate's default)
 MUTATING = frozenset({"put", "create", "delete"})
@@ -240,7 +240,7 @@ class SimSource:
         self.actor.hook("kafka-commit", " ".join(f"{p}:{o}" for (_, p), o in sorted(offsets.items())))
         world = self.world
         moved = sorted(tp for tp in offsets if world.owner.get(tp) is not self.actor)
-        if moved:
+        if moved and world.commit_refusals:
             world.event(self.actor.name, "kafka-commit", f"refused: {moved} moved to another member")
             raise CommitFailed(f"commit refused: {moved} belong to another member (rebalance)")
         if world.forced_commit_failures:
@@ -578,6 +578,7 @@ class World:
         writers: int = 2,
         max_writers: int = 3,
         p_commit_fail: float = 0.15,
+        commit_refusals: bool = True,
     ) -> None:
         self.seed = seed
         self.repro = ""  # the command line that replays this run (run_seed sets it)
@@ -604,7 +605,8 @@ class World:
         self.writers: list[Writer] = []
         self.writer_count = 0
         self.rewinds = 0
-        self.p_commit_fail = p_commit_fail
+        self.p_commit_fail = p_commit_fail  # a Kafka commit gets no answer in time
+        self.commit_refusals = commit_refusals  # a Kafka commit for a partition the group moved is refused
         self.initial_writers = writers
         self.max_writers = max_writers
         self.checker = Checker(self)
@@ -1009,6 +1011,8 @@ def run_seed(
     world = World(seed, **options)
     world.keep_history = keep_history
     args = (f" --steps {steps}" if steps != STEPS else "") + (f" --liveness {liveness}" if liveness != LIVENESS else "")
+    if options.get("p_commit_fail") == 0.0 and options.get("commit_refusals") is False:
+        args += " --no-kafka-commit-failures"
     world.repro = f"make simulate SEEDS={seed}-{seed}" + (f" SIM_ARGS='{args.strip()}'" if args else "")
     with simulation_settings(world, checkpoint_every):
         world.run(steps, liveness)

@@ -13,7 +13,7 @@ import pytest
 
 from tests.sim import harness
 from tests.sim.harness import TOPIC, Violation, World, Writer, run_seed, simulation_settings
-from tests.sim.simulate import kind, run_many
+from tests.sim.simulate import kind, parse_seeds, run_many
 
 # The pytest run's share of the simulation: shorter runs than `make simulate` (100 steps, the liveness check at
 # the end of one run in four), so that 10,000 of them fit in well under a minute on two cores.
@@ -36,6 +36,13 @@ def test_ten_thousand_interleavings_keep_the_exactly_once_invariants():
             f"{len(failed)} of {CI_SEEDS} interleavings broke an invariant:\n{summary}\n\nthe first:\n{first}",
             pytrace=False,
         )
+
+
+def test_seeds_are_a_count_a_range_or_a_list():
+    assert parse_seeds("3") == [0, 1, 2]
+    assert parse_seeds("5-7") == [5, 6, 7]
+    assert parse_seeds("129-129") == [129]
+    assert parse_seeds("3,129,10-11") == [3, 129, 10, 11]
 
 
 @pytest.mark.parametrize("seed", [1, 2, 7])
