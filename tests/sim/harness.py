@@ -242,6 +242,10 @@ class SimSource:
         moved = sorted(tp for tp in offsets if world.owner.get(tp) is not self.actor)
         if moved and world.commit_refusals:
             world.event(self.actor.name, "kafka-commit", f"refused: {moved} moved to another member")
+            # the consumer learns it is out of the group's generation: its next poll rejoins, and kafka-python
+            # calls on_partitions_lost first
+            if isinstance(self.actor, Writer) and ("lost", moved) not in self.actor.queue:
+                self.actor.queue.append(("lost", moved))
             raise CommitFailed(f"commit refused: {moved} belong to another member (rebalance)")
         if world.forced_commit_failures:
             world.forced_commit_failures -= 1
