@@ -154,3 +154,36 @@ def test_a_kafka_commit_that_fails_after_the_manifest_commit_leaves_no_gap():
             check_all(world)
         finally:
             world.shutdown()
+
+
+def test_a_rewind_paused_before_its_recovery_deletes_no_file_committed_since():
+    """The same bug through `kingest rewind`: ManifestStore.rewind commits its version, then recovers from the
+    state of that version (deleting the files it removed). Paused in between, it resumes after a writer
+    claimed and committed files on top of it, and deletes them: the writer's pending record names them, and
+    the rewind's state does not."""
+    world = scripted()
+    tp = (TOPIC, 0)
+    world.end[tp] = 6
+    with simulation_settings(world, checkpoint_every=25):
+        try:
+            a = world.spawn()
+            world.give(tp, a)
+            run_queued(world, a)  # claim: version 1
+            save(world, a, 3)  # version 2: 0..2
+            save(world, a, 3)  # version 3: 3..5
+            world.crash(a)
+            rewinder = harness.Rewinder(world, 1)
+            world.actors.append(rewinder)
+            world.start(rewinder, "rewind 0", lambda: rewinder.rewind(tp, 0.5))  # to offset 3: version 4
+            step_until(world, rewinder, lambda waiting: waiting[0] == "listdir" and "/pending/" in waiting[1])
+            assert world.checker.state(tp).version == 4
+            b = world.spawn()
+            world.give(tp, b)
+            world.end[tp] += 3
+            run_queued(world, b)  # claim: version 5
+            save(world, b, 3)  # version 6: 3..5 again
+            while rewinder.busy:  # the rewind resumes its recovery with its state of version 4
+                world.step(rewinder)
+            check_all(world)
+        finally:
+            world.shutdown()
