@@ -760,6 +760,10 @@ class World:
     def give(self, tp: TopicPartition, writer: Writer) -> None:
         """The group assigns ``tp`` to ``writer`` (nobody holds it)."""
         self.owner[tp] = writer
+        if tp in writer.source.assigned and ("lost", [tp]) not in writer.queue:
+            # a member left behind that still holds it (a zombie) rejoins: kafka-python calls
+            # on_partitions_lost before it assigns anything again
+            writer.queue.append(("lost", [tp]))
         writer.queue.append(("assign", [tp]))
         self.pending_assign.add(tp)
         self.event("group", "assign", f"{tp[1]} -> {writer.name}")
@@ -808,6 +812,10 @@ class World:
                 self.tick()
             self.horizon = 10**9
             self.settle()
+            if self.refusals:
+                raise self.violation(
+                    f"the pipeline logged an error (a safety net that only a bug should reach): {self.refusals[0]}"
+                )
             if self.rng.random() < liveness:
                 self.catch_up()
             else:
