@@ -720,7 +720,14 @@ class World:
             self.owner[tp] = None
             return
         self.owner[tp] = new
-        new.queue.append(("assign", [tp]))
+        self._queue_assign(tp, new)
+
+    def _queue_assign(self, tp: TopicPartition, writer: Writer) -> None:
+        if tp in writer.source.assigned and ("lost", [tp]) not in writer.queue:
+            # a member left behind that still holds it (a zombie) rejoins: kafka-python calls
+            # on_partitions_lost before it assigns anything again
+            writer.queue.append(("lost", [tp]))
+        writer.queue.append(("assign", [tp]))
         self.pending_assign.add(tp)
 
     def crash(self, actor: Actor) -> None:
@@ -760,12 +767,7 @@ class World:
     def give(self, tp: TopicPartition, writer: Writer) -> None:
         """The group assigns ``tp`` to ``writer`` (nobody holds it)."""
         self.owner[tp] = writer
-        if tp in writer.source.assigned and ("lost", [tp]) not in writer.queue:
-            # a member left behind that still holds it (a zombie) rejoins: kafka-python calls
-            # on_partitions_lost before it assigns anything again
-            writer.queue.append(("lost", [tp]))
-        writer.queue.append(("assign", [tp]))
-        self.pending_assign.add(tp)
+        self._queue_assign(tp, writer)
         self.event("group", "assign", f"{tp[1]} -> {writer.name}")
 
     def rebalance(self, tp: TopicPartition, new: Writer, mode: str) -> None:
