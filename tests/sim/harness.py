@@ -56,9 +56,10 @@ except ImportError:  # the simulation runs on threads then (slower, same runs)
 from kingest import config as config_module
 from kingest import manifest as manifest_module
 from kingest.batcher import Batch, Record, TopicPartition
-from kingest.encoder import EncodedBatch, EncodedFile, file_name
+from kingest.encoder import EncodedBatch, EncodedFile
 from kingest.errors import CommitFailed, KingestError, ManifestConflict
 from kingest.lake import Lake
+from kingest.layout import file_name
 from kingest.manifest import ManifestStore, PartitionState
 from kingest.pipeline import Pipeline
 
@@ -265,6 +266,10 @@ class SimSource:
 
     def seek_to_beginning(self, tp: TopicPartition) -> None:
         self.positions[tp] = 0
+
+    def seek_to_committed(self, tps: Iterable[TopicPartition]) -> None:
+        for tp in tps:
+            self.positions[tp] = self.world.committed.get(tp, 0)
 
     def seek_to_end(self, tp: TopicPartition) -> None:
         self.positions[tp] = self.world.end[tp]

@@ -118,7 +118,7 @@ def test_a_writer_paused_between_its_claim_and_its_recovery_deletes_no_file_comm
             world.rebalance(tp, b, "cooperative")
             run_queued(world, a)  # revoke
             world.start(b, *world.next_task(b))  # assign: load, claim (version 5), then recovery
-            step_until(world, b, lambda waiting: waiting[0] == "listdir" and "/pending/" in waiting[1])
+            step_until(world, b, lambda waiting: waiting[0] == "listdir" and "/pending" in waiting[1])
             assert world.checker.state(tp).version == 5
             world.rebalance(tp, c, "silent")  # B is paused: the group moves on without it
             run_queued(world, c)  # claim: version 6
@@ -175,7 +175,7 @@ def test_a_rewind_paused_before_its_recovery_deletes_no_file_committed_since():
             rewinder = harness.Rewinder(world, 1)
             world.actors.append(rewinder)
             world.start(rewinder, "rewind 0", lambda: rewinder.rewind(tp, 0.5))  # to offset 3: version 4
-            step_until(world, rewinder, lambda waiting: waiting[0] == "listdir" and "/pending/" in waiting[1])
+            step_until(world, rewinder, lambda waiting: waiting[0] == "listdir" and "/pending" in waiting[1])
             assert world.checker.state(tp).version == 4
             b = world.spawn()
             world.give(tp, b)
