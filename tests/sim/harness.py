@@ -238,7 +238,16 @@ class SimSource:
         return {}
 
     def commit(self, offsets: dict[TopicPartition, int], wait: bool = True) -> None:
+        """As kingest.sources.Source.commit: ``wait=False`` (exactly-once's lag-only commit) never raises, a
+        failure is only logged; ``wait=True`` raises CommitFailed when refused."""
         self.actor.hook("kafka-commit", " ".join(f"{p}:{o}" for (_, p), o in sorted(offsets.items())))
+        try:
+            self._commit(offsets)
+        except CommitFailed:
+            if wait:
+                raise
+
+    def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         world = self.world
         moved = sorted(tp for tp in offsets if world.owner.get(tp) is not self.actor)
         if moved and world.commit_refusals:
