@@ -1,5 +1,6 @@
 # kingest development tasks. `make` (or `make help`) lists them.
 # Overridable: make test PYTEST_ARGS='-k s3 -x'   make venv PYTHON=python3.12   make up SERVICE=kafka
+#              make simulate SEEDS=5000-9999 SIM_ARGS='--steps 300 --jobs 4'
 
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV ?= .venv
@@ -11,12 +12,14 @@ DEVSERVICES ?= "$$(test -x $(VENV_PY) && echo $(VENV_PY) || echo $(PYTHON))" ser
 SERVICE ?= all
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+SEEDS ?= 1000
+SIM_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv up down status clean lint test demo bench docs
+.PHONY: help venv up down status clean lint test demo bench docs simulate
 
 help: ## list the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-7s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 # The stamp is newer than pyproject.toml once `pip install -e .[dev]` succeeded: re-run only when it changes.
 $(VENV)/.installed: pyproject.toml
@@ -82,6 +85,12 @@ demo: venv ## Kafka + sample orders, kingest run into ./lake/orders, what landed
 	$(VENV_PY) -c "import duckdb; duckdb.sql(\"select kafka_partition, count(*) as records, min(kafka_offset) as first, max(kafka_offset) as last, round(sum(amount), 2) as amount from read_parquet('lake/orders/**/*.parquet', hive_partitioning = true) group by 1 order by 1\").show()"; \
 	echo "== the three semantics against the same topic, each killed between its two steps"; \
 	$(VENV_PY) -m kingest.demo --bootstrap "$$KINGEST_KAFKA_BOOTSTRAP" --topic orders
+
+# tests/sim: kingest's own exactly-once code (Pipeline, ManifestStore, Lake) driven by simulated writers on an in-memory
+# lake, every lake operation interleaved by a seeded scheduler with pauses, crashes, rebalances and rewinds. The
+# pytest run checks 10,000 seeds (tests/sim/test_simulation.py); this runs as many as you like, on every core.
+simulate: venv ## the exactly-once simulation for SEEDS=N | A-B | a,b,c (default 1000); prints how to replay each failure
+	$(VENV_PY) -m tests.sim.simulate $(SEEDS) $(SIM_ARGS)
 
 bench: venv ## run benchmarks/bench.py (BENCH_ARGS=...), with the bench and fast extras
 	@if [ -f benchmarks/bench.py ]; then \
