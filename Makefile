@@ -42,7 +42,7 @@ lint: venv ## ruff check, ruff format --check, mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
-	$(VENV)/bin/mypy services/devservices.py services/produce_sample.py tests/conftest.py
+	$(VENV)/bin/mypy services/devservices.py services/produce_sample.py services/latency_proxy.py tests/conftest.py
 
 # The integration tests run twice: with kafka-python (the whole suite), then with kafka.client: confluent (pytest
 # --kafka-client confluent), but for those that never consume through kingest's source (CONFLUENT_SKIP).
