@@ -296,9 +296,10 @@ def test_broker_frozen_during_runs(
 # --------------------------------------------------------------------------------------------- slow saves
 
 WIDE_PARTITIONS = 32
-# Enough records that an instance is still busy when the next one joins: exactly-once is slow through the
-# proxy already (a claim per partition at every assignment), the other two need more to stay busy.
-WIDE_BEFORE = {"exactly-once": 32_000, "at-least-once": 96_000, "at-most-once": 96_000}
+# Few enough that instances also leave by ending (caught up) while others still flush. Tried and dropped: 96,000
+# before, a steady producer and 4 leave-and-return turns (no instance ends early): kafka-python's stalled member
+# showed in none of 8 test runs, against 4 of 5 with this plan (at-least-once and at-most-once; 2026-12-03).
+WIDE_BEFORE = 32_000
 WIDE_DURING = 32_000
 S3_DELAY = 0.020
 HUNG_AFTER = 120.0  # seconds after the last record is produced: an instance still running then has hung
@@ -315,14 +316,14 @@ def test_rebalances_during_slow_saves(
     tmp_path: Path,
 ) -> None:
     """Three `kingest run --until-caught-up` instances over 32 partitions, the S3 lake 20 ms a request away,
-    records arriving throughout: they join one by one, then two of them leave (SIGTERM) and come back in turn,
-    so each rebalance waits for revocation flushes of many partitions to a slow store. Every instance must end
-    by itself (caught up) within a generous bound, with a clean exit, and the lake hold what the semantics
-    promises for clean rebalances: nothing lost; nothing twice under exactly-once and at-most-once
-    (at-least-once may write a record twice)."""
+    records arriving while they run: they join one by one, one leaves (SIGTERM) and comes back, others end
+    when caught up, so each rebalance waits for revocation flushes of many partitions to a slow store. Every
+    instance must end by itself (caught up) within a generous bound, with a clean exit, and the lake hold what
+    the semantics promises for clean rebalances: nothing lost; nothing twice under exactly-once and
+    at-most-once (at-least-once may write a record twice)."""
     topic = topic_factory(partitions=WIDE_PARTITIONS, name="slow-saves")
     producer = Producer(kafka_bootstrap, topic, WIDE_PARTITIONS)
-    producer.produce(WIDE_BEFORE[semantics])
+    producer.produce(WIDE_BEFORE)
     producer.flush()
 
     with LatencyProxy(s3_storage_options["endpoint_url"], delay=S3_DELAY) as proxy:
@@ -350,36 +351,20 @@ def test_rebalances_during_slow_saves(
                 every=0.5,
             )
 
-        feeding_error: list[BaseException] = []
-
-        def feed() -> None:  # records keep arriving, so that every rebalance finds buffers to flush
-            try:
-                for _ in range(WIDE_DURING // 1000):
-                    producer.produce(1000)
-                    time.sleep(0.5)
-                producer.flush()
-            except BaseException as e:  # reported by the test's thread
-                feeding_error.append(e)
-
-        feeder = threading.Thread(target=feed, name="producer", daemon=True)
         try:
             a.start()
             joined(a)
-            feeder.start()
-            b.start()  # a revokes everything, flushing its buffers of up to 32 partitions to the slow store
+            b.start()  # a revokes everything, flushing what it holds of 32 partitions to the slow store
             joined(b)
+            producer.produce(WIDE_DURING // 2)
             c.start()
             joined(c)
             time.sleep(2)
             assert b.stop(timeout=HUNG_AFTER) == 0, "instance b did not stop cleanly on SIGTERM (a leave)"
-            b.start()  # back: one more rebalance, with a and c holding buffers for a slow store
-            joined(b)
-            time.sleep(2)
-            assert c.stop(timeout=HUNG_AFTER) == 0, "instance c did not stop cleanly on SIGTERM (a leave)"
-            c.start()
-            feeder.join(HUNG_AFTER)
-            assert not feeder.is_alive() and not feeding_error, f"the producer failed: {feeding_error}"
+            producer.produce(WIDE_DURING - WIDE_DURING // 2)
+            producer.flush()
             producer.close()
+            b.start()  # back: one more rebalance, with a and c holding buffers for a slow store
             deadline = time.monotonic() + HUNG_AFTER
             for instance in everyone:
                 left = max(1.0, deadline - time.monotonic())
@@ -395,7 +380,7 @@ def test_rebalances_during_slow_saves(
             print(f"{semantics}: the proxy delayed {proxy.requests} requests")
 
             ends = end_offsets(kafka_bootstrap, topic, WIDE_PARTITIONS)
-            assert sum(ends.values()) == WIDE_BEFORE[semantics] + WIDE_DURING, ends
+            assert sum(ends.values()) == WIDE_BEFORE + WIDE_DURING, ends
             # Every instance ended caught up, so the work is done; a final run checks that nothing is left over.
             final = kingest("run", "-c", str(config_path), "--until-caught-up", cwd=tmp_path)
             assert final.returncode == 0, final.stderr
