@@ -1,5 +1,7 @@
 # kingest development tasks. `make` (or `make help`) lists them.
 # Overridable: make test PYTEST_ARGS='-k s3 -x'   make venv PYTHON=python3.12   make up SERVICE=kafka
+#              make simulate SEEDS=5000-9999 SIM_ARGS='--steps 300 --jobs 4'
+#              make chaos RUNS=10 CLIENT=confluent
 
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV ?= .venv
@@ -11,12 +13,16 @@ DEVSERVICES ?= "$$(test -x $(VENV_PY) && echo $(VENV_PY) || echo $(PYTHON))" ser
 SERVICE ?= all
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+SEEDS ?= 1000
+SIM_ARGS ?=
+RUNS ?= 1
+CLIENT ?= kafka-python
 
 .DEFAULT_GOAL := help
-.PHONY: help venv up down status clean lint test demo bench docs
+.PHONY: help venv up down status clean lint test chaos demo bench docs simulate
 
 help: ## list the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-7s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 # The stamp is newer than pyproject.toml once `pip install -e .[dev]` succeeded: re-run only when it changes.
 $(VENV)/.installed: pyproject.toml
@@ -42,7 +48,7 @@ lint: venv ## ruff check, ruff format --check, mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
-	$(VENV)/bin/mypy services/devservices.py services/produce_sample.py tests/conftest.py
+	$(VENV)/bin/mypy services/devservices.py services/produce_sample.py services/latency_proxy.py tests/conftest.py
 
 docs: venv ## write docs/configuration.md's table of every key from the config model (kingest/config.py)
 	$(VENV_PY) -c 'import pathlib, kingest.config as c; p = pathlib.Path("docs/configuration.md"); p.write_text(c.with_reference_table(p.read_text()))'
@@ -52,6 +58,9 @@ docs: venv ## write docs/configuration.md's table of every key from the config m
 CONFLUENT_SKIP := --ignore=tests/unit --ignore=tests/integration/test_services.py \
 	--ignore=tests/integration/test_manifest_race.py --ignore=tests/integration/test_guarantees_demo.py
 
+# The chaos tests (marker `chaos`, tests/integration/test_chaos.py) are `make chaos`'s, not `make test`'s.
+NOT_CHAOS := -m 'not chaos'
+
 # Starts what is not running yet, runs pytest (twice, see above), then stops only what this run started (services
 # that were up before `make test` stay up). The recipe exits with the first failing pytest's exit code (both runs
 # run); GNU make itself then exits with 2 on any failure (.ci/run passes pytest's code on). Exit code 5 (no tests
@@ -59,15 +68,49 @@ CONFLUENT_SKIP := --ignore=tests/unit --ignore=tests/integration/test_services.p
 test: venv ## start the services, run pytest (PYTEST_ARGS=...) with each Kafka client, stop what this run started
 	@trap true INT TERM; started="$(DEV_DIR)/make-test.$$$$.started"; \
 	$(DEVSERVICES) up all --record "$$started" || { rc=$$?; $(DEVSERVICES) down --started-by "$$started"; exit $$rc; }; \
-	$(VENV_PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	$(VENV_PY) -m pytest $(NOT_CHAOS) $(PYTEST_ARGS); rc=$$?; \
 	echo "== make test: the integration tests again, with kafka.client: confluent"; \
-	$(VENV_PY) -m pytest --kafka-client confluent $(CONFLUENT_SKIP) $(PYTEST_ARGS); rc2=$$?; \
+	$(VENV_PY) -m pytest --kafka-client confluent $(CONFLUENT_SKIP) $(NOT_CHAOS) $(PYTEST_ARGS); rc2=$$?; \
 	$(DEVSERVICES) down --started-by "$$started"; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit code 5): failing on purpose; check PYTEST_ARGS='$(PYTEST_ARGS)'" >&2; \
 	elif [ $$rc -ne 0 ]; then echo "make test: pytest exit code $$rc" >&2; fi; \
 	if [ $$rc2 -ne 0 ] && [ $$rc2 -ne 5 ]; then echo "make test: pytest --kafka-client confluent exit code $$rc2" >&2; \
 		[ $$rc -ne 0 ] || rc=$$rc2; fi; \
 	echo $$rc > "$(DEV_DIR)/last-test-exit-code"; \
+	exit $$rc
+
+# `make chaos`: the chaos-marked tests, plus the tests that check the guarantees under kills and freezes.
+CHAOS_ALSO := tests/integration/test_scale.py \
+	tests/integration/test_faults.py::test_broker_stopped_and_started_during_a_run \
+	tests/integration/test_faults.py::test_s3_stopped_and_started_during_a_run \
+	tests/integration/test_faults.py::test_local_write_killed_half_way_is_never_counted \
+	tests/integration/test_guarantees.py::test_exactly_once_soak_under_random_kills
+
+# Like `make test`: starts what is not running yet and stops only that at the end. A CPU hog (a busy loop, one
+# core) runs for the whole time and is killed at the end whatever happens (EXIT trap). Each run is two pytest
+# calls (the chaos marker, then CHAOS_ALSO); the first failing call stops the loop and names its run.
+chaos: venv ## chaos tests + kill/freeze tests under a CPU hog, RUNS=N times (default 1), CLIENT=confluent too
+	@trap true INT TERM; started="$(DEV_DIR)/make-chaos.$$$$.started"; hog=; \
+	trap '[ -z "$$hog" ] || kill $$hog 2>/dev/null; $(DEVSERVICES) down --started-by "$$started"' EXIT; \
+	$(DEVSERVICES) up all --record "$$started" || exit $$?; \
+	$(VENV_PY) -c 'while True: pass' & hog=$$!; \
+	echo "== make chaos: a CPU hog on one core (pid $$hog), $(RUNS) run(s), kafka.client: $(CLIENT)"; \
+	rc=0; run=1; \
+	while [ $$run -le $(RUNS) ]; do \
+		echo "== make chaos: run $$run of $(RUNS)"; \
+		$(VENV_PY) -m pytest --kafka-client $(CLIENT) -m chaos tests/integration $(PYTEST_ARGS); r1=$$?; \
+		if [ $$r1 -ne 0 ] && [ $$r1 -ne 5 ]; then \
+			echo "make chaos: run $$run of $(RUNS) FAILED in the chaos tests (pytest exit code $$r1, kafka.client: $(CLIENT))" >&2; \
+			rc=$$r1; break; fi; \
+		$(VENV_PY) -m pytest --kafka-client $(CLIENT) $(CHAOS_ALSO) $(PYTEST_ARGS); r2=$$?; \
+		if [ $$r2 -ne 0 ] && [ $$r2 -ne 5 ]; then \
+			echo "make chaos: run $$run of $(RUNS) FAILED in the kill/freeze tests (pytest exit code $$r2, kafka.client: $(CLIENT))" >&2; \
+			rc=$$r2; break; fi; \
+		if [ $$r1 -eq 5 ] && [ $$r2 -eq 5 ]; then \
+			echo "make chaos: pytest collected no tests: check PYTEST_ARGS='$(PYTEST_ARGS)'" >&2; rc=5; break; fi; \
+		run=$$((run + 1)); \
+	done; \
+	[ $$rc -ne 0 ] || echo "== make chaos: $(RUNS) run(s) passed (kafka.client: $(CLIENT))"; \
 	exit $$rc
 
 demo: venv ## Kafka + sample orders, kingest run into ./lake/orders, what landed, then the three semantics under a crash
@@ -82,6 +125,12 @@ demo: venv ## Kafka + sample orders, kingest run into ./lake/orders, what landed
 	$(VENV_PY) -c "import duckdb; duckdb.sql(\"select kafka_partition, count(*) as records, min(kafka_offset) as first, max(kafka_offset) as last, round(sum(amount), 2) as amount from read_parquet('lake/orders/**/*.parquet', hive_partitioning = true) group by 1 order by 1\").show()"; \
 	echo "== the three semantics against the same topic, each killed between its two steps"; \
 	$(VENV_PY) -m kingest.demo --bootstrap "$$KINGEST_KAFKA_BOOTSTRAP" --topic orders
+
+# tests/sim: kingest's own exactly-once code (Pipeline, ManifestStore, Lake) driven by simulated writers on an in-memory
+# lake, every lake operation interleaved by a seeded scheduler with pauses, crashes, rebalances and rewinds. The
+# pytest run checks 10,000 seeds (tests/sim/test_simulation.py); this runs as many as you like, on every core.
+simulate: venv ## the exactly-once simulation for SEEDS=N | A-B | a,b,c (default 1000); prints how to replay each failure
+	$(VENV_PY) -m tests.sim.simulate $(SEEDS) $(SIM_ARGS)
 
 bench: venv ## run benchmarks/bench.py (BENCH_ARGS=...), with the bench and fast extras
 	@if [ -f benchmarks/bench.py ]; then \

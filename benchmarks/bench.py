@@ -28,6 +28,13 @@ join, lake probe, one small flush; not an empty topic, where the first poll woul
 the "net" rate is records / (wall - startup), the steady-state cost per record.
 
 Writes benchmarks/results/<date>.json and .png (``-quick`` when --quick) and prints a markdown table.
+
+The files (benchmarks/ is a folder of scripts: each imports its neighbours by name):
+
+  bench.py        this: the command line, the topics (dataset.py), the repetitions, the files written
+  contenders.py   what is run: one declarative entry per contender, and the ratio targets
+  measure.py      a contender run as a process (through spawner.py), timed, CPU and peak RSS from os.wait4
+  summary.py      pure functions from the runs to the figures, targets, table rows and chart bars
 """
 
 from __future__ import annotations
@@ -39,13 +46,10 @@ import json
 import os
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,153 +57,13 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-import dataset  # noqa: E402  (benchmarks/ is not a package)
+# benchmarks/ is not a package: its modules import each other by name
+import dataset  # noqa: E402
+import summary  # noqa: E402
+from contenders import CONTENDERS, NAMES, STARTUPS, TARGETS, Contender  # noqa: E402
+from measure import BenchError, Measurer, Run, S3Place, Spawner, consumer_settings, measure_help  # noqa: E402
 
-MiB = 1 << 20
 MB = 1_000_000
-
-
-# ---------------------------------------------------------------------------------------------- contenders
-
-
-@dataclass(frozen=True)
-class Contender:
-    name: str
-    label: str
-    kind: str  # java | bare | kingest
-    topic: str = "main"  # main | slice | tiny
-    semantics: str = ""
-    lake: str = "local"  # local | s3
-    batch: dict[str, Any] = field(default_factory=dict)
-    startup_of: str = ""  # a run on the tiny topic: the fixed cost of this contender
-    client: str = "kafka-python"  # kafka.client: kafka-python | confluent
-
-    @property
-    def own_bare(self) -> str:
-        """The bare loop of this contender's client."""
-        return "bare-confluent" if self.client == "confluent" else "bare"
-
-    @property
-    def is_startup(self) -> bool:
-        return bool(self.startup_of)
-
-
-CONTENDERS = [
-    Contender("java", "Kafka Java consumer (perf test)", "java"),
-    Contender("bare", "bare kafka-python poll loop", "bare"),
-    Contender("bare-confluent", "bare confluent-kafka poll loop", "bare", client="confluent"),
-    Contender("alo", "kingest at-least-once, local", "kingest", semantics="at-least-once"),
-    Contender("amo", "kingest at-most-once, local", "kingest", semantics="at-most-once"),
-    Contender("eo", "kingest exactly-once, local", "kingest", semantics="exactly-once"),
-    Contender("eo-s3", "kingest exactly-once, S3", "kingest", semantics="exactly-once", lake="s3"),
-    Contender(
-        "alo-16MiB",
-        "kingest at-least-once, local, batch.max_bytes 16MiB",
-        "kingest",
-        semantics="at-least-once",
-        batch={"max_bytes": "16MiB"},
-    ),
-    Contender(
-        "alo-1-record",
-        "kingest at-least-once, batch.max_records 1 (slice)",
-        "kingest",
-        topic="slice",
-        semantics="at-least-once",
-        batch={"max_records": 1},
-    ),
-    Contender(
-        "alo-confluent",
-        "kingest at-least-once, local, confluent",
-        "kingest",
-        semantics="at-least-once",
-        client="confluent",
-    ),
-    Contender(
-        "eo-confluent",
-        "kingest exactly-once, local, confluent",
-        "kingest",
-        semantics="exactly-once",
-        client="confluent",
-    ),
-]
-NAMES = [c.name for c in CONTENDERS]
-# The tiny-topic twins that measure each contender's fixed cost (Java reports its own fetch time instead).
-STARTUPS = [
-    Contender(
-        f"{c.name}:startup", f"{c.label}, tiny topic", c.kind, "tiny", c.semantics, c.lake, c.batch, c.name, c.client
-    )
-    for c in CONTENDERS
-    if c.kind != "java" and c.topic == "main"
-]
-DEFAULT_MAX_BYTES = 64 * MiB  # kingest's batch.max_bytes default (kingest.config.BatchConfig)
-
-
-@dataclass
-class Run:
-    """One measured process."""
-
-    name: str
-    rep: int
-    wall_s: float
-    user_s: float
-    sys_s: float
-    maxrss_mb: float
-    returncode: int
-    load1: float  # 1-minute load average when it started
-    records: int | None = None  # as the contender reported it
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def cpu_s(self) -> float:
-        return self.user_s + self.sys_s
-
-
-class Spawner:
-    """Runs each contender through benchmarks/spawner.py, started while this process is still small: a child's
-    peak RSS (ru_maxrss) counts the process it was forked from, and this one grows (see spawner.py)."""
-
-    def __init__(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, str(HERE / "spawner.py")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-
-    def measure(self, argv: list[str], env: dict[str, str], timeout: float, cwd: Path) -> tuple[Run, str, str]:
-        """Run ``argv`` to its end: wall time, and user+sys CPU and peak RSS of that process from os.wait4."""
-        assert self.process.stdin is not None and self.process.stdout is not None
-        with tempfile.TemporaryDirectory(prefix="kingest-bench-run-") as tmp:
-            out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
-            job = {
-                "argv": argv,
-                "env": env,
-                "cwd": str(cwd),
-                "timeout": timeout,
-                "stdout": str(out),
-                "stderr": str(err),
-            }
-            self.process.stdin.write(json.dumps(job) + "\n")
-            self.process.stdin.flush()
-            reply = self.process.stdout.readline()
-            if not reply:
-                raise BenchError("benchmarks/spawner.py stopped")
-            got = json.loads(reply)
-            stdout = out.read_text(errors="replace")
-            stderr = err.read_text(errors="replace")
-        run = Run(
-            "",
-            0,
-            got["wall_s"],
-            got["user_s"],
-            got["sys_s"],
-            got["maxrss_kb"] * 1024 / MB,
-            got["returncode"],
-            got["load1"],
-        )
-        return run, stdout, stderr
-
-    def close(self) -> None:
-        if self.process.stdin is not None:
-            self.process.stdin.close()
-        self.process.wait(timeout=30)
 
 
 # ---------------------------------------------------------------------------------------------- the bench
@@ -213,13 +77,13 @@ class Bench:
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         self.tag = f"{stamp}-{uuid.uuid4().hex[:4]}"
         self.work = Path(tempfile.mkdtemp(prefix="kingest-bench-", dir=args.work_dir))
-        self.s3_prefix = f"{args.s3_bucket}/bench-{self.tag}"
-        self.groups: list[str] = []
         self.topics: dict[str, dataset.Produced] = {}
         self.runs: list[Run] = []
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("KINGEST_CRASH")}
         self.env["KINGEST_BENCH_S3_SECRET"] = args.s3_secret
-        self.kingest_env = {**self.env, **args.env}  # --env: for the kingest contenders only
+        s3 = S3Place(args.s3_endpoint, args.s3_key, args.s3_secret, f"{args.s3_bucket}/bench-{self.tag}")
+        # --env: for the kingest contenders only
+        self.measurer = Measurer(spawner, self.bootstrap, self.tag, self.work, s3, self.env, {**self.env, **args.env})
 
     # ------------------------------------------------------------------------------------ set-up
 
@@ -235,7 +99,7 @@ class Bench:
                 self.bootstrap, main_topic, a.records, a.partitions, a.value_size, a.seed
             )
         partitions = self.topics["main"].partitions
-        if "alo-1-record" in a.only:
+        if any(c.topic == "slice" for c in self.chosen()):
             self.topics["slice"] = dataset.produce(
                 self.bootstrap, f"kingest-bench-{self.tag}-slice", a.slice, partitions, a.value_size, a.seed, True
             )
@@ -256,104 +120,25 @@ class Bench:
             return
         ours = [p.topic for role, p in self.topics.items() if not (role == "main" and self.args.topic)]
         try:
-            dataset.delete_topics(self.bootstrap, ours, self.groups)
+            dataset.delete_topics(self.bootstrap, ours, self.measurer.groups)
         except Exception as exc:
             print(f"could not delete the bench topics {ours}: {exc}", file=sys.stderr)
+        s3 = self.measurer.s3
         try:
-            self.s3_fs().rm(self.s3_prefix, recursive=True)
+            s3.fs().rm(s3.prefix, recursive=True)
         except FileNotFoundError:
             pass
         except Exception as exc:
-            print(f"could not delete s3://{self.s3_prefix}: {exc}", file=sys.stderr)
+            print(f"could not delete s3://{s3.prefix}: {exc}", file=sys.stderr)
 
-    def s3_fs(self) -> Any:
-        import fsspec
-
-        return fsspec.filesystem("s3", **self.s3_options(self.args.s3_secret))
-
-    def s3_options(self, secret: str) -> dict[str, Any]:
-        return {"endpoint_url": self.args.s3_endpoint, "key": self.args.s3_key, "secret": secret}
-
-    # ------------------------------------------------------------------------------------ one run
-
-    def run_one(self, c: Contender, rep: int) -> Run:
-        produced = self.topics[c.topic]
-        group = f"kingest-bench-{self.tag}-{c.name.replace(':', '-')}-{rep}"
-        timeout = 120 + produced.records / 1000
-        expected = produced.records
-        cleanup: Callable[[], None] = lambda: None  # noqa: E731
-        if c.kind == "java":
-            self.groups.append(group)
-            argv = java_command(self.bootstrap, produced.topic, expected, group)
-        elif c.kind == "bare":
-            self.groups.append(group)
-            argv = [sys.executable, str(HERE / "bare_consumer.py"), "--bootstrap", self.bootstrap]
-            argv += ["--topic", produced.topic, "--group", group, "--client", c.client]
-        else:
-            argv, cleanup = self.kingest_command(c, produced.topic, group, rep)
-        env = self.kingest_env if c.kind == "kingest" else self.env
-        run, stdout, stderr = self.spawner.measure(argv, env, timeout, ROOT)
-        run.name, run.rep = c.name, rep
-        try:
-            if run.returncode != 0:
-                raise BenchError(f"{c.name} exited with {run.returncode}:\n{_tail(stderr)}")
-            if c.kind == "java":
-                run.extra = parse_java(stdout)
-                run.records = int(run.extra["data.consumed.in.nMsg"])
-            elif c.kind == "bare":
-                reported = json.loads(stdout.strip().splitlines()[-1])
-                run.records, run.extra = reported.pop("records"), reported
-            else:
-                summary = json.loads(stdout.strip().splitlines()[-1])
-                run.records = summary["records"]
-                run.extra = {k: summary[k] for k in ("files", "bytes", "commits", "seconds")}
-                if c.lake == "local":
-                    run.extra["rows_in_lake"] = count_rows(self.work / group)
-                    if run.extra["rows_in_lake"] != expected:
-                        raise BenchError(f"{c.name}: the lake holds {run.extra['rows_in_lake']} rows, not {expected}")
-            if run.records != expected:
-                raise BenchError(f"{c.name} read {run.records} records, not {expected}")
-        finally:
-            cleanup()
-        return run
-
-    def kingest_command(self, c: Contender, topic: str, group: str, rep: int) -> tuple[list[str], Callable[[], None]]:
-        self.groups.append(f"kingest-{group}")
-        if c.lake == "s3":
-            lake_path = f"s3://{self.s3_prefix}/{group}"
-            options = self.s3_options("${KINGEST_BENCH_S3_SECRET}")
-        else:
-            lake_path, options = str(self.work / group), {}
-        config = {
-            "pipeline": group,
-            "kafka": {"bootstrap_servers": self.bootstrap, "topics": [topic], "client": c.client},
-            "records": {"format": "json"},
-            "lake": {"path": lake_path, "storage_options": options},
-            "semantics": c.semantics,
-        }
-        if c.batch:
-            config["batch"] = dict(c.batch)
-        config_path = self.work / f"{group}.yaml"
-        config_path.write_text(json.dumps(config, indent=2))  # JSON is YAML
-
-        def cleanup() -> None:
-            config_path.unlink(missing_ok=True)
-            if c.lake == "local":
-                shutil.rmtree(lake_path, ignore_errors=True)
-            else:
-                try:
-                    self.s3_fs().rm(lake_path.removeprefix("s3://"), recursive=True)
-                except FileNotFoundError:
-                    pass
-
-        argv = [sys.executable, "-m", "kingest", "run", "-c", str(config_path), "--until-caught-up"]
-        return argv + ["--log-format", "json"], cleanup
+    def chosen(self) -> list[Contender]:
+        return [c for c in CONTENDERS if c.name in self.args.only]
 
     # ------------------------------------------------------------------------------------ the whole run
 
     def run(self) -> dict[str, Any]:
         a = self.args
-        chosen = [c for c in CONTENDERS if c.name in a.only]
+        chosen = self.chosen()
         startups = [s for s in STARTUPS if s.startup_of in a.only] if a.startup else []
         order = chosen + startups
         loads: list[tuple[float, ...]] = []
@@ -363,7 +148,8 @@ class Bench:
             rotated = order[shift:] + order[:shift]  # no contender always runs first, or right after another
             print(f"repetition {rep + 1}/{a.repetitions} (load average {loads[-1][0]:.2f}):")
             for c in rotated:
-                run = self.run_one(c, rep)
+                produced = self.topics[c.topic]
+                run = self.measurer.run_one(c, rep, produced.topic, produced.records)
                 self.runs.append(run)
                 print(
                     f"  {c.name:<20} {run.wall_s:7.2f}s wall {run.cpu_s:7.2f}s CPU {run.maxrss_mb:6.0f} MB RSS"
@@ -375,221 +161,30 @@ class Bench:
         return self.summarise(chosen, loads, help_times)
 
     def summarise(self, chosen: list[Contender], loads: list[tuple[float, ...]], help_times: list[float]) -> dict:
+        """The JSON written to benchmarks/results (its keys are what docs/performance.md quotes)."""
         a = self.args
-        by_rep: dict[tuple[str, int], Run] = {(r.name, r.rep): r for r in self.runs}
-        reps = range(a.repetitions)
-        results: dict[str, Any] = {}
-
-        def rate(name: str, rep: int) -> float | None:
-            run = by_rep.get((name, rep))
-            return None if run is None or not run.records else run.records / run.wall_s
-
-        def net_rate(name: str, rep: int) -> float | None:
-            run = by_rep.get((name, rep))
-            if run is None or not run.records:
-                return None
-            if name == "java":
-                return run.records / (float(run.extra["fetch.time.ms"]) / 1000)
-            startup = by_rep.get((f"{name}:startup", rep))
-            if startup is None or run.wall_s <= startup.wall_s:
-                return None
-            return run.records / (run.wall_s - startup.wall_s)
-
-        def cpu_per_record(name: str, rep: int) -> float | None:
-            run = by_rep.get((name, rep))
-            return None if run is None or not run.records else run.cpu_s / run.records
-
-        def ratios(f: Callable[[str, int], float | None], name: str, base: str) -> float | None:
-            values = [x / y for rep in reps if (x := f(name, rep)) and (y := f(base, rep))]
-            return _median(values)
-
-        for c in chosen:
-            runs = [by_rep[(c.name, rep)] for rep in reps if (c.name, rep) in by_rep]
-            produced = self.topics[c.topic]
-            startup = [by_rep[(f"{c.name}:startup", rep)] for rep in reps if (f"{c.name}:startup", rep) in by_rep]
-            entry: dict[str, Any] = {
-                "label": c.label,
-                "topic": c.topic,
-                "records": produced.records,
-                "records_per_s": _median([produced.records / r.wall_s for r in runs]),
-                "mb_per_s": _median([produced.nbytes / MB / r.wall_s for r in runs]),
-                "wall_s": _median([r.wall_s for r in runs]),
-                "cpu_s": _median([r.cpu_s for r in runs]),
-                "peak_rss_mb": _median([r.maxrss_mb for r in runs]),
-                "max_peak_rss_mb": max((r.maxrss_mb for r in runs), default=None),
-                "startup_s": _median([r.wall_s for r in startup]) if startup else None,
-                "net_records_per_s": _median([x for rep in reps if (x := net_rate(c.name, rep))]),
-                "vs_java": ratios(rate, c.name, "java"),
-                "vs_bare": ratios(rate, c.name, "bare"),
-                "net_vs_java": ratios(net_rate, c.name, "java"),
-                "net_vs_bare": ratios(net_rate, c.name, "bare"),
-                "vs_own_bare": ratios(rate, c.name, c.own_bare),
-                "client": c.client,
-                # CPU seconds per record, as a multiple of the bare loop's: the measure least moved by a busy machine
-                "cpu_per_record_vs_bare": ratios(cpu_per_record, c.name, "bare"),
-            }
-            if c.kind == "kingest":
-                max_bytes = parse_size(c.batch.get("max_bytes", DEFAULT_MAX_BYTES))
-                entry["batch_max_bytes"] = max_bytes
-                entry["rss_limit_mb"] = (1.5 * max_bytes + 200 * MB) / MB
-                entry["files"] = _median([r.extra.get("files", 0) for r in runs])
-                entry["commits"] = _median([r.extra.get("commits", 0) for r in runs])
-            if c.kind == "java":
-                entry["java_fetch_records_per_s"] = _median([float(r.extra["fetch.nMsg.sec"]) for r in runs])
-                entry["java_rebalance_ms"] = _median([float(r.extra["rebalance.time.ms"]) for r in runs])
-            results[c.name] = entry
-
-        def pair(name: str, base: str, f: Callable[[str, int], float | None] = rate) -> float | None:
-            return ratios(f, name, base) if name in results and base in results else None
-
-        help_median = _median(help_times) if help_times else None
-        targets = [
-            target("at-least-once local >= 0.9x bare loop", pair("alo", "bare"), 0.9, pair("alo", "bare", net_rate)),
-            target("exactly-once local >= 0.9x bare loop", pair("eo", "bare"), 0.9, pair("eo", "bare", net_rate)),
-            target(
-                "at-least-once local, confluent >= 0.9x bare loop",
-                pair("alo-confluent", "bare"),
-                0.9,
-                pair("alo-confluent", "bare", net_rate),
-            ),
-            target(
-                "exactly-once local, confluent >= 0.9x bare loop",
-                pair("eo-confluent", "bare"),
-                0.9,
-                pair("eo-confluent", "bare", net_rate),
-            ),
-            target(
-                "at-most-once within 5% of at-least-once",
-                pair("amo", "alo"),
-                0.95,
-                pair("amo", "alo", net_rate),
-                upper=1.05,
-            ),
-            target(
-                "exactly-once S3 >= 0.8x exactly-once local", pair("eo-s3", "eo"), 0.8, pair("eo-s3", "eo", net_rate)
-            ),
-        ]
-        for name, entry in results.items():
-            if "rss_limit_mb" in entry and entry["max_peak_rss_mb"] is not None:
-                targets.append(
-                    {
-                        "target": f"{name}: peak RSS <= 1.5 x batch.max_bytes + 200 MB "
-                        f"({entry['rss_limit_mb']:.0f} MB)",
-                        "value": round(entry["max_peak_rss_mb"], 1),
-                        "met": entry["max_peak_rss_mb"] <= entry["rss_limit_mb"],
-                    }
-                )
-        if help_median is not None:
-            targets.append(
-                {
-                    "target": f"kingest --help under 0.3 s (median of {len(help_times)})",
-                    "value": help_median,
-                    "met": help_median < 0.3,
-                }
-            )
-        main = self.topics["main"]
+        runs = summary.index(self.runs)
+        results = summary.results(chosen, runs, a.repetitions, self.topics)
         return {
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "quick": a.quick,
-            "dataset": {
-                "records": main.records,
-                "partitions": main.partitions,
-                "value_size_target": a.value_size,
-                "mean_value_bytes": round(main.value_bytes / max(1, main.records), 1),
-                "key_and_value_mb": round(main.nbytes / MB, 2),
-                "slice_records": self.topics["slice"].records if "slice" in self.topics else None,
-                "produce_seconds": round(main.seconds, 2),
-                "format": "JSON objects (benchmarks/dataset.py), uncompressed topic, keys, no headers",
-            },
+            "dataset": summary.dataset_figures(
+                self.topics["main"],
+                self.topics["slice"].records if "slice" in self.topics else None,
+                a.value_size,
+            ),
             "repetitions": a.repetitions,
             "machine": machine_info(loads),
             "consumer_settings": consumer_settings(self.bootstrap),
             "kingest_env": a.env,
             "results": results,
             "help_seconds": help_times,
-            "targets": targets,
-            "runs": [
-                {
-                    "name": r.name,
-                    "rep": r.rep,
-                    "wall_s": round(r.wall_s, 3),
-                    "user_s": round(r.user_s, 3),
-                    "sys_s": round(r.sys_s, 3),
-                    "maxrss_mb": round(r.maxrss_mb, 1),
-                    "load1": round(r.load1, 2),
-                    "records": r.records,
-                    **r.extra,
-                }
-                for r in self.runs
-            ],
+            "targets": summary.targets(TARGETS, results, runs, a.repetitions, help_times),
+            "runs": [summary.run_row(r) for r in self.runs],
         }
 
 
-class BenchError(Exception):
-    pass
-
-
-def target(
-    name: str, value: float | None, lower: float, net: float | None, upper: float | None = None
-) -> dict[str, Any]:
-    def met(x: float | None) -> bool | None:
-        return None if x is None else (x >= lower and (upper is None or x <= upper))
-
-    return {"target": name, "value": value, "met": met(value), "net_value": net, "net_met": met(net)}
-
-
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-def java_command(bootstrap: str, topic: str, records: int, group: str) -> list[str]:
-    """Kafka's consumer perf test with kingest's consumer settings where the two clients share them."""
-    settings = consumer_settings(bootstrap)
-    argv = [sys.executable, str(ROOT / "services" / "devservices.py"), "kafka-tool", "consumer-perf-test"]
-    argv += ["--bootstrap-server", bootstrap, "--topic", topic, "--num-records", str(records), "--group", group]
-    argv += ["--timeout", "60000", "--fetch-size", str(settings["max_partition_fetch_bytes"])]
-    for key, value in {
-        "fetch.min.bytes": settings["fetch_min_bytes"],
-        "fetch.max.bytes": settings["fetch_max_bytes"],
-        "fetch.max.wait.ms": settings["fetch_max_wait_ms"],
-        "max.poll.records": settings["max_poll_records"],
-        "isolation.level": settings["isolation_level"],
-        "check.crcs": str(settings["check_crcs"]).lower(),
-        "auto.offset.reset": "earliest",
-        "enable.auto.commit": "false",
-    }.items():
-        argv += ["--command-property", f"{key}={value}"]
-    return argv
-
-
-def parse_java(stdout: str) -> dict[str, str]:
-    lines = [line for line in stdout.splitlines() if line.strip()]
-    header = next(i for i, line in enumerate(lines) if line.startswith("start.time"))
-    keys = [k.strip() for k in lines[header].split(",")]
-    values = [v.strip() for v in lines[header + 1].split(",")]
-    return dict(zip(keys, values, strict=True))
-
-
-def consumer_settings(bootstrap: str) -> dict[str, Any]:
-    """The consumer settings kingest runs with by default (the bare loop uses the same)."""
-    from kingest.config import KafkaConfig
-
-    settings = KafkaConfig(bootstrap_servers=(bootstrap,), topics=("t",), group_id="g").consumer_settings()
-    keep = ("fetch_min_bytes", "fetch_max_wait_ms", "fetch_max_bytes", "max_partition_fetch_bytes")
-    return {k: settings[k] for k in (*keep, "max_poll_records", "check_crcs", "isolation_level")}
-
-
-def parse_size(value: Any) -> int:
-    from kingest.config import parse_size as parse
-
-    return parse(value)
-
-
-def count_rows(path: Path) -> int:
-    import pyarrow.dataset as ds
-
-    if not path.exists():
-        return 0
-    return ds.dataset(str(path), format="parquet", partitioning="hive").count_rows()
 
 
 def existing_topic(bootstrap: str, topic: str) -> dataset.Produced:
@@ -616,18 +211,6 @@ def existing_topic(bootstrap: str, topic: str) -> dataset.Produced:
         consumer.close()
     scale = records / max(1, sampled)
     return dataset.Produced(topic, records, len(partitions), round(keys * scale), round(values * scale), 0.0)
-
-
-def measure_help(spawner: Spawner, env: dict[str, str], runs: int = 10) -> list[float]:
-    script = Path(sys.executable).parent / "kingest"
-    argv = [str(script), "--help"] if script.exists() else [sys.executable, "-m", "kingest", "--help"]
-    times = []
-    for _ in range(runs):
-        run, _, stderr = spawner.measure(argv, env, 30, ROOT)
-        if run.returncode != 0:
-            raise BenchError(f"kingest --help exited with {run.returncode}: {_tail(stderr)}")
-        times.append(round(run.wall_s, 4))
-    return times
 
 
 def machine_info(loads: list[tuple[float, ...]]) -> dict[str, Any]:
@@ -666,14 +249,6 @@ def _git() -> str | None:
     return head.stdout.strip() + (" (uncommitted changes)" if dirty.stdout.strip() else "")
 
 
-def _median(values: list[float]) -> float | None:
-    return statistics.median(values) if values else None
-
-
-def _tail(text: str, lines: int = 15) -> str:
-    return "\n".join(text.strip().splitlines()[-lines:])
-
-
 def ensure_services(bootstrap: str, s3_endpoint: str | None) -> None:
     """Start the dev broker (and S3 server) when they do not answer; they are shared, so never stopped here."""
     host, _, port = bootstrap.rpartition(":")
@@ -702,90 +277,31 @@ def _answers(host: str, port: int) -> bool:
 # ---------------------------------------------------------------------------------------------- output
 
 
-def _fmt(x: float | None, spec: str) -> str:
-    return "–" if x is None else format(x, spec)
-
-
-def _ratio(x: float | None) -> str:
-    return "–" if x is None else (f"{x:.2f}" if x >= 0.1 else f"{x:.2g}")
-
-
-def markdown(summary: dict[str, Any]) -> str:
-    d, m = summary["dataset"], summary["machine"]
-    loads = [x[0] for x in m["load_average_per_repetition"]]
-    lines = [
-        f"{d['records']:,} JSON records (mean value {d['mean_value_bytes']:.0f} B, {d['key_and_value_mb']} MB of keys "
-        f"and values) over {d['partitions']} partitions; median of {summary['repetitions']} repetition(s); "
-        f"{m['cpus']} CPUs, 1-min load average {min(loads):.1f}-{max(loads):.1f} during the run.",
-        "",
-        "| contender | records/s | MB/s | wall s | CPU s | peak RSS MB | vs Java | vs bare | vs own client "
-        "| startup s | net vs bare | CPU/record vs bare |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in summary["results"].values():
-        label = r["label"] + (f" ({r['records']:,} records)" if r["topic"] != "main" else "")
-        lines.append(
-            f"| {label} | {_fmt(r['records_per_s'], ',.0f')} | {_fmt(r['mb_per_s'], '.1f')} | "
-            f"{_fmt(r['wall_s'], '.2f')} | {_fmt(r['cpu_s'], '.2f')} | {_fmt(r['peak_rss_mb'], '.0f')} | "
-            f"{_ratio(r['vs_java'])} | {_ratio(r['vs_bare'])} | {_ratio(r.get('vs_own_bare'))} | "
-            f"{_fmt(r['startup_s'], '.2f')} | "
-            f"{_ratio(r['net_vs_bare'])} | {_fmt(r['cpu_per_record_vs_bare'], '.2f')} |"
-        )
-    lines += ["", "| target | measured | met | net of startup | met |", "|---|---:|---|---:|---|"]
-    for t in summary["targets"]:
-        value = t["value"]
-        shown = "–" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value))
-        net = t.get("net_value")
-        lines.append(
-            f"| {t['target']} | {shown} | {_yes(t['met'])} | {'' if net is None else f'{net:.3f}'} | "
-            f"{'' if 'net_met' not in t else _yes(t['net_met'])} |"
-        )
-    return "\n".join(lines)
-
-
-def _yes(met: bool | None) -> str:
-    return "–" if met is None else ("yes" if met else "**no**")
-
-
-def chart(summary: dict[str, Any], path: Path) -> None:
+def chart(result: dict[str, Any], path: Path) -> None:
+    """The PNG: records/s and peak RSS per contender (the bars and title from summary.py)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    results = summary["results"]
-    names = list(results)[::-1]
-    labels = [results[n]["label"] for n in names]
-    rates: list[float] = [results[n]["records_per_s"] or 0.0 for n in names]
-    rss = [results[n]["peak_rss_mb"] or 0 for n in names]
-    colors = ["#7f7f7f" if n in ("java", "bare", "bare-confluent") else "#1f77b4" for n in names]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 0.55 * len(names) + 1.8), sharey=True)
-    left.barh(labels, rates, color=colors)
-    for y, n in enumerate(names):
-        r = results[n]
-        note = f"{r['records_per_s']:,.0f}/s" if r["records_per_s"] else ""
-        if r.get("vs_bare") is not None and n != "bare":
-            note += f"  {_ratio(r['vs_bare'])}x bare"
-        left.text((r["records_per_s"] or 0) * 1.01, y, note, va="center", fontsize=8)
+    bars = summary.chart_bars(result["results"], [c.name for c in CONTENDERS if c.kind != "kingest"])
+    labels = [b.label for b in bars]
+    colors = [b.color for b in bars]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 0.55 * len(bars) + 1.8), sharey=True)
+    left.barh(labels, [b.rate for b in bars], color=colors)
+    for y, b in enumerate(bars):
+        left.text(b.rate * 1.01, y, b.note, va="center", fontsize=8)
     left.set_xlabel("records/s (median, wall clock, process start to exit)")
     left.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x / 1000:,.0f}k"))
-    fastest = max(rates, default=0.0)
+    fastest = max((b.rate for b in bars), default=0.0)
     left.set_xlim(0, fastest * 1.45 if fastest else 1.0)
-    right.barh(labels, rss, color=colors)
-    for y, n in enumerate(names):
-        limit = results[n].get("rss_limit_mb")
-        if limit:
-            right.plot([limit, limit], [y - 0.4, y + 0.4], color="#d62728", linewidth=2)
+    right.barh(labels, [b.rss for b in bars], color=colors)
+    for y, b in enumerate(bars):
+        if b.rss_limit:
+            right.plot([b.rss_limit, b.rss_limit], [y - 0.4, y + 0.4], color="#d62728", linewidth=2)
     right.set_xlabel("peak RSS, MB (red: 1.5 x batch.max_bytes + 200 MB)")
-    d, m = summary["dataset"], summary["machine"]
-    loads = [x[0] for x in m["load_average_per_repetition"]]
-    fig.suptitle(
-        f"kingest {summary['date'][:10]}: {d['records']:,} JSON records of ~{d['mean_value_bytes']:.0f} B, "
-        f"{d['partitions']} partitions, median of {summary['repetitions']}; {m['cpus']} CPUs, "
-        f"load {min(loads):.1f}-{max(loads):.1f}",
-        fontsize=10,
-    )
+    fig.suptitle(summary.chart_title(result), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -836,7 +352,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = [n for n in args.only if n not in NAMES]
     if unknown:
         parser.error(f"unknown contender(s) {', '.join(unknown)}; choose from {', '.join(NAMES)}")
-    confluent = [n for n in args.only if n.endswith("confluent")]
+    confluent = [c.name for c in CONTENDERS if c.name in args.only and c.client == "confluent"]
     if confluent and importlib.util.find_spec("confluent_kafka") is None:
         print(
             f"bench.py: confluent-kafka is not installed: skipping {', '.join(confluent)} "
@@ -863,12 +379,12 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
     spawner = Spawner()  # first, while this process is small (see Spawner)
-    s3 = "eo-s3" in args.only
+    s3 = any(c.lake == "s3" for c in CONTENDERS if c.name in args.only)
     ensure_services(args.bootstrap, args.s3_endpoint if s3 else None)
     bench = Bench(args, spawner)
     try:
         bench.produce()
-        summary = bench.run()
+        result = bench.run()
     except BenchError as exc:
         print(f"bench.py: {exc}", file=sys.stderr)
         return 1
@@ -877,14 +393,14 @@ def main(argv: list[str] | None = None) -> int:
         bench.cleanup()
     args.out.mkdir(parents=True, exist_ok=True)
     stem = dt.date.today().isoformat() + ("-quick" if args.quick else "")
-    (args.out / f"{stem}.json").write_text(json.dumps(summary, indent=2) + "\n")
-    table = markdown(summary)
+    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    table = summary.markdown(result)
     print()
     print(table)
     print()
     written = [args.out / f"{stem}.json"]
     if args.chart:
-        chart(summary, args.out / f"{stem}.png")
+        chart(result, args.out / f"{stem}.png")
         written.append(args.out / f"{stem}.png")
     print("wrote " + ", ".join(str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p) for p in written))
     return 0

@@ -2,8 +2,8 @@
 that fails after part of the data reached the store.
 
 The broker and S3 tests stop a server in the middle of a run, so they run their OWN servers (a second KRaft
-broker, a second `weed mini`), started through services/devservices.py with a private KINGEST_DEV_DIR and free
-ports: the shared dev services, which other tests and engineers use, are never touched.
+broker, a second `weed mini`: the `private_kafka` and `private_s3` fixtures of tests/integration/conftest.py,
+see private_services.py): the shared dev services, which other tests and engineers use, are never touched.
 
 Each run is a real `python -m kingest run` process; the lake is read back independently (pyarrow, see
 support/lake.py) and checked against the offsets in the topic, per semantics.
@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -24,12 +23,13 @@ import time
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from .private_services import PrivateService
 from .support import (
     LakeView,
     covers,
@@ -45,123 +45,7 @@ from .support import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[2]
-DEVSERVICES = ROOT / "services" / "devservices.py"
 PARTITIONS = 3
-
-
-# --------------------------------------------------------------------------------------------- private servers
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_ports(count: int, grpc: bool = False) -> list[int]:
-    """`count` free ports (and, for SeaweedFS, each port + 10000 free too), away from the dev services'."""
-    found: list[int] = []
-    for port in range(21000 + (os.getpid() * 37) % 9000, 45000):
-        taken = {*found, *(p + 10000 for p in found)}
-        if port in taken or (grpc and port + 10000 in taken):
-            continue
-        if _free(port) and (not grpc or _free(port + 10000)):
-            found.append(port)
-            if len(found) == count:
-                return found
-    raise RuntimeError("no free ports for a private server")
-
-
-class PrivateService:
-    """One devservices service (kafka or s3) with its own data folder and ports, stopped and started at will."""
-
-    def __init__(self, name: str, home: Path, env: dict[str, str]) -> None:
-        self.name = name
-        self.home = home
-        self.env = {**os.environ, "KINGEST_DEV_DIR": str(home), **env}
-        for key in ("KINGEST_KAFKA_BOOTSTRAP", "KINGEST_S3_ENDPOINT"):
-            self.env.pop(key, None)
-
-    def _devservices(self, *args: str) -> None:
-        done = subprocess.run(
-            [sys.executable, str(DEVSERVICES), *args], env=self.env, capture_output=True, text=True, timeout=180
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"devservices {' '.join(args)} failed: {done.stdout}{done.stderr}")
-
-    def up(self) -> None:
-        self._devservices("up", self.name)
-
-    def down(self) -> None:
-        self._devservices("down", self.name)
-
-
-def _shared_jars() -> Path:
-    """The Kafka jars of the shared dev services (fetched once by Maven), so a private broker needs no download."""
-    home = Path(os.environ.get("KINGEST_DEV_DIR") or ROOT / ".kingest-dev").resolve()
-    return home / "jars"
-
-
-@pytest.fixture(scope="module")
-def private_kafka(tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str) -> Iterator[PrivateService]:
-    """A second single-node KRaft broker on free ports. `kafka_bootstrap` first: the shared broker (and so its
-    jars) exists before this one is made."""
-    home = tmp_path_factory.mktemp("private-kafka")
-    (home / "jars").symlink_to(_shared_jars(), target_is_directory=True)
-    plain, controller, sasl = _free_ports(3)
-    broker = PrivateService(
-        "kafka",
-        home,
-        {
-            "KINGEST_KAFKA_PORT": str(plain),
-            "KINGEST_KAFKA_CONTROLLER_PORT": str(controller),
-            "KINGEST_KAFKA_SASL_PORT": str(sasl),
-        },
-    )
-    broker.bootstrap = f"127.0.0.1:{plain}"  # type: ignore[attr-defined]
-    broker.up()
-    try:
-        yield broker
-    finally:
-        broker.down()
-        shutil.rmtree(home / "kafka", ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def private_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateService]:
-    """A second `weed mini` S3 server on free ports, with its own bucket and credentials."""
-    home = tmp_path_factory.mktemp("private-s3")
-    s3, master, volume, filer, admin = _free_ports(5, grpc=True)
-    server = PrivateService(
-        "s3",
-        home,
-        {
-            "KINGEST_S3_PORT": str(s3),
-            "KINGEST_S3_MASTER_PORT": str(master),
-            "KINGEST_S3_VOLUME_PORT": str(volume),
-            "KINGEST_S3_FILER_PORT": str(filer),
-            "KINGEST_S3_ADMIN_PORT": str(admin),
-            "KINGEST_S3_ACCESS_KEY": "faults",
-            "KINGEST_S3_SECRET_KEY": "faults-secret-key",
-            "KINGEST_S3_BUCKET": "faults",
-        },
-    )
-    server.storage_options = {  # type: ignore[attr-defined]
-        "endpoint_url": f"http://127.0.0.1:{s3}",
-        "key": "faults",
-        "secret": "faults-secret-key",
-    }
-    server.up()
-    try:
-        yield server
-    finally:
-        server.down()
-        shutil.rmtree(home / "s3", ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -283,7 +167,7 @@ def test_broker_stopped_and_started_during_a_run(private_kafka: PrivateService, 
     Then the broker comes back: every run must resume on its own, and its lake (read independently) must hold
     what its semantics promises without a crash: every offset (exactly-once: once; at-most-once: never twice).
     What the runs log about the outage is printed for diagnosis only."""
-    bootstrap = private_kafka.bootstrap  # type: ignore[attr-defined]
+    bootstrap = private_kafka.bootstrap
     topic = create_topic(bootstrap)
     produce(bootstrap, topic, 100, start=0)
     lakes: dict[str, str] = {}
@@ -369,7 +253,7 @@ def test_s3_stopped_and_started_during_a_run(
     LakeRetry metric) until the server is back; then exactly-once still holds every offset once, and
     at-least-once misses none. The lake is read back from the server with pyarrow, and `kingest verify` audits
     it too. What the runs log about the outage is printed for diagnosis only."""
-    options = private_s3.storage_options  # type: ignore[attr-defined]
+    options = private_s3.storage_options
     topic = topic_factory(PARTITIONS, name="s3-bounce")
     produce(kafka_bootstrap, topic, 100, start=0)
     lakes = {s: f"s3://faults/{s}-{uuid.uuid4().hex[:8]}" for s in ("at-least-once", "exactly-once")}

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from services.latency_proxy import LatencyProxy
 from tests.conftest import kafka_client, wait_for_topic
 
 from .support import Instance, duplicates, events, folder_offsets, missing, private_producer, write_config
@@ -38,80 +38,6 @@ ROUNDS = 4  # rebalances, a partition added each time
 DELAY = 0.3  # seconds each request to the lake waits: a flush of 4 partitions or more (a PUT each) outlasts a poll
 FIRST = 150  # records per partition before the first rebalance
 LATER = 40  # records per partition (old and new) after each
-
-
-class DelayProxy:
-    """A TCP proxy in front of an S3 server that holds each HTTP request ``delay`` seconds before passing it
-    on (headers first, then the body as it comes: `Expect: 100-continue` works through it)."""
-
-    def __init__(self, upstream: str, delay: float) -> None:
-        host, port = upstream.removeprefix("http://").rsplit(":", 1)
-        self.upstream = (host, int(port))
-        self.delay = delay
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def close(self) -> None:
-        self.listener.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
-
-    @staticmethod
-    def _pipe_back(upstream: socket.socket, client: socket.socket) -> None:
-        try:
-            while data := upstream.recv(65536):
-                client.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (client, upstream):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def _serve(self, client: socket.socket) -> None:
-        upstream = socket.create_connection(self.upstream)
-        for s in (client, upstream):
-            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        threading.Thread(target=self._pipe_back, args=(upstream, client), daemon=True).start()
-        buffer = b""
-        try:
-            while True:
-                while b"\r\n\r\n" not in buffer:
-                    data = client.recv(65536)
-                    if not data:
-                        return
-                    buffer += data
-                head, buffer = buffer.split(b"\r\n\r\n", 1)
-                head += b"\r\n\r\n"
-                assert b"chunked" not in head.lower(), "chunked uploads are not handled by this proxy"
-                headers = dict(line.split(b":", 1) for line in head.split(b"\r\n")[1:] if b":" in line)
-                length = int(next((v for k, v in headers.items() if k.strip().lower() == b"content-length"), b"0"))
-                time.sleep(self.delay)
-                upstream.sendall(head)
-                while length > 0:
-                    if not buffer:
-                        buffer = client.recv(65536)
-                        if not buffer:
-                            return
-                    chunk, buffer = buffer[:length], buffer[length:]
-                    upstream.sendall(chunk)
-                    length -= len(chunk)
-        except OSError:
-            pass
-        finally:
-            try:
-                upstream.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
 
 
 def _free_port() -> int:
@@ -161,7 +87,7 @@ def test_partitions_come_back_after_a_rebalance_during_a_slow_revocation_flush(
     topic = topic_factory(START, name="rebalance")
     for p in range(START):
         produce(topic, events(FIRST, p * FIRST), partition=p)
-    proxy = DelayProxy(s3_endpoint, DELAY)
+    proxy = LatencyProxy(s3_endpoint, DELAY).start()
     lake = f"{s3_prefix}/lake"
     # The consumer refreshes its metadata every 0.5 s, so that it sees the new partitions at once.
     refresh = (

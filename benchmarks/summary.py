@@ -1,0 +1,345 @@
+"""The summary: the measured runs (measure.Run) turned into figures, targets, the markdown table and the chart's
+bars. Small pure functions, tested in tests/unit/test_bench_summary.py on hand-made runs.
+
+Runs are indexed by (contender name, repetition); a contender's startup twin is "<name>:startup". Each figure
+is the median over the repetitions; a ratio is taken within a repetition (runs side by side), then the median
+of those. A figure that cannot be had (a contender not run, a zero, a startup as long as the run) is None, and
+shows as "–".
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from contenders import Contender, Target
+    from measure import Run
+
+MB = 1_000_000
+
+Runs = Mapping[tuple[str, int], "Run"]
+Metric = Callable[[Runs, str, int], "float | None"]
+
+
+class Topic(Protocol):
+    """What the summary needs of a produced topic (dataset.Produced, a frozen dataclass)."""
+
+    @property
+    def records(self) -> int: ...
+
+    @property
+    def partitions(self) -> int: ...
+
+    @property
+    def value_bytes(self) -> int: ...
+
+    @property
+    def seconds(self) -> float: ...
+
+    @property
+    def nbytes(self) -> int: ...
+
+
+def index(runs: Iterable[Run]) -> dict[tuple[str, int], Run]:
+    return {(r.name, r.rep): r for r in runs}
+
+
+def median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+# ------------------------------------------------------------------------------------ per repetition
+
+
+def rate(runs: Runs, name: str, rep: int) -> float | None:
+    """Records a second, process start to exit."""
+    run = runs.get((name, rep))
+    return None if run is None or not run.records else run.records / run.wall_s
+
+
+def net_rate(runs: Runs, name: str, rep: int) -> float | None:
+    """Records a second net of the fixed cost: wall time less the startup twin's. Java's own fetch rate."""
+    run = runs.get((name, rep))
+    if run is None or not run.records:
+        return None
+    if name == "java":
+        return run.records / (float(run.extra["fetch.time.ms"]) / 1000)
+    startup = runs.get((f"{name}:startup", rep))
+    if startup is None or run.wall_s <= startup.wall_s:
+        return None
+    return run.records / (run.wall_s - startup.wall_s)
+
+
+def cpu_per_record(runs: Runs, name: str, rep: int) -> float | None:
+    run = runs.get((name, rep))
+    return None if run is None or not run.records else run.cpu_s / run.records
+
+
+def median_ratio(metric: Metric, runs: Runs, name: str, base: str, reps: int) -> float | None:
+    """The median over the repetitions of ``metric`` of ``name`` over that of ``base`` in the same repetition
+    (repetitions where either is missing or zero are left out)."""
+    values = [x / y for rep in range(reps) if (x := metric(runs, name, rep)) and (y := metric(runs, base, rep))]
+    return median(values)
+
+
+# ------------------------------------------------------------------------------------ per contender
+
+
+def rss_limit_mb(batch_max_bytes: int) -> float:
+    """kingest's memory target: 1.5 x batch.max_bytes + 200 MB."""
+    return (1.5 * batch_max_bytes + 200 * MB) / MB
+
+
+def contender_result(c: Contender, runs: Runs, reps: int, records: int, nbytes: int) -> dict[str, Any]:
+    """One entry of the JSON's "results" (and one row of the table): ``records`` and ``nbytes`` are those of the
+    topic the contender read."""
+    own = [runs[(c.name, rep)] for rep in range(reps) if (c.name, rep) in runs]
+    startup = [runs[(f"{c.name}:startup", rep)] for rep in range(reps) if (f"{c.name}:startup", rep) in runs]
+    entry: dict[str, Any] = {
+        "label": c.label,
+        "topic": c.topic,
+        "records": records,
+        "records_per_s": median([records / r.wall_s for r in own]),
+        "mb_per_s": median([nbytes / MB / r.wall_s for r in own]),
+        "wall_s": median([r.wall_s for r in own]),
+        "cpu_s": median([r.cpu_s for r in own]),
+        "peak_rss_mb": median([r.maxrss_mb for r in own]),
+        "max_peak_rss_mb": max((r.maxrss_mb for r in own), default=None),
+        "startup_s": median([r.wall_s for r in startup]) if startup else None,
+        "net_records_per_s": median([x for rep in range(reps) if (x := net_rate(runs, c.name, rep))]),
+        "vs_java": median_ratio(rate, runs, c.name, "java", reps),
+        "vs_bare": median_ratio(rate, runs, c.name, "bare", reps),
+        "net_vs_java": median_ratio(net_rate, runs, c.name, "java", reps),
+        "net_vs_bare": median_ratio(net_rate, runs, c.name, "bare", reps),
+        "vs_own_bare": median_ratio(rate, runs, c.name, c.own_bare, reps),
+        "client": c.client,
+        # CPU seconds per record, as a multiple of the bare loop's: the measure least moved by a busy machine
+        "cpu_per_record_vs_bare": median_ratio(cpu_per_record, runs, c.name, "bare", reps),
+    }
+    if c.kind == "kingest":
+        max_bytes = c.batch_max_bytes
+        entry["batch_max_bytes"] = max_bytes
+        entry["rss_limit_mb"] = rss_limit_mb(max_bytes)
+        entry["files"] = median([r.extra.get("files", 0) for r in own])
+        entry["commits"] = median([r.extra.get("commits", 0) for r in own])
+    if c.kind == "java":
+        entry["java_fetch_records_per_s"] = median([float(r.extra["fetch.nMsg.sec"]) for r in own])
+        entry["java_rebalance_ms"] = median([float(r.extra["rebalance.time.ms"]) for r in own])
+    return entry
+
+
+def results(chosen: Iterable[Contender], runs: Runs, reps: int, topics: Mapping[str, Topic]) -> dict[str, Any]:
+    """The JSON's "results": every chosen contender, in order, from its runs over the topic it read."""
+    return {c.name: contender_result(c, runs, reps, topics[c.topic].records, topics[c.topic].nbytes) for c in chosen}
+
+
+# ------------------------------------------------------------------------------------ targets
+
+
+def target(
+    name: str, value: float | None, lower: float, net: float | None, upper: float | None = None
+) -> dict[str, Any]:
+    def met(x: float | None) -> bool | None:
+        return None if x is None else (x >= lower and (upper is None or x <= upper))
+
+    return {"target": name, "value": value, "met": met(value), "net_value": net, "net_met": met(net)}
+
+
+def ratio_target(t: Target, results: Mapping[str, Any], runs: Runs, reps: int) -> dict[str, Any]:
+    """A ratio of two contenders' rates against its bounds, as measured and net of startup (None when either of
+    the two did not run)."""
+
+    def pair(metric: Metric) -> float | None:
+        return median_ratio(metric, runs, t.name, t.base, reps) if t.name in results and t.base in results else None
+
+    return target(t.text, pair(rate), t.lower, pair(net_rate), upper=t.upper)
+
+
+def rss_targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Each kingest contender's highest peak RSS against 1.5 x batch.max_bytes + 200 MB."""
+    return [
+        {
+            "target": f"{name}: peak RSS <= 1.5 x batch.max_bytes + 200 MB ({entry['rss_limit_mb']:.0f} MB)",
+            "value": round(entry["max_peak_rss_mb"], 1),
+            "met": entry["max_peak_rss_mb"] <= entry["rss_limit_mb"],
+        }
+        for name, entry in results.items()
+        if "rss_limit_mb" in entry and entry["max_peak_rss_mb"] is not None
+    ]
+
+
+def help_target(help_times: list[float]) -> dict[str, Any] | None:
+    """`kingest --help` under 0.3 s, the median of its timings (None when it was not timed)."""
+    if not help_times:
+        return None
+    seconds = median(help_times)
+    assert seconds is not None
+    return {
+        "target": f"kingest --help under 0.3 s (median of {len(help_times)})",
+        "value": seconds,
+        "met": seconds < 0.3,
+    }
+
+
+def targets(
+    ratio_targets: Iterable[Target], results: Mapping[str, Any], runs: Runs, reps: int, help_times: list[float]
+) -> list[dict[str, Any]]:
+    """The JSON's "targets": the ratio targets, then the memory ones, then `kingest --help`."""
+    found = [ratio_target(t, results, runs, reps) for t in ratio_targets] + rss_targets(results)
+    timed_help = help_target(help_times)
+    return found + ([timed_help] if timed_help is not None else [])
+
+
+# ------------------------------------------------------------------------------------ the JSON's other parts
+
+
+def dataset_figures(main: Topic, slice_records: int | None, value_size: int) -> dict[str, Any]:
+    return {
+        "records": main.records,
+        "partitions": main.partitions,
+        "value_size_target": value_size,
+        "mean_value_bytes": round(main.value_bytes / max(1, main.records), 1),
+        "key_and_value_mb": round(main.nbytes / MB, 2),
+        "slice_records": slice_records,
+        "produce_seconds": round(main.seconds, 2),
+        "format": "JSON objects (benchmarks/dataset.py), uncompressed topic, keys, no headers",
+    }
+
+
+def run_row(r: Run) -> dict[str, Any]:
+    """One run as the JSON's "runs" keep it: rounded, with what the contender reported."""
+    return {
+        "name": r.name,
+        "rep": r.rep,
+        "wall_s": round(r.wall_s, 3),
+        "user_s": round(r.user_s, 3),
+        "sys_s": round(r.sys_s, 3),
+        "maxrss_mb": round(r.maxrss_mb, 1),
+        "load1": round(r.load1, 2),
+        "records": r.records,
+        **r.extra,
+    }
+
+
+# ------------------------------------------------------------------------------------ the markdown table
+
+
+def fmt(x: float | None, spec: str) -> str:
+    return "–" if x is None else format(x, spec)
+
+
+def ratio_text(x: float | None) -> str:
+    """Two decimals, or two significant digits below 0.1 (the one-record-batch run's 0.0026)."""
+    return "–" if x is None else (f"{x:.2f}" if x >= 0.1 else f"{x:.2g}")
+
+
+def yes(met: bool | None) -> str:
+    return "–" if met is None else ("yes" if met else "**no**")
+
+
+TABLE_HEADER = [
+    "| contender | records/s | MB/s | wall s | CPU s | peak RSS MB | vs Java | vs bare | vs own client "
+    "| startup s | net vs bare | CPU/record vs bare |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+]
+TARGETS_HEADER = ["| target | measured | met | net of startup | met |", "|---|---:|---|---:|---|"]
+
+
+def table_row(r: Mapping[str, Any]) -> str:
+    """A contender's row; one that read another topic than the main one says how many records it read."""
+    label = r["label"] + (f" ({r['records']:,} records)" if r["topic"] != "main" else "")
+    return (
+        f"| {label} | {fmt(r['records_per_s'], ',.0f')} | {fmt(r['mb_per_s'], '.1f')} | "
+        f"{fmt(r['wall_s'], '.2f')} | {fmt(r['cpu_s'], '.2f')} | {fmt(r['peak_rss_mb'], '.0f')} | "
+        f"{ratio_text(r['vs_java'])} | {ratio_text(r['vs_bare'])} | {ratio_text(r.get('vs_own_bare'))} | "
+        f"{fmt(r['startup_s'], '.2f')} | "
+        f"{ratio_text(r['net_vs_bare'])} | {fmt(r['cpu_per_record_vs_bare'], '.2f')} |"
+    )
+
+
+def target_row(t: Mapping[str, Any]) -> str:
+    value = t["value"]
+    shown = "–" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value))
+    net = t.get("net_value")
+    return (
+        f"| {t['target']} | {shown} | {yes(t['met'])} | {'' if net is None else f'{net:.3f}'} | "
+        f"{'' if 'net_met' not in t else yes(t['net_met'])} |"
+    )
+
+
+def load_range(summary: Mapping[str, Any]) -> tuple[float, float]:
+    """The lowest and highest 1-minute load average taken at the repetitions' starts and at the end."""
+    loads = [x[0] for x in summary["machine"]["load_average_per_repetition"]]
+    return min(loads), max(loads)
+
+
+def markdown(summary: Mapping[str, Any]) -> str:
+    d, m = summary["dataset"], summary["machine"]
+    low, high = load_range(summary)
+    lines = [
+        f"{d['records']:,} JSON records (mean value {d['mean_value_bytes']:.0f} B, {d['key_and_value_mb']} MB of keys "
+        f"and values) over {d['partitions']} partitions; median of {summary['repetitions']} repetition(s); "
+        f"{m['cpus']} CPUs, 1-min load average {low:.1f}-{high:.1f} during the run.",
+        "",
+        *TABLE_HEADER,
+    ]
+    lines += [table_row(r) for r in summary["results"].values()]
+    lines += ["", *TARGETS_HEADER]
+    lines += [target_row(t) for t in summary["targets"]]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------ the chart's data
+
+BASELINE_COLOR = "#7f7f7f"
+KINGEST_COLOR = "#1f77b4"
+
+
+@dataclass(frozen=True)
+class Bar:
+    """One contender in the chart: a records/s bar with its note, a peak RSS bar with its limit."""
+
+    name: str
+    label: str
+    rate: float
+    note: str
+    rss: float
+    rss_limit: float | None
+    color: str
+
+
+def chart_bars(results: Mapping[str, Any], baselines: Iterable[str]) -> list[Bar]:
+    """The chart's bars, bottom to top (matplotlib draws the first at the bottom: the table's order reversed).
+    ``baselines`` (Java, the bare loops) are grey."""
+    grey = set(baselines)
+    bars = []
+    for name in list(results)[::-1]:
+        r = results[name]
+        note = f"{r['records_per_s']:,.0f}/s" if r["records_per_s"] else ""
+        if r.get("vs_bare") is not None and name != "bare":
+            note += f"  {ratio_text(r['vs_bare'])}x bare"
+        bars.append(
+            Bar(
+                name=name,
+                label=r["label"],
+                rate=r["records_per_s"] or 0.0,
+                note=note,
+                rss=r["peak_rss_mb"] or 0,
+                rss_limit=r.get("rss_limit_mb") or None,
+                color=BASELINE_COLOR if name in grey else KINGEST_COLOR,
+            )
+        )
+    return bars
+
+
+def chart_title(summary: Mapping[str, Any]) -> str:
+    d, m = summary["dataset"], summary["machine"]
+    low, high = load_range(summary)
+    return (
+        f"kingest {summary['date'][:10]}: {d['records']:,} JSON records of ~{d['mean_value_bytes']:.0f} B, "
+        f"{d['partitions']} partitions, median of {summary['repetitions']}; {m['cpus']} CPUs, "
+        f"load {low:.1f}-{high:.1f}"
+    )

@@ -1,0 +1,64 @@
+"""services/latency_proxy.py: bytes pass through both ways, and each request/response turn pays the delay once."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from services.latency_proxy import LatencyProxy
+
+
+class Echo(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: several requests on one connection
+
+    def do_PUT(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def upstream() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_requests_pass_through_and_each_pays_the_delay(upstream: str) -> None:
+    body = bytes(range(256)) * 4096  # 1 MiB: many reads on the proxy's side, still one request
+    with LatencyProxy(upstream, delay=0.05) as proxy:
+        started = time.monotonic()
+        for _ in range(4):
+            request = urllib.request.Request(proxy.url + "/echo", data=body, method="PUT")
+            with urllib.request.urlopen(request, timeout=30) as response:
+                assert response.read() == body
+        took = time.monotonic() - started
+    assert proxy.requests == 4  # one delay per request, not per chunk of its body
+    assert took >= 4 * 0.05  # a lower bound only: the delay was applied
+
+
+def test_no_delay_and_bad_upstreams() -> None:
+    with pytest.raises(ValueError):
+        LatencyProxy("http://127.0.0.1:8333", delay=-1)
+    with pytest.raises(ValueError):
+        LatencyProxy("no-port-here")
+
+
+def test_an_upstream_that_refuses_closes_the_client(upstream: str) -> None:
+    with LatencyProxy("127.0.0.1:1", delay=0) as proxy:
+        with pytest.raises(OSError):
+            urllib.request.urlopen(proxy.url + "/", timeout=10)
