@@ -220,6 +220,7 @@ def test_clean_sigterm_loses_and_duplicates_nothing(semantics, tmp_path, kafka_b
 
 
 @pytest.mark.slow
+@pytest.mark.soak
 def test_exactly_once_soak_under_random_kills(tmp_path, kafka_bootstrap, topic_factory):
     """50,000 records produced while the pipeline runs; at least 10 SIGKILLs at random moments, each followed
     by a restart; then each offset exactly once, by verify and by DuckDB over the folder."""

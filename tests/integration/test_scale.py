@@ -57,6 +57,7 @@ def show_logs(*instances: Instance) -> None:
         print(instance.logs())  # shown by pytest only when the test fails
 
 
+@pytest.mark.soak
 @pytest.mark.parametrize("semantics", ["exactly-once", "at-least-once"])
 def test_three_instances_survive_kill_freeze_and_late_join(
     semantics, tmp_path, kafka_bootstrap, kafka_admin, topic_factory, produce
