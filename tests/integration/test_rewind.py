@@ -329,12 +329,18 @@ def test_to_timestamp_resolves_like_kafkas_own_reset(tmp_path, kafka_bootstrap, 
     rewound = kingest("rewind", "-c", str(config), "--to-timestamp", moment, "--yes")
     assert rewound.returncode == 0, rewound.stderr
     assert group_offsets(kafka_bootstrap, group) == {0: 13, 1: 7, 2: 5}
-    # Kafka's own tool resolves the same moment to the same offsets.
-    out = kafka_tool(
-        "consumer-groups", "--bootstrap-server", kafka_bootstrap, "--reset-offsets", "--group", group,
-        "--topic", topic, "--to-datetime", moment, "--dry-run",
-    )  # fmt: skip
-    theirs = {int(c[2]): int(c[3]) for c in (line.split() for line in out.splitlines()) if c[:1] == [group]}
+    # Kafka's own tool resolves the same moment to the same offsets. Its dry run answered the log end (30) for
+    # every partition in 2 of ~10 full runs on a loaded machine, right after kingest's own answer (13, 7, 5) had
+    # been checked above: the oracle, not kingest, is what flakes, so it gets three tries to agree.
+    for _ in range(3):
+        out = kafka_tool(
+            "consumer-groups", "--bootstrap-server", kafka_bootstrap, "--reset-offsets", "--group", group,
+            "--topic", topic, "--to-datetime", moment, "--dry-run",
+        )  # fmt: skip
+        theirs = {int(c[2]): int(c[3]) for c in (line.split() for line in out.splitlines()) if c[:1] == [group]}
+        if theirs == {0: 13, 1: 7, 2: 5}:
+            break
+        print(f"kafka-consumer-groups --to-datetime answered {theirs}; asking again")
     assert theirs == {0: 13, 1: 7, 2: 5}
 
     # A moment after every record: the log end, as Kafka's reset does, and the plan says so.
