@@ -552,6 +552,13 @@ class LakeConfig:
         default=[],
         expected="[date] or [date, hour] (from the record timestamp)",
     )
+    max_concurrency: int = setting(
+        "How many partitions of a flush are saved side by side (each partition's own steps stay in order). An "
+        "object store answers each request in 10-50 ms: a wide topic needs many in flight. 1 saves one partition "
+        "after another.",
+        _int(1),
+        default=16,
+    )
 
 
 @model

@@ -58,6 +58,7 @@ lake:
   #   secret: ${{AWS_SECRET_ACCESS_KEY}}
   # compression: zstd            # zstd | snappy | gzip | lz4 | brotli | none
   # partition_by: [date]         # [date] or [date, hour] folders, from the record timestamp (UTC)
+  # max_concurrency: 16          # partitions of a flush saved side by side (wide topics, S3)
 
 batch:                           # a partition's batch is written when it reaches any of these
   max_records: 100000

@@ -9,11 +9,11 @@ that the promise of the chosen semantics holds whichever line the process dies o
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
@@ -27,6 +27,7 @@ from .config import Config
 from .encoder import EncodedBatch, EncodedFile, Encoder, Rejected
 from .errors import BadRecord, CommitFailed, KingestError, ManifestConflict, SetupError
 from .lake import Lake
+from .lanes import Lanes
 from .manifest import PartitionState, new_writer_id
 from .offsets import ManifestOffsets, offset_store
 from .reader import lake_schemas
@@ -83,6 +84,27 @@ class Stats:
             f"{self.written} records in {self.files} files ({_human(self.bytes)}) in {secs:.1f}s "
             f"({rate:,.0f} records/s), {self.commits} commits{bad}"
         )
+
+
+@dataclass
+class _Claimed:
+    """What claiming a partition in the manifest found (Pipeline._claim_in_lake)."""
+
+    state: PartitionState | None  # ours to write on, at this state
+    conflict: ManifestConflict | None = None  # another writer claimed it after our assignment: fence it
+    moved: PartitionState | None = None  # committed on since we loaded it: resume from this state
+
+
+@dataclass
+class _Saved:
+    """How one partition's batches of a flush were saved on a lane (exactly-once), for _save to act on."""
+
+    tp: TopicPartition
+    commits: int = 0
+    committed: int | None = None  # the next offset of the last batch committed
+    conflict: ManifestConflict | None = None  # lost the version to another writer: fence the partition
+    moved: PartitionState | None = None  # the manifest moved on since assignment: resume from it
+    below: tuple[int, int] | None = None  # a batch's first offset below the manifest's next (a bug): refuse
 
 
 @dataclass
@@ -159,6 +181,9 @@ class Pipeline:
         self._encoder_pool = ThreadPoolExecutor(self._encoders, thread_name_prefix="kingest-encode-batch")
         self._encoding: Future[_Encoded] | None = None
         self._encoding_bytes = 0
+        # The partitions of a flush are saved side by side (see Lanes and _save); stats are counted from them.
+        self._lanes = Lanes(config.lake.max_concurrency)
+        self._stats_lock = threading.Lock()
 
     # ------------------------------------------------------------------------------------------ loop
 
@@ -221,6 +246,7 @@ class Pipeline:
             sys.setswitchinterval(switch_interval)
             self._encoder_thread.shutdown(wait=False, cancel_futures=True)
             self._encoder_pool.shutdown(wait=False, cancel_futures=True)
+            self._lanes.shutdown()
             self.source.close()
         return self.stats
 
@@ -346,55 +372,80 @@ class Pipeline:
             # exactly-once, per partition, in ManifestStore.save's order: announce the files, write them, then
             # commit the manifest version that names them and the next offset, by exclusive create. Until that
             # create succeeds the files are not part of the lake (recovery removes them); after it, replay
-            # starts past them.
-            assert self.manifests is not None
-            committed = {}
-            dropped: set[TopicPartition] = set()
+            # starts past them. The partitions are saved side by side (lake.max_concurrency), each its batches
+            # in order: a crash with some partitions committed and others not leaves each one at a version of
+            # its own, which is all a partition's manifest promises.
+            by_tp: dict[TopicPartition, list[tuple[Batch, list[EncodedFile]]]] = {}
             for batch, files in encoded:
-                # Once one batch of a partition is dropped, so are its later batches of this flush: committing
-                # one of them would move the manifest past the dropped records (a loss).
-                state = None if batch.tp in dropped else self._claim(batch.tp)
-                if state is None:
-                    dropped.add(batch.tp)
-                    continue  # not ours (any more): drop, the owner resumes from the manifest
-                if state.next_offset is not None and batch.first_offset < state.next_offset:
+                by_tp.setdefault(batch.tp, []).append((batch, files))
+            committed = {}
+            # Every lane has ended before anything below runs; the consumer and the batcher are touched here, on
+            # the thread that owns them.
+            for saved in self._lanes.map(self._save_partition, by_tp.items()):
+                tp = saved.tp
+                self.stats.commits += saved.commits
+                if saved.committed is not None:
+                    committed[tp] = saved.committed
+                if saved.conflict is not None:
+                    self._fence(tp, saved.conflict)  # its files are deleted: never committed, named by us
+                elif saved.moved is not None:
+                    self._resume_from(tp, saved.moved)
+                elif saved.below is not None:
                     # Never commit an offset twice: only a bug could get here, and refusing is the safe answer.
-                    log.error(
-                        "%s[%d]: batch starts at %d, below the manifest's %d; dropped",
-                        *batch.tp,
-                        batch.first_offset,
-                        state.next_offset,
-                    )
-                    self.batcher.drop([batch.tp])
-                    self.source.seek(batch.tp, state.next_offset)
-                    dropped.add(batch.tp)
-                    continue
-                try:
-                    self.owned[batch.tp] = self.manifests.save(
-                        state,
-                        operation="write",
-                        owner=self.writer,
-                        next_offset=batch.next_offset,
-                        files=files,
-                        write=functools.partial(self._write_batch, batch),
-                    )
-                except ManifestConflict as conflict:
-                    self._fence(batch.tp, conflict)  # its files are deleted: never committed, named by us
-                    continue
-                self.stats.commits += 1
-                committed[batch.tp] = batch.next_offset
+                    log.error("%s[%d]: batch starts at %d, below the manifest's %d; dropped", *tp, *saved.below)
+                    self.batcher.drop([tp])
+                    self.source.seek(tp, saved.below[1])
             # Kafka's committed offsets follow the manifest, for lag tools only; they are never read back, so
             # this commit does not wait out a broker outage (the data and the manifest need no broker), and its
             # failure changes nothing here: the manifest is committed, the buffered records stay as they are.
             self._commit_lag(committed)
 
-    def _write_batch(self, batch: Batch, files: Sequence[EncodedFile]) -> None:
-        self._write([(batch, list(files))])
+    def _save_partition(self, item: tuple[TopicPartition, list[tuple[Batch, list[EncodedFile]]]]) -> _Saved:
+        """exactly-once: one partition's batches of a flush, in order, on a lane (lake I/O only: what the consumer
+        must do about the outcome is returned, and done by _save). Once one batch is dropped, so are the later
+        ones: committing one of them would move the manifest past the dropped records (a loss)."""
+        tp, batches = item
+        saved = _Saved(tp)
+        assert self.manifests is not None
+        for batch, files in batches:
+            claimed = self._claim_in_lake(tp)
+            if claimed.conflict is not None or claimed.moved is not None:
+                saved.conflict, saved.moved = claimed.conflict, claimed.moved
+                return saved
+            state = claimed.state
+            if state is None:
+                return saved  # not ours (any more): drop, the owner resumes from the manifest
+            if state.next_offset is not None and batch.first_offset < state.next_offset:
+                saved.below = (batch.first_offset, state.next_offset)
+                return saved
+            try:
+                self.owned[tp] = self.manifests.save(
+                    state,
+                    operation="write",
+                    owner=self.writer,
+                    next_offset=batch.next_offset,
+                    files=files,
+                    write=self._put,
+                )
+            except ManifestConflict as conflict:
+                saved.conflict = conflict
+                return saved
+            saved.commits += 1
+            saved.committed = batch.next_offset
+        return saved
 
     def _write(self, encoded: list[tuple[Batch, list[EncodedFile]]]) -> None:
-        for _, files in encoded:
-            for f in files:
-                self.lake.put(f.path, f.data, crash_midway=True)
+        """at-most-once and at-least-once: every file of the flush, the partitions side by side."""
+        by_tp: dict[TopicPartition, list[EncodedFile]] = {}
+        for batch, files in encoded:
+            by_tp.setdefault(batch.tp, []).extend(files)
+        self._lanes.map(self._put, by_tp.values())
+
+    def _put(self, files: Sequence[EncodedFile]) -> None:
+        """Write files one after another (on a lane: never hands work to the lanes itself)."""
+        for f in files:
+            self.lake.put(f.path, f.data, crash_midway=True)
+            with self._stats_lock:
                 if f.kind == "dead-letter":
                     self.stats.dead_letters += f.rows
                     log.warning("%s[%d]: %d bad record(s) written to %s", f.topic, f.partition, f.rows, f.path)
@@ -466,14 +517,18 @@ class Pipeline:
             wanted = tps and (self.manifests is not None or self.until_caught_up)
             ends = self.source.end_offsets(tps) if wanted else {}
             if self.manifests is not None:
-                for tp in tps:
+                # The partitions' manifests are read, and claimed, side by side (a wide topic on S3).
+                manifests = self.manifests
+                loaded = self._lanes.map(lambda tp: manifests.load(*tp), tps)
+                claim = []
+                for tp, state in zip(tps, loaded, strict=True):
                     # The manifest, not the consumer group, says where to resume.
-                    state = self.loaded[tp] = self.manifests.load(*tp)
+                    self.loaded[tp] = state
                     self._seek_to(tp, state)
                     # Claim at once when there is something to consume: the claim fences the previous owner,
                     # so a zombie of it (frozen past its session timeout, holding records it fetched) can
                     # commit nothing more. An idle partition is claimed at its first commit instead (see
-                    # _claim), so that a run with nothing new to write writes nothing: a zombie holds no record
+                    # _claim_in_lake), so that a run with nothing new to write writes nothing: a zombie holds no record
                     # of it that the manifest lacks. (One that resumes and commits records produced since is
                     # not fenced: its commits are valid, and our claim goes on top of them, or backs off until
                     # the next rebalance if the zombie claimed first.)
@@ -481,7 +536,9 @@ class Pipeline:
                     if start is None:
                         start = 0 if self.config.kafka.auto_offset_reset == "earliest" else ends[tp]
                     if ends[tp] > start:
-                        self._claim(tp)
+                        claim.append(tp)
+                for tp, claimed in zip(claim, self._lanes.map(self._claim_in_lake, claim), strict=True):
+                    self._settle_claim(tp, claimed)
             if self.until_caught_up:
                 self.targets.update({tp: ends[tp] for tp in tps if tp not in self.targets})
         except BaseException as exc:
@@ -496,35 +553,48 @@ class Pipeline:
         else:
             self.source.seek_to_end(tp)
 
-    def _claim(self, tp: TopicPartition) -> PartitionState | None:
-        """exactly-once: the partition's manifest state, claimed for this writer at assignment or at its first
-        commit since. The claim (an exclusive create of the next version) fences every earlier owner, and only
-        then are files they announced but never committed deleted: none of them can be committed any more.
-        If another writer claimed the partition since our assignment, the group gave it to that writer after
-        us: we are the zombie, and must neither claim nor write (None)."""
+    def _settle_claim(self, tp: TopicPartition, claimed: _Claimed) -> PartitionState | None:
+        """exactly-once: what the consumer does about a claim's outcome (on the thread that owns it): the state to
+        write on, or None when the partition is not ours to write (fenced, or resumed from a state that moved
+        on since assignment)."""
+        if claimed.conflict is not None:
+            self._fence(tp, claimed.conflict)
+        elif claimed.moved is not None:
+            self._resume_from(tp, claimed.moved)
+        return claimed.state
+
+    def _claim_in_lake(self, tp: TopicPartition) -> _Claimed:
+        """The claim's lake side (no consumer call: it runs on a lane too). The claim (an exclusive create of the
+        next version) fences every earlier owner, and only then are files they announced but never committed
+        deleted: none of them can be committed any more. If another writer claimed the partition since our
+        assignment, the group gave it to that writer after us: we are the zombie, and must neither claim nor
+        write (``conflict``). If plain writes moved the manifest on since we loaded it, what we buffered starts
+        at a stale offset (``moved``: resume from there)."""
         if tp in self.fenced or tp not in self.loaded:
-            return None
+            return _Claimed(None)
         if tp in self.owned:
-            return self.owned[tp]
+            return _Claimed(self.owned[tp])
         assert self.manifests is not None
         try:
             state = self.manifests.claim(tp[0], tp[1], self.writer, since=self.loaded[tp])
         except ManifestConflict as conflict:
-            self._fence(tp, conflict)
-            return None
+            return _Claimed(None, conflict=conflict)
         crash.point("after-claim")
         removed = self.manifests.recover(state)
         if removed:
             log.info("%s[%d]: removed %d uncommitted file(s) of a crashed or fenced writer", *tp, len(removed))
         self.owned[tp] = state
         if state.next_offset != self.loaded[tp].next_offset:
-            # Another writer committed after we loaded the state: what we buffered starts at a stale offset.
-            log.warning("%s[%d]: the manifest moved on since assignment; resuming from %s", *tp, state.next_offset)
-            self.loaded[tp] = state
-            self.batcher.drop([tp])
-            self._seek_to(tp, state)
-            return None
-        return state
+            return _Claimed(None, moved=state)
+        return _Claimed(state)
+
+    def _resume_from(self, tp: TopicPartition, state: PartitionState) -> None:
+        """Another writer committed after we loaded the state: drop what we buffered (it starts at a stale offset)
+        and resume from the manifest."""
+        log.warning("%s[%d]: the manifest moved on since assignment; resuming from %s", *tp, state.next_offset)
+        self.loaded[tp] = state
+        self.batcher.drop([tp])
+        self._seek_to(tp, state)
 
     def _retry_fenced(self) -> None:
         """Take back a partition fenced a session timeout ago that the group still assigns to us. The writer whose

@@ -35,6 +35,7 @@ writer stops and a fresh one must catch up to the end of every partition (livene
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
@@ -185,6 +186,56 @@ class InlineExecutor:
         pass
 
 
+class SimLanes:
+    """Stands for the pipeline's save lanes (kingest.lanes.Lanes): each call (a partition's save) is a greenlet of
+    its own inside the writer's task, and before every step one of them, drawn from the seed, is the one that
+    takes it. So the partitions of a flush interleave step by step, as threads would, and a crash or a pause
+    lands with some partitions committed and others half-way. Without greenlet (or with ``concurrent=False``)
+    the calls run one after another."""
+
+    def __init__(self, world: World, actor: Actor) -> None:
+        self.world = world
+        self.actor = actor
+
+    def map(self, call: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
+        items = list(items)
+        if greenlet is None or not self.world.concurrent_saves or len(items) <= 1:
+            return [call(item) for item in items]
+        driver = greenlet.getcurrent()
+        outcomes: dict[int, tuple[bool, Any]] = {}
+
+        def lane(index: int, item: Any) -> object:
+            try:
+                outcomes[index] = (True, call(item))
+            except BaseException as exc:  # noqa: B036 (a Crash travels like any error would)
+                outcomes[index] = (False, exc)
+            return _LANE_DONE
+
+        lanes = {i: greenlet.greenlet(functools.partial(lane, i, item), parent=driver) for i, item in enumerate(items)}
+        self.actor.lanes_driver = driver
+        try:
+            while lanes:
+                index = self.world.rng.choice(sorted(lanes))
+                lanes[index].switch()  # runs that lane until it wants its next step, or ends
+                if index in outcomes:
+                    del lanes[index]
+        finally:
+            self.actor.lanes_driver = None
+        results = []
+        for i in range(len(items)):
+            ok, value = outcomes[i]
+            if not ok:
+                raise value
+            results.append(value)
+        return results
+
+    def shutdown(self) -> None:
+        pass
+
+
+_LANE_DONE = object()
+
+
 def content(topic: str, partition: int, first: int, last: int) -> bytes:
     """The bytes of a simulated data file: its range, so that the checker can tell one file from another."""
     return f"{topic}/{partition}/{first}-{last}".encode()
@@ -332,7 +383,8 @@ class Actor:
         self.error: BaseException | None = None
         self.error_trace = ""
         self.lake = SimLake(world.fs, self.hook)
-        self.glet: Any = None
+        self.glet: Any = None  # the greenlet to resume: the task's, or one of its save lanes (SimLanes)
+        self.lanes_driver: Any = None  # the task's greenlet while its save lanes run
         if greenlet is None:
             self.go = threading.Lock()
             self.go.acquire()
@@ -376,6 +428,7 @@ class Actor:
             self.world.sched.release()
             self.go.acquire()
         else:
+            self.glet = greenlet.getcurrent()
             self.world.main.switch()
 
     def stop(self) -> None:
@@ -392,6 +445,10 @@ class Actor:
         the cost of handing the baton back and forth); otherwise it stops here until picked."""
         if self.crashed:
             raise Crash
+        if self.lanes_driver is not None and greenlet.getcurrent() is not self.lanes_driver:
+            self.lanes_driver.switch()  # a save lane: the driver draws which lane takes this step
+            if self.crashed:
+                raise Crash
         world = self.world
         if self.budget > 0:
             world.checked(self)  # the operation before this one is done: check what it changed
@@ -427,6 +484,8 @@ class Writer(Actor):
         pipeline._encoder_thread.shutdown()
         pipeline._encoder_pool.shutdown()
         pipeline._encoder_thread = InlineExecutor()  # type: ignore[assignment]
+        pipeline._lanes.shutdown()
+        pipeline._lanes = SimLanes(world, self)  # type: ignore[assignment]
         tag = f"{world.rng.getrandbits(32):08x}"
         pipeline.writer = f"sim-{number}-{tag}"  # a restarted process is a new writer (deterministic here)
         pipeline.encoder.file_tag = tag
@@ -597,6 +656,7 @@ class World:
         max_writers: int = 3,
         p_commit_fail: float = 0.15,
         commit_refusals: bool = True,
+        concurrent_saves: bool = True,
     ) -> None:
         self.seed = seed
         self.repro = ""  # the command line that replays this run (run_seed sets it)
@@ -625,6 +685,7 @@ class World:
         self.rewinds = 0
         self.p_commit_fail = p_commit_fail  # a Kafka commit gets no answer in time
         self.commit_refusals = commit_refusals  # a Kafka commit for a partition the group moved is refused
+        self.concurrent_saves = concurrent_saves  # a flush's partitions saved side by side (SimLanes)
         self.initial_writers = writers
         self.max_writers = max_writers
         self.checker = Checker(self)
@@ -1041,6 +1102,10 @@ def run_seed(
     args = (f" --steps {steps}" if steps != STEPS else "") + (f" --liveness {liveness}" if liveness != LIVENESS else "")
     if options.get("p_commit_fail") == 0.0 and options.get("commit_refusals") is False:
         args += " --no-kafka-commit-failures"
+    if options.get("partitions", 2) != 2:
+        args += f" --partitions {options['partitions']}"
+    if options.get("concurrent_saves") is False:
+        args += " --no-concurrent-saves"
     world.repro = f"make simulate SEEDS={seed}-{seed}" + (f" SIM_ARGS='{args.strip()}'" if args else "")
     with simulation_settings(world, checkpoint_every):
         world.run(steps, liveness)

@@ -78,11 +78,19 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="Kafka commits never fail (to look past the bug of a failed lag-only commit; changes every run)",
     )
+    parser.add_argument("--partitions", type=int, default=2, help="partitions of the topic (default 2)")
+    parser.add_argument(
+        "--no-concurrent-saves", action="store_true", help="save a flush's partitions one after another"
+    )
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes (default: one a core)")
     args = parser.parse_args(argv)
     seeds = parse_seeds(args.seeds)
     started = time.monotonic()
-    options = {"p_commit_fail": 0.0, "commit_refusals": False} if args.no_kafka_commit_failures else {}
+    options: dict[str, Any] = {"p_commit_fail": 0.0, "commit_refusals": False} if args.no_kafka_commit_failures else {}
+    if args.partitions != 2:
+        options["partitions"] = args.partitions
+    if args.no_concurrent_saves:
+        options["concurrent_saves"] = False
     results = sorted(run_many(seeds, args.jobs, args.steps, args.liveness, **options))
     seconds = time.monotonic() - started
     failed = [(seed, what, report) for seed, what, report in results if what is not None]
