@@ -33,10 +33,25 @@ _PERMANENT = (FileNotFoundError, PermissionError, FileExistsError, IsADirectoryE
 
 
 class Lake:
-    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None, retry_seconds: float = 300.0):
+    def __init__(
+        self,
+        url: str,
+        storage_options: Mapping[str, Any] | None = None,
+        retry_seconds: float = 300.0,
+        *,
+        connections: int = 0,
+    ):
+        """``connections``: requests the caller may have in flight at once (the save lanes); on S3 the client's
+        connection pool is made at least that large (botocore keeps 10 by default), unless the user set it in
+        ``storage_options: {config_kwargs: {max_pool_connections: N}}``."""
         self.url = url.rstrip("/")
+        options = dict(storage_options or {})
+        if connections > 10 and self.url.split("://", 1)[0] in ("s3", "s3a"):
+            config_kwargs = dict(options.get("config_kwargs") or {})
+            config_kwargs.setdefault("max_pool_connections", connections)
+            options["config_kwargs"] = config_kwargs
         try:
-            self.fs, root = fsspec.core.url_to_fs(self.url, **dict(storage_options or {}))
+            self.fs, root = fsspec.core.url_to_fs(self.url, **options)
         except (ImportError, ValueError, TypeError) as exc:
             raise SetupError(
                 f"lake.path {url!r} cannot be opened: {exc}",

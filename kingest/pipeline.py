@@ -137,7 +137,9 @@ class Pipeline:
     ) -> None:
         self.config = config
         self.semantics = config.semantics
-        self.lake = lake or Lake(config.lake.path, config.lake.storage_options)
+        self.lake = lake or Lake(
+            config.lake.path, config.lake.storage_options, connections=config.lake.max_concurrency
+        )
         self.source: Source = source or make_source(config.kafka)
         self.until_caught_up = until_caught_up
         self.on_progress = on_progress

@@ -113,3 +113,11 @@ def test_max_concurrency_1_saves_one_partition_after_another():
     Pipeline(config, source=MemorySource(topic(partitions=4), {}), lake=lake, until_caught_up=True).run()
     assert lake.most == 1
     assert lake_offsets(Lake(url)) == {p: list(range(1000)) for p in range(4)}
+
+
+def test_the_s3_connection_pool_is_as_large_as_the_lanes_unless_the_user_set_it():
+    options = {"endpoint_url": "http://127.0.0.1:1", "key": "k", "secret": "s"}
+    assert Lake("s3://b/p", options, connections=32).fs.config_kwargs == {"max_pool_connections": 32}
+    mine = options | {"config_kwargs": {"max_pool_connections": 5, "read_timeout": 9}}
+    assert Lake("s3://b/p", mine, connections=32).fs.config_kwargs == {"max_pool_connections": 5, "read_timeout": 9}
+    assert mine["config_kwargs"] == {"max_pool_connections": 5, "read_timeout": 9}  # the user's dict is untouched
