@@ -288,6 +288,60 @@ def rewind(
 
 
 @app.command()
+def gc(
+    config_path: ConfigOption = None,
+    retain: Annotated[
+        str,
+        typer.Option(
+            "--retain",
+            help="Only what has been garbage for at least this long (ms, s, m, h, d): a reader that listed a file "
+            "before can still read it.",
+        ),
+    ] = "7d",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be removed, with sizes.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Remove what no manifest version names and no writer can still commit: files of crashed or fenced attempts
+    and files a rewind took out (exactly-once lakes), their settled pending records, and the hidden temporary
+    files of interrupted writes (any lake). Safe while `kingest run` is writing."""
+    setup_logging("text", False)
+    with errors_handled():
+        config = load_config(config_path)
+        from .config import parse_duration
+        from .errors import ConfigError
+        from .gc import collect, plan
+        from .lake import Lake
+        from .output import human_size
+
+        try:
+            seconds = parse_duration(retain)
+        except ValueError as exc:
+            raise ConfigError(f"--retain {retain!r} is not a duration: {exc}", "Use --retain 7d, 24h or 30m.") from None
+        lake = Lake(config.lake.path, config.lake.storage_options)
+        found = plan(config, lake, seconds)
+        removed = 0 if dry_run else collect(config, lake, found)
+    if as_json:
+        import json
+
+        typer.echo(SCRUB(json.dumps(found.to_json() | {"removed": removed, "dry_run": dry_run})))
+        return
+    for g in found.collect if dry_run else ():
+        typer.echo(SCRUB(f"{g.kind:18s} {human_size(g.size):>10s}  {g.age / 3600:8.1f} h  {lake.display(g.path)}"))
+    young = len(found.young)
+    verb = "would remove" if dry_run else "removed"
+    typer.echo(
+        SCRUB(
+            f"{verb} {len(found.collect)} file(s), {human_size(found.bytes)} from {found.lake}"
+            + (f"; {young} more younger than {retain} kept" if young else "")
+            + (f"; {found.protected} not yet committed by a running writer kept" if found.protected else "")
+        )
+    )
+    for rel in found.unreadable_records:
+        warning = f"Warning: {rel} is not readable by this kingest: its partition's files were left alone."
+        typer.echo(SCRUB(warning), err=True)
+
+
+@app.command()
 def init(
     path: Annotated[Path, typer.Argument(help="Where to write the config.")] = Path("kingest.yaml"),
     force: Annotated[bool, typer.Option("--force", help="Replace the file if it exists.")] = False,

@@ -151,8 +151,8 @@ _SIZE_UNITS = {
     "gib": 2**30,
     "tib": 2**40,
 }
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 def parse_size(value: object) -> int:
@@ -174,7 +174,7 @@ def parse_size(value: object) -> int:
 
 
 def parse_duration(value: object) -> float:
-    """``10s`` -> 10.0 seconds. Units: ms, s, m, h; a plain number is seconds."""
+    """``10s`` -> 10.0 seconds. Units: ms, s, m, h, d; a plain number is seconds."""
     if isinstance(value, bool):
         raise ValueError("a duration, not a boolean")
     if isinstance(value, int | float):
@@ -182,7 +182,7 @@ def parse_duration(value: object) -> float:
     else:
         match = _DURATION.match(str(value))
         if not match:
-            raise ValueError("a duration such as 500ms, 10s, 5m or 1h")
+            raise ValueError("a duration such as 500ms, 10s, 5m, 1h or 7d")
         number, unit = match.groups()
         seconds = float(number) * _DURATION_UNITS[unit or "s"]
     if seconds <= 0:

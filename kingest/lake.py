@@ -245,6 +245,17 @@ class Lake:
             return {}
         return {name[len(root) + 1 :]: int(info.get("size") or 0) for name, info in found.items()}
 
+    def find_dated(self, rel: str = "") -> dict[str, tuple[int, float]]:
+        """Like ``find``, with each file's last-modified time (seconds since the epoch) beside its size."""
+        base = self.fs._strip_protocol(self.full(rel)).rstrip("/")
+        root = self.fs._strip_protocol(self.root).rstrip("/")
+        self.fs.invalidate_cache(base)
+        try:
+            found = self._retry(f"listing {rel or 'the lake'}", lambda: self.fs.find(base, detail=True))
+        except FileNotFoundError:
+            return {}
+        return {name[len(root) + 1 :]: (int(info.get("size") or 0), _modified(info)) for name, info in found.items()}
+
     def delete(self, rels: Iterable[str]) -> None:
         for rel in rels:
             path = self.full(rel)
@@ -357,3 +368,12 @@ def _fsync_dir(folder: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _modified(info: Mapping[str, Any]) -> float:
+    """A listing entry's last-modified time: ``LastModified`` (S3, a datetime), ``mtime`` (local disk) or
+    ``created`` (memory). Unknown: now (a file of unknown age is never old enough to be collected)."""
+    value = info.get("LastModified") or info.get("mtime") or info.get("created")
+    if hasattr(value, "timestamp"):
+        return float(value.timestamp())
+    return float(value) if isinstance(value, int | float) else time.time()

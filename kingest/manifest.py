@@ -325,26 +325,39 @@ class ManifestStore:
         state other writers have long moved past, still deletes nothing that is or can become committed.
         Records of later versions (a writer that may still commit) are left alone, and so are records this
         kingest cannot read (a newer format, or a name it does not know): their files wait for ``kingest gc``."""
-        folder = self._folder(PENDING, state.topic, state.partition)
-        settled = [
-            f"{folder}/{name}"
-            for name in self.lake.listdir(folder)
-            if name.endswith(".json") and name[:_NAME_DIGITS].isdigit() and int(name[:_NAME_DIGITS]) <= state.version
-        ]
         records: list[str] = []
         garbage: list[str] = []
-        for rel, data in self.lake.read_many(settled).items():
+        for rel, _, paths in self.pending_records(state.topic, state.partition, up_to=state.version):
+            if paths is None:
+                log.warning("pending record %s is not readable by this kingest; left in place", self.lake.display(rel))
+                continue
+            records.append(rel)
+            garbage += [p for p in paths if p not in state.files and p not in garbage]
+        return records, garbage
+
+    def pending_records(
+        self, topic: str, partition: int, up_to: int | None = None
+    ) -> list[tuple[str, int, list[str] | None]]:
+        """The partition's pending records (of versions up to ``up_to``, or all): path, version, and the files it
+        names (None when this kingest cannot read it: a newer format, or damaged)."""
+        folder = self._folder(PENDING, topic, partition)
+        wanted = {
+            f"{folder}/{name}": int(name[:_NAME_DIGITS])
+            for name in self.lake.listdir(folder)
+            if name.endswith(".json")
+            and name[:_NAME_DIGITS].isdigit()
+            and (up_to is None or int(name[:_NAME_DIGITS]) <= up_to)
+        }
+        out: list[tuple[str, int, list[str] | None]] = []
+        for rel, data in sorted(self.lake.read_many(wanted).items()):
             try:
                 doc = json.loads(data)
                 paths = doc["paths"] if doc.get("format_version") == FORMAT_VERSION else None
             except (ValueError, UnicodeDecodeError, TypeError, KeyError, AttributeError):
                 paths = None
-            if not isinstance(paths, list):
-                log.warning("pending record %s is not readable by this kingest; left in place", self.lake.display(rel))
-                continue
-            records.append(rel)
-            garbage += [p for p in paths if isinstance(p, str) and p not in state.files and p not in garbage]
-        return records, garbage
+            ok = isinstance(paths, list)
+            out.append((rel, wanted[rel], [p for p in paths if isinstance(p, str)] if ok else None))
+        return out
 
     def recover(self, state: PartitionState) -> list[str]:
         """Delete the data files of settled pending records (see ``_settled_records``) that ``state`` does not

@@ -324,3 +324,12 @@ class Progress:
             if lag is not None:
                 fields["lag"] = lag
             self.log.info("%s", line, extra={"fields": fields})
+
+
+def human_size(n: float) -> str:
+    """Bytes as a person reads them: 512 B, 3.4 KiB, 1.2 GiB."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"

@@ -30,6 +30,7 @@ from .lake import Lake
 from .lanes import Lanes
 from .manifest import PartitionState, new_writer_id
 from .offsets import ManifestOffsets, offset_store
+from .output import human_size
 from .reader import lake_schemas
 from .sources import Source, make_source
 from .types import TopicPartition
@@ -81,7 +82,7 @@ class Stats:
             f", {self.dead_letters} bad records dead-lettered" if self.dead_letters else ""
         )
         return (
-            f"{self.written} records in {self.files} files ({_human(self.bytes)}) in {secs:.1f}s "
+            f"{self.written} records in {self.files} files ({human_size(self.bytes)}) in {secs:.1f}s "
             f"({rate:,.0f} records/s), {self.commits} commits{bad}"
         )
 
@@ -117,14 +118,6 @@ class _Encoded:
     bad: BadRecord | None = None
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
-
-
 class Pipeline:
     def __init__(
         self,
@@ -137,9 +130,7 @@ class Pipeline:
     ) -> None:
         self.config = config
         self.semantics = config.semantics
-        self.lake = lake or Lake(
-            config.lake.path, config.lake.storage_options, connections=config.lake.max_concurrency
-        )
+        self.lake = lake or Lake(config.lake.path, config.lake.storage_options, connections=config.lake.max_concurrency)
         self.source: Source = source or make_source(config.kafka)
         self.until_caught_up = until_caught_up
         self.on_progress = on_progress

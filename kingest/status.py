@@ -31,6 +31,7 @@ from .deadletter import count_dead_letters, dead_letters_in_state, is_dead_lette
 from .kafka_admin import GroupInfo
 from .lake import Lake
 from .offsets import offset_store
+from .output import human_size
 from .types import TopicPartition
 
 _FOOTER_READERS = 16
@@ -255,7 +256,7 @@ def render(report: StatusReport) -> list[Any]:
     table.add_column("lag", justify="right", footer=f"{totals['lag']:,}")
     table.add_column("files", justify="right", footer=f"{totals['files']:,}")
     table.add_column("rows", justify="right", footer=f"{totals['rows']:,}")
-    table.add_column("bytes", justify="right", footer=_human(totals["bytes"]))
+    table.add_column("bytes", justify="right", footer=human_size(totals["bytes"]))
     dead_letters = totals["dead_letters"] > 0
     if dead_letters:
         table.add_column("dead letters", justify="right", footer=f"{totals['dead_letters']:,}")
@@ -273,7 +274,7 @@ def render(report: StatusReport) -> list[Any]:
         ]
         if exactly_once:
             cells.append(_opt(p.manifest_offset))
-        cells += [_opt(p.lag), f"{p.files:,}", f"{p.rows:,}", _human(p.bytes)]
+        cells += [_opt(p.lag), f"{p.files:,}", f"{p.rows:,}", human_size(p.bytes)]
         if dead_letters:
             cells.append(f"{p.dead_letters:,}")
         if exactly_once:
@@ -294,11 +295,3 @@ def _ranges(tps: Iterable[TopicPartition]) -> str:
     for topic, partition in tps:
         by_topic.setdefault(topic, []).append(partition)
     return ", ".join(f"{t}[{','.join(map(str, sorted(ps)))}]" for t, ps in sorted(by_topic.items()))
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"

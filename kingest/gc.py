@@ -1,0 +1,181 @@
+"""`kingest gc --retain DURATION`: remove what no manifest version names and nothing can still commit.
+
+What is collected, once older than the retention (a reader that listed a file a moment ago can still read it):
+
+- **uncommitted files** (exactly-once lakes): data and dead-letter files that the latest manifest state does not
+  name and that no writer can still commit: files of crashed or fenced attempts, files a rewind took out;
+- **stale attempts**: files announced by a pending record older than the retention whose version was never
+  committed (the writer crashed, or has been frozen that long): gc first commits a version of its own for the
+  partition (same offset, same files), which settles the record and fences that writer for good;
+- **settled pending records** whose files are all named or gone;
+- **interrupted writes**: the hidden ``.<name>.<id>.tmp`` files a local write or manifest create leaves when the
+  process dies half-way (any semantics).
+
+Why a pause of any length cannot make it delete a committed file: it lists the files first, then reads the
+pending records, then loads the manifest states. A listed file committed before the states are loaded is named
+by them. One committed after was announced by a pending record before it was written (so before the listing),
+for a version above the loaded state's: that record is only ever deleted once its version exists, after the
+loading, so it was read, and it protects the file. Files of unreadable records are never collected.
+
+Left alone: manifest versions below the latest checkpoint. Deleting a version would free its name, and a writer
+paused with a state that old could then create it again (the exclusive create that fences it would succeed).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from . import layout
+from .config import Config
+from .errors import ManifestConflict
+from .lake import Lake
+from .layout import topic_partition_of
+from .manifest import ManifestStore, new_writer_id
+from .offsets import offset_store
+
+
+@dataclass(frozen=True)
+class Garbage:
+    path: str
+    size: int
+    age: float  # seconds since it was last modified
+    kind: str  # "uncommitted", "interrupted write", "settled record"
+
+
+@dataclass
+class Plan:
+    lake: str
+    retain: float
+    collect: list[Garbage] = field(default_factory=list)  # older than the retention: gc removes these
+    young: list[Garbage] = field(default_factory=list)  # garbage, but younger than the retention: kept for now
+    protected: int = 0  # files not named by the manifest that a writer may still commit (pending, kept)
+    stale: list[tuple[str, int]] = field(default_factory=list)  # partitions with an attempt older than retain
+    unreadable_records: list[str] = field(default_factory=list)  # their partitions' files are left alone
+
+    @property
+    def bytes(self) -> int:
+        return sum(g.size for g in self.collect)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "lake": self.lake,
+            "retain_seconds": self.retain,
+            "files": len(self.collect),
+            "bytes": self.bytes,
+            "collect": [g.__dict__ for g in self.collect],
+            "younger_than_retention": {"files": len(self.young), "bytes": sum(g.size for g in self.young)},
+            "protected_pending": self.protected,
+            "unreadable_records": self.unreadable_records,
+        }
+
+
+def _partition(rel: str) -> tuple[str, int] | None:
+    """The topic-partition of a kingest data or dead-letter file (by its name and folder); None for any other
+    file, which gc never touches."""
+    name = layout.data_file(rel)
+    return (name.topic, name.partition) if name is not None else layout.dead_letter_file(rel)
+
+
+def _is_tmp(rel: str) -> bool:
+    name = rel.rsplit("/", 1)[-1]
+    return name.startswith(".") and name.endswith(".tmp")
+
+
+def plan(config: Config, lake: Lake, retain: float, now: float | None = None) -> Plan:
+    """What gc would remove now (reads only)."""
+    now = time.time() if now is None else now
+    out = Plan(lake.display(), retain)
+    topics = list(config.kafka.topics)
+    folders = tuple(f"{layout.topic_folder(t)}/" for t in topics) + tuple(
+        f"{layout.DEAD_LETTER_FOLDER}/{layout.topic_folder(t)}/" for t in topics
+    )
+    store = offset_store(config, lake)
+    manifests = ManifestStore(lake, config.pipeline) if store.names_files else None
+    # 1. The files, listed first (see the module docstring for why this order).
+    listed = {rel: sz_mt for rel, sz_mt in lake.find_dated("").items() if rel.startswith(folders)}
+    if manifests is not None:
+        listed.update(lake.find_dated(manifests.prefix))
+
+    def sort(rel: str, kind: str) -> None:
+        size, modified = listed[rel]
+        garbage = Garbage(rel, size, max(0.0, now - modified), kind)
+        (out.collect if garbage.age >= retain else out.young).append(garbage)
+
+    for rel in sorted(listed):
+        if _is_tmp(rel):
+            sort(rel, "interrupted write")
+    if manifests is None:
+        return out
+    # 2. The pending records, then 3. the states.
+    tps = sorted(set(manifests.partitions()) | {tp for tp in map(_partition, listed) if tp})
+    tps = [tp for tp in tps if tp[0] in topics]
+    records = {tp: manifests.pending_records(*tp) for tp in tps}
+    states = manifests.load_many(tps)
+    named = {path for state in states.values() for path in state.files}
+    protected: set[str] = set()
+    stale: set[str] = set()
+    blocked: set[tuple[str, int]] = set()
+    settled: list[tuple[str, list[str]]] = []
+    for tp, found in records.items():
+        for rel, version, paths in found:
+            if paths is None:
+                out.unreadable_records.append(rel)
+                blocked.add(tp)
+            elif version > states[tp].version:
+                size, modified = listed.get(rel, (0, now))
+                if now - modified >= retain:
+                    # An attempt older than the retention, never committed nor settled: its writer crashed (or
+                    # is frozen for that long). gc settles it by committing a version first (see collect).
+                    if tp not in out.stale:
+                        out.stale.append(tp)
+                    stale.update(paths)
+                    settled.append((rel, paths))
+                else:
+                    protected.update(paths)  # its writer may still commit them
+            else:
+                settled.append((rel, paths))
+    candidates = [
+        rel
+        for rel in sorted(listed)
+        if (tp := _partition(rel)) is not None and tp[0] in topics and rel not in named and tp not in blocked
+    ]
+    out.protected = sum(1 for rel in candidates if rel in protected)
+    for rel in candidates:
+        if rel not in protected:
+            sort(rel, "stale attempt" if rel in stale else "uncommitted")
+    leaving = {g.path for g in out.collect}
+    for rel, paths in settled:
+        if rel in listed and all(p in named or p not in listed or p in leaving for p in paths):
+            sort(rel, "settled record")
+    return out
+
+
+def collect(config: Config, lake: Lake, found: Plan) -> int:
+    """Remove the files of a plan (records last: a crash in between leaves them to find their files again).
+
+    A partition with a stale attempt first gets a version of its own (operation ``gc``, same offset, same
+    files), by exclusive create: that settles the attempt's record, and fences its writer should it ever
+    resume (its commit needs the version just taken). Only then are the attempt's files deleted. When another
+    writer commits first, the partition is left for the next gc (its files may be committed now)."""
+    garbage = list(found.collect)
+    if found.stale:
+        manifests = ManifestStore(lake, config.pipeline)
+        owner = f"gc-{new_writer_id()}"
+        skipped: set[tuple[str, int]] = set()
+        for tp in found.stale:
+            state = manifests.load(*tp)
+            try:
+                manifests.commit(state, operation="gc", owner=owner, next_offset=state.next_offset)
+            except ManifestConflict:
+                skipped.add(tp)
+        garbage = [g for g in garbage if _partition_of_any(g.path) not in skipped]
+    files = [g.path for g in garbage if g.kind != "settled record"]
+    lake.delete(files)
+    lake.delete([g.path for g in garbage if g.kind == "settled record"])
+    return len(garbage)
+
+
+def _partition_of_any(rel: str) -> tuple[str, int] | None:
+    """A data file's, dead letter's or pending record's topic-partition (by its folders or its name)."""
+    return _partition(rel) or topic_partition_of(rel)
