@@ -156,24 +156,35 @@ def collect(config: Config, lake: Lake, found: Plan) -> int:
 
     A partition with a stale attempt first gets a version of its own (operation ``gc``, same offset, same
     files), by exclusive create: that settles the attempt's record, and fences its writer should it ever
-    resume (its commit needs the version just taken). Only then are the attempt's files deleted. When another
-    writer commits first, the partition is left for the next gc (its files may be committed now)."""
+    resume (its commit needs the version just taken). Then recovery at that version removes what it settled
+    and does not name: the plan's view of such a partition may be out of date (its writer may have committed
+    the version since the plan read the state), so the plan's list is not used there. When another writer
+    commits first, the partition is left for the next gc. Returns the number of files and records removed."""
     garbage = list(found.collect)
+    removed = 0
     if found.stale:
         manifests = ManifestStore(lake, config.pipeline)
         owner = f"gc-{new_writer_id()}"
-        skipped: set[tuple[str, int]] = set()
+        stale = set(found.stale)
+        # What the plan saw of these partitions may be out of date (a writer may have committed the "stale"
+        # version since): after the fence, recovery at the new state decides what goes, not the plan.
+        # (Files of settled or missing records, "uncommitted", can never be committed: the plan's word stands.)
+        garbage = [
+            g
+            for g in garbage
+            if g.kind not in ("stale attempt", "settled record") or _partition_of_any(g.path) not in stale
+        ]
         for tp in found.stale:
             state = manifests.load(*tp)
             try:
-                manifests.commit(state, operation="gc", owner=owner, next_offset=state.next_offset)
+                fenced = manifests.commit(state, operation="gc", owner=owner, next_offset=state.next_offset)
             except ManifestConflict:
-                skipped.add(tp)
-        garbage = [g for g in garbage if _partition_of_any(g.path) not in skipped]
+                continue  # a writer committed meanwhile: the next gc looks again
+            removed += len(manifests.recover(fenced))
     files = [g.path for g in garbage if g.kind != "settled record"]
     lake.delete(files)
     lake.delete([g.path for g in garbage if g.kind == "settled record"])
-    return len(garbage)
+    return removed + len(garbage)
 
 
 def _partition_of_any(rel: str) -> tuple[str, int] | None:

@@ -396,7 +396,7 @@ def test_gc_removes_a_crashed_attempts_file_and_nothing_committed(
     assert audit(config)["orphan_files"] == orphans  # a dry run changes nothing
     done = kingest("gc", "-c", str(config), "--retain", "1s")
     assert done.returncode == 0, done.stderr
-    assert f"removed {planned['files']} file(s)" in done.stdout
+    assert done.stdout.startswith("removed "), done.stdout
     report = audit(config)
     assert report["holds"] and report["orphan_files"] == [] and report["missing_files"] == []
     second = run_until_caught_up(config)

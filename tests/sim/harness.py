@@ -36,6 +36,7 @@ writer stops and a fresh one must catch up to the end of every partition (livene
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import logging
 import random
@@ -55,6 +56,7 @@ except ImportError:  # the simulation runs on threads then (slower, same runs)
     greenlet = None
 
 from kingest import config as config_module
+from kingest import gc as gc_module
 from kingest import manifest as manifest_module
 from kingest.batcher import Batch, Record, TopicPartition
 from kingest.encoder import EncodedBatch, EncodedFile
@@ -165,6 +167,10 @@ class SimLake(Lake):
         self._step("find", rel)
         return super().find(rel)
 
+    def find_dated(self, rel: str = "") -> dict[str, tuple[int, float]]:
+        self._step("find", rel)
+        return super().find_dated(rel)
+
     def delete(self, rels: Iterable[str]) -> None:
         for rel in rels:  # one request a file on S3: a crash can come between two of them
             self._step("delete", rel)
@@ -255,14 +261,19 @@ def fake_file(folder: str, topic: str, partition: int, first: int, last: int, ta
 
 def fake_encoder(pipeline: Pipeline) -> Callable[[Batch], EncodedBatch]:
     """Encoder.encode_batch without Parquet: a batch of 4 or more records becomes two files (as partition_by
-    date can make), otherwise one; names and metadata as the real encoder makes them."""
+    date can make), otherwise one; names and metadata as the real encoder makes them: the writer's tag and a
+    serial (kingest.parquet: a name is never used twice, even when one writer cuts the same offsets again)."""
+    serial = itertools.count()
 
     def encode_batch(batch: Batch) -> EncodedBatch:
         folder = f"topic={batch.topic}/partition={batch.partition}"
         offsets = batch.offsets
         cuts = [offsets] if len(offsets) < 4 else [offsets[: len(offsets) // 2], offsets[len(offsets) // 2 :]]
         tag = pipeline.encoder.file_tag
-        files = [fake_file(folder, batch.topic, batch.partition, part[0], part[-1], tag) for part in cuts]
+        files = [
+            fake_file(folder, batch.topic, batch.partition, part[0], part[-1], f"{tag}-{next(serial)}")
+            for part in cuts
+        ]
         return EncodedBatch(batch, files, [])
 
     return encode_batch
@@ -564,6 +575,20 @@ class Rewinder(Actor):
         self.world.event(self.name, "rewind", f"{tp[1]}: {state.next_offset} -> {target}")
 
 
+class Collector(Actor):
+    """`kingest gc` with a retention of 0 (the most it may ever remove): plan, then collect, interleaved with the
+    writers like any process. It settles every attempt whose version is not taken, live writers' too: they are
+    fenced (safe, if rude), and nothing committed or committable may go."""
+
+    def __init__(self, world: World, number: int) -> None:
+        super().__init__(world, f"gc{number}")
+
+    def collect(self) -> None:
+        found = gc_module.plan(CONFIG, self.lake, retain=0.0)
+        removed = gc_module.collect(CONFIG, self.lake, found)
+        self.world.event(self.name, "gc", f"{removed} removed, {len(found.stale)} partition(s) settled")
+
+
 # ---------------------------------------------------------------------------------------------- checker
 
 
@@ -657,6 +682,7 @@ class World:
         p_commit_fail: float = 0.15,
         commit_refusals: bool = True,
         concurrent_saves: bool = True,
+        collectors: bool = True,
     ) -> None:
         self.seed = seed
         self.repro = ""  # the command line that replays this run (run_seed sets it)
@@ -683,9 +709,11 @@ class World:
         self.writers: list[Writer] = []
         self.writer_count = 0
         self.rewinds = 0
+        self.collections = 0
         self.p_commit_fail = p_commit_fail  # a Kafka commit gets no answer in time
         self.commit_refusals = commit_refusals  # a Kafka commit for a partition the group moved is refused
         self.concurrent_saves = concurrent_saves  # a flush's partitions saved side by side (SimLanes)
+        self.collectors_enabled = collectors  # `kingest gc` runs now and then (Collector)
         self.initial_writers = writers
         self.max_writers = max_writers
         self.checker = Checker(self)
@@ -932,6 +960,9 @@ class World:
         if draw < 0.225:
             self.start_rewind()
             return
+        if draw < 0.23 and self.collectors_enabled:
+            self.start_gc()
+            return
         self.advance()
 
     def random_rebalance(self) -> None:
@@ -962,6 +993,16 @@ class World:
             mode = "cooperative"
         self.rebalance(tp, new, mode)
 
+    def start_gc(self) -> None:
+        if any(isinstance(a, Collector) and not a.dead and a.busy for a in self.actors):
+            return
+        self.collections += 1
+        collector = Collector(self, self.collections)
+        self.actors.append(collector)
+        self.start(collector, "gc", collector.collect)
+        if not collector.busy:
+            self.kill(collector)
+
     def start_rewind(self) -> None:
         if any(isinstance(a, Rewinder) and not a.dead and a.busy for a in self.actors):
             return
@@ -983,7 +1024,7 @@ class World:
         actor = rng.choice(runnable)
         if actor.busy:
             self.step(actor, budget=self.budget())
-            if isinstance(actor, Rewinder) and not actor.busy and not actor.dead:
+            if isinstance(actor, Rewinder | Collector) and not actor.busy and not actor.dead:
                 self.kill(actor)
             return
         assert isinstance(actor, Writer)
@@ -1020,7 +1061,7 @@ class World:
             if busy:
                 actor = self.rng.choice(busy)
                 self.step(actor, budget=self.budget())
-                if isinstance(actor, Rewinder) and not actor.busy and not actor.dead:
+                if isinstance(actor, Rewinder | Collector) and not actor.busy and not actor.dead:
                     self.kill(actor)
                 continue
             queued = [w for w in self.live_writers() if w.queue]

@@ -66,7 +66,9 @@ def test_gc_removes_what_nothing_names_or_can_commit_and_keeps_the_rest(tmp_path
     Path(lake.full(tmp)).write_bytes(b"half")
     foreign = "topic=orders/partition=1/notes.parquet"  # not a kingest name: never touched
     lake.put(foreign, b"x")
-    young = _plant(lake, store, 1, 1, "w-young", "orders-1-00000000000000000000-00000000000000000001-young-1.parquet")
+    # settled and never committed, but younger than the retention: kept for now (in a partition gc does not settle:
+    # settling runs the pipeline's own recovery, which, like a run's claim, removes such files at once)
+    young = _plant(lake, store, 0, 1, "w-young", "orders-0-00000000000000000000-00000000000000000001-young-1.parquet")
     for rel in lake.find():
         if "run" not in rel and "young" not in rel:
             _age(lake, rel, 2 * HOUR)
