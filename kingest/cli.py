@@ -288,6 +288,80 @@ def rewind(
 
 
 @app.command()
+def compact(
+    config_path: ConfigOption = None,
+    target_size: Annotated[
+        str, typer.Option("--target-size", help="About how large each new file may be (B, KiB, MiB, GiB).")
+    ] = "128MiB",
+    topic: Annotated[
+        str | None,
+        typer.Option("--topic", help="Only this topic (default: all of the pipeline's).", show_default=False),
+    ] = None,
+    partition: Annotated[
+        int | None, typer.Option("--partition", help="Only this partition (default: all).", show_default=False)
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be merged; change nothing.")] = False,
+    keep_inputs: Annotated[
+        bool,
+        typer.Option(
+            "--keep-inputs",
+            help="Leave the old files for `kingest gc` to remove after its retention (a reader that listed them "
+            "can still read them; a reader of the folder sees both until then).",
+        ),
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Merge each partition's small files into files of about --target-size, in one manifest version per
+    partition (exactly-once lakes); the old files leave the folder right after (see --keep-inputs). Safe while
+    `kingest run` is writing."""
+    setup_logging("text", False)
+    with errors_handled():
+        config = load_config(config_path)
+        from .compact import compact as run_compact
+        from .config import parse_size
+        from .errors import ConfigError
+        from .lake import Lake
+        from .output import human_size
+
+        try:
+            target = parse_size(target_size)
+        except ValueError as exc:
+            raise ConfigError(
+                f"--target-size {target_size!r} is not a size: {exc}", "Use --target-size 128MiB, 512MiB or 1GiB."
+            ) from None
+        if topic is not None and topic not in config.kafka.topics:
+            raise ConfigError(
+                f"--topic {topic!r} is not one of the pipeline's topics ({', '.join(config.kafka.topics)})",
+                "Name one of kafka.topics, or leave --topic out.",
+            )
+        lake = Lake(config.lake.path, config.lake.storage_options)
+        results = run_compact(
+            config, lake, target, topic=topic, partition=partition, dry_run=dry_run, keep_inputs=keep_inputs
+        )
+    if as_json:
+        import json
+
+        rows = [r.__dict__ | {"tp": list(r.tp)} for r in results]
+        typer.echo(SCRUB(json.dumps({"dry_run": dry_run, "partitions": rows})))
+        return
+    for r in results:
+        name = f"{r.tp[0]}[{r.tp[1]}]"
+        if dry_run:
+            typer.echo(f"{name}: would merge {len(r.inputs)} files ({human_size(r.bytes_in)})")
+        elif r.version is None:
+            typer.echo(f"{name}: not compacted: {r.skipped or 'nothing to merge'}")
+        else:
+            typer.echo(
+                f"{name}: {len(r.inputs)} files ({human_size(r.bytes_in)}) -> {len(r.outputs)} "
+                f"({human_size(r.bytes_out)}), manifest version {r.version}"
+            )
+    if not results:
+        typer.echo("nothing to compact.")
+    elif keep_inputs and not dry_run:
+        typer.echo("the old files stay until `kingest gc` removes them after its retention.")
+
+
+@app.command()
 def gc(
     config_path: ConfigOption = None,
     retain: Annotated[

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -39,6 +40,7 @@ _pause_file: str | None = None
 _passes: dict[str, int] = {}
 _parsed = False
 _actions: dict[str, Callable[[], None]] = {}
+_lock = threading.Lock()
 
 
 def parse(value: str | None, env: str = ENV) -> tuple[str, int] | None:
@@ -86,7 +88,8 @@ def point(name: str) -> None:
         action()
     if _target is None and _pause is None:
         return
-    passes = _passes[name] = _passes.get(name, 0) + 1
+    with _lock:  # the save lanes pass points from several threads: each pass counted once
+        passes = _passes[name] = _passes.get(name, 0) + 1
     if _target == (name, passes):
         os.kill(os.getpid(), signal.SIGKILL)
     if _pause == (name, passes) and _pause_file is not None:

@@ -8,6 +8,8 @@ What is collected, once older than the retention (a reader that listed a file a 
   committed (the writer crashed, or has been frozen that long): gc first commits a version of its own for the
   partition (same offset, same files), which settles the record and fences that writer for good;
 - **settled pending records** whose files are all named or gone;
+- **retired files**: the inputs of a compaction (``kingest compact``), counted from the compaction's retire note,
+  not from the file's own age, and then the note;
 - **interrupted writes**: the hidden ``.<name>.<id>.tmp`` files a local write or manifest create leaves when the
   process dies half-way (any semantics).
 
@@ -40,7 +42,7 @@ class Garbage:
     path: str
     size: int
     age: float  # seconds since it was last modified
-    kind: str  # "uncommitted", "interrupted write", "settled record"
+    kind: str  # uncommitted, stale attempt, retired, interrupted write, settled record, retire note
 
 
 @dataclass
@@ -97,9 +99,9 @@ def plan(config: Config, lake: Lake, retain: float, now: float | None = None) ->
     if manifests is not None:
         listed.update(lake.find_dated(manifests.prefix))
 
-    def sort(rel: str, kind: str) -> None:
+    def sort(rel: str, kind: str, age: float | None = None) -> None:
         size, modified = listed[rel]
-        garbage = Garbage(rel, size, max(0.0, now - modified), kind)
+        garbage = Garbage(rel, size, max(0.0, now - modified if age is None else age), kind)
         (out.collect if garbage.age >= retain else out.young).append(garbage)
 
     for rel in sorted(listed):
@@ -135,6 +137,22 @@ def plan(config: Config, lake: Lake, retain: float, now: float | None = None) ->
                     protected.update(paths)  # its writer may still commit them
             else:
                 settled.append((rel, paths))
+    # 4. The retire notes of compactions, read after the states: a compaction that committed before them wrote
+    # its note before that, so a file it took out is never mistaken for an uncommitted one (whose age would be
+    # its own, not the time it left the table).
+    retiring: dict[str, float] = {}  # file -> since when it is out (the age of its note)
+    notes: list[tuple[str, list[str]]] = []
+    for tp in tps:
+        for rel, version, paths in manifests.retired_notes(*tp):
+            if paths is None:
+                out.unreadable_records.append(rel)
+                blocked.add(tp)
+                continue
+            age = now - listed.get(rel, (0, now))[1]
+            for path in paths:
+                retiring[path] = min(retiring.get(path, age), age)
+            if version <= states[tp].version:
+                notes.append((rel, paths))
     candidates = [
         rel
         for rel in sorted(listed)
@@ -142,12 +160,17 @@ def plan(config: Config, lake: Lake, retain: float, now: float | None = None) ->
     ]
     out.protected = sum(1 for rel in candidates if rel in protected)
     for rel in candidates:
-        if rel not in protected:
+        if rel in retiring:
+            sort(rel, "retired", age=retiring[rel])
+        elif rel not in protected:
             sort(rel, "stale attempt" if rel in stale else "uncommitted")
     leaving = {g.path for g in out.collect}
     for rel, paths in settled:
         if rel in listed and all(p in named or p not in listed or p in leaving for p in paths):
             sort(rel, "settled record")
+    for rel, paths in notes:
+        if rel in listed and all(p in named or p not in listed or p in leaving for p in paths):
+            sort(rel, "retire note")
     return out
 
 
@@ -181,9 +204,9 @@ def collect(config: Config, lake: Lake, found: Plan) -> int:
             except ManifestConflict:
                 continue  # a writer committed meanwhile: the next gc looks again
             removed += len(manifests.recover(fenced))
-    files = [g.path for g in garbage if g.kind != "settled record"]
-    lake.delete(files)
-    lake.delete([g.path for g in garbage if g.kind == "settled record"])
+    records = ("settled record", "retire note")
+    lake.delete([g.path for g in garbage if g.kind not in records])
+    lake.delete([g.path for g in garbage if g.kind in records])
     return removed + len(garbage)
 
 

@@ -49,6 +49,8 @@ CHECKPOINT_EVERY = 25
 # beside this one would delete files this one committed. Its records (``pending/.../<writer>.json``) are not
 # read here; their files are never part of the lake (kingest verify lists them).
 PENDING = "pending-v2"
+RETIRED = "retired"  # notes of the files a compaction takes out (gc removes them after a retention)
+MAINTENANCE = frozenset({"compact", "gc"})  # versions that change no offset and fence no writer's ownership
 _NAME_DIGITS = 20
 
 
@@ -298,6 +300,24 @@ class ManifestStore:
 
     # ------------------------------------------------------------------------------------------ recovery
 
+    def retired_rel(self, topic: str, partition: int, version: int, owner: str) -> str:
+        return f"{self._folder(RETIRED, topic, partition)}/{version:0{_NAME_DIGITS}d}-{owner}.json"
+
+    def retired_notes(self, topic: str, partition: int) -> list[tuple[str, int, list[str] | None]]:
+        """The partition's notes of retired files (see ``save``): path, version, files (None: unreadable)."""
+        return self.pending_records(topic, partition, kind=RETIRED)
+
+    def only_maintenance(self, topic: str, partition: int, after: int, upto: int) -> bool:
+        """Whether versions ``after``+1 .. ``upto`` are all compactions and gc fences: versions that move no
+        offset and take no partition from its owner (a writer that lost its commit to one resumes on top)."""
+        if upto <= after:
+            return True
+        rels = [self.version_path(topic, partition, v) for v in range(after + 1, upto + 1)]
+        docs = self.lake.read_many(rels)
+        return len(docs) == len(rels) and all(
+            self._parse(rel, data).get("operation") in MAINTENANCE for rel, data in docs.items()
+        )
+
     def _pending_rel(self, topic: str, partition: int, version: int, owner: str) -> str:
         return f"{self._folder(PENDING, topic, partition)}/{version:0{_NAME_DIGITS}d}-{owner}.json"
 
@@ -336,11 +356,11 @@ class ManifestStore:
         return records, garbage
 
     def pending_records(
-        self, topic: str, partition: int, up_to: int | None = None
+        self, topic: str, partition: int, up_to: int | None = None, *, kind: str = PENDING
     ) -> list[tuple[str, int, list[str] | None]]:
         """The partition's pending records (of versions up to ``up_to``, or all): path, version, and the files it
         names (None when this kingest cannot read it: a newer format, or damaged)."""
-        folder = self._folder(PENDING, topic, partition)
+        folder = self._folder(kind, topic, partition)
         wanted = {
             f"{folder}/{name}": int(name[:_NAME_DIGITS])
             for name in self.lake.listdir(folder)
@@ -419,6 +439,7 @@ class ManifestStore:
         remove: Sequence[str] = (),
         extra: dict[str, Any] | None = None,
         write: Callable[[Sequence[EncodedFile]], None] | None = None,
+        retire: Sequence[str] = (),
     ) -> PartitionState:
         """Add ``files`` (and take ``remove`` out) in version ``state.version + 1``, in the one order that a crash
         or a pause at any line cannot break (a batch of ``kingest run`` and a rewind alike):
@@ -427,11 +448,18 @@ class ManifestStore:
         2. write the files (``write``: the caller's way, else plain puts): not part of the lake yet;
         3. commit the version by exclusive create: now they are.
 
+        ``retire``: files taken out too, but not deleted by recovery: a compaction's inputs, which readers that
+        listed them may still be reading. A note names them before the commit; ``kingest gc`` deletes them once
+        the note is older than its retention.
+
         Raises ManifestConflict when another writer took the version: the files were never committed, and their
         names carry this writer's tag, so they are deleted here (with the record)."""
         version = state.version + 1
         added = [f.path for f in files]
         removed = [p for p in remove if p not in added]
+        if retire:
+            note = {"format_version": FORMAT_VERSION, "owner": owner, "version": version, "paths": list(retire)}
+            self.lake.put(self.retired_rel(state.topic, state.partition, version, owner), json.dumps(note).encode())
         self.write_pending(state.topic, state.partition, owner, added + removed, version=version)
         if write is not None:
             write(files)
@@ -446,12 +474,14 @@ class ManifestStore:
                 owner=owner,
                 next_offset=next_offset,
                 add=[f.entry() for f in files],
-                remove=list(remove),
+                remove=[*remove, *(p for p in retire if p not in remove)],
                 extra=extra,
             )
         except ManifestConflict:
             self.lake.delete(added)
             self.lake.delete([self._pending_rel(state.topic, state.partition, version, owner)])
+            if retire:
+                self.lake.delete([self.retired_rel(state.topic, state.partition, version, owner)])
             raise
 
 

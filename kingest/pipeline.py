@@ -421,7 +421,16 @@ class Pipeline:
                     write=self._put,
                 )
             except ManifestConflict as conflict:
-                saved.conflict = conflict
+                latest = self.manifests.load(*tp)
+                if latest.next_offset == state.next_offset and self.manifests.only_maintenance(
+                    *tp, after=state.version, upto=latest.version
+                ):
+                    # A compaction or a gc fence went in first: it moved no offset and claimed nothing, so the
+                    # partition is still ours. Resume on top of it (this batch's records are consumed again).
+                    self.owned[tp] = latest
+                    saved.moved = latest
+                else:
+                    saved.conflict = conflict
                 return saved
             saved.commits += 1
             saved.committed = batch.next_offset
@@ -582,9 +591,9 @@ class Pipeline:
         return _Claimed(state)
 
     def _resume_from(self, tp: TopicPartition, state: PartitionState) -> None:
-        """Another writer committed after we loaded the state: drop what we buffered (it starts at a stale offset)
-        and resume from the manifest."""
-        log.warning("%s[%d]: the manifest moved on since assignment; resuming from %s", *tp, state.next_offset)
+        """Another writer committed after we loaded the state (or a compaction or gc before our commit): drop what
+        we buffered (it starts at a stale offset, or was not saved) and resume from the manifest."""
+        log.warning("%s[%d]: the manifest moved on; resuming from %s", *tp, state.next_offset)
         self.loaded[tp] = state
         self.batcher.drop([tp])
         self._seek_to(tp, state)

@@ -81,6 +81,18 @@ def read_rows_before(lake: Lake, path: str, offset: int) -> pa.Table:
     return table.filter(pc.less(table.column("kafka_offset"), offset))
 
 
+def read_merged(lake: Lake, paths: Iterable[str]) -> pa.Table:
+    """Every row of several lake files of one partition as one table in offset order (kingest compact), with
+    every file's columns: a column a file lacks is null there, numbers widen as the encoder widens them. The
+    files' own metadata is dropped (the merged file gets its own)."""
+    tables = []
+    for path in paths:
+        with lake.fs.open(lake.full(path), "rb") as handle:
+            tables.append(pq.ParquetFile(handle).read().replace_schema_metadata(None))
+    table = pa.concat_tables(tables, promote_options="permissive")
+    return table.take(pc.sort_indices(table, sort_keys=[("kafka_offset", "ascending")]))
+
+
 def lake_schemas(lake: Lake, topics: Iterable[str], manifests: ManifestStore | None = None) -> dict[str, pa.Schema]:
     """The columns each topic's data files have now, for a run to start from: per partition, the Arrow schema
     in the footer of its newest data file (highest offsets; under exactly-once, of the files the offsets

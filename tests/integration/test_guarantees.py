@@ -402,3 +402,41 @@ def test_gc_removes_a_crashed_attempts_file_and_nothing_committed(
     second = run_until_caught_up(config)
     assert second.returncode == 0, second.stderr
     check_guarantee("exactly-once", config, lake, options, PER_PARTITION)
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_compact_while_a_run_writes_keeps_every_offset_once(
+    where, tmp_path, kafka_bootstrap, topic_factory, produce, s3_prefix, s3_storage_options
+):
+    """`kingest compact` several times while `kingest run` writes the same partitions, records still arriving:
+    the run is never fenced by it, and the lake (the manifest and, independently, the folder) ends with every
+    offset once, in fewer files."""
+    topic = topic_factory(partitions=PARTITIONS)
+    produce_evenly(produce, topic, 1000)
+    lake, options = (str(tmp_path / "lake"), None) if where == "local" else (s3_prefix, s3_storage_options)
+    config = crash_config(
+        tmp_path / "kingest.yaml",
+        topic=topic,
+        lake=lake,
+        semantics="exactly-once",
+        bootstrap=kafka_bootstrap,
+        storage_options=options,
+    )
+    producer = Producer(kafka_bootstrap, topic, start=1000, chunk=10)
+    producer.start()
+    run = Instance("run", config, tmp_path).start()
+    merged = 0
+    try:
+        for _ in range(3):
+            time.sleep(0.5)
+            result = kingest("compact", "-c", str(config), "--json")
+            assert result.returncode == 0, result.stderr
+            merged += sum(len(p["inputs"]) for p in json.loads(result.stdout)["partitions"] if p["version"])
+    finally:
+        per_partition = producer.stop()
+        assert run.stop() == 0, run.log()
+    assert merged > 0, "nothing was compacted"
+    assert "fenced" not in run.log() and "another writer" not in run.log()
+    again = run_until_caught_up(config)
+    assert again.returncode == 0, again.stderr
+    check_guarantee("exactly-once", config, lake, options, per_partition)

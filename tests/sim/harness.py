@@ -55,6 +55,7 @@ try:
 except ImportError:  # the simulation runs on threads then (slower, same runs)
     greenlet = None
 
+from kingest import compact as compact_module
 from kingest import config as config_module
 from kingest import gc as gc_module
 from kingest import manifest as manifest_module
@@ -271,8 +272,7 @@ def fake_encoder(pipeline: Pipeline) -> Callable[[Batch], EncodedBatch]:
         cuts = [offsets] if len(offsets) < 4 else [offsets[: len(offsets) // 2], offsets[len(offsets) // 2 :]]
         tag = pipeline.encoder.file_tag
         files = [
-            fake_file(folder, batch.topic, batch.partition, part[0], part[-1], f"{tag}-{next(serial)}")
-            for part in cuts
+            fake_file(folder, batch.topic, batch.partition, part[0], part[-1], f"{tag}-{next(serial)}") for part in cuts
         ]
         return EncodedBatch(batch, files, [])
 
@@ -575,6 +575,48 @@ class Rewinder(Actor):
         self.world.event(self.name, "rewind", f"{tp[1]}: {state.next_offset} -> {target}")
 
 
+class Compactor(Actor):
+    """`kingest compact` of one partition, as kingest.compact does it but with the simulation's files: the runs
+    of neighbouring files (kingest.compact.runs) merged into one each, in one ``compact`` version; the inputs
+    deleted by recovery at once, or (``keep``) retired for gc."""
+
+    def __init__(self, world: World, number: int) -> None:
+        super().__init__(world, f"compact{number}")
+        self.owner = f"compact-sim-{number}-{world.rng.getrandbits(32):08x}"
+        self.store = ManifestStore(self.lake, PIPELINE)
+        self.serial = itertools.count()
+
+    def compact(self, tp: TopicPartition, keep: bool) -> None:
+        state = self.store.load(*tp)
+        groups = compact_module.runs(state, target=1 << 30)
+        if not groups:
+            return
+        tag = self.owner.rsplit("-", 1)[-1]
+        files, inputs = [], []
+        for group in groups:
+            entries = [state.files[p] for p in group]
+            first, last = entries[0]["first_offset"], entries[-1]["last_offset"]
+            folder = group[0].rsplit("/", 1)[0]
+            files.append(fake_file(folder, tp[0], tp[1], first, last, f"{tag}-{next(self.serial)}"))
+            inputs += group
+        try:
+            new = self.store.save(
+                state,
+                operation="compact",
+                owner=self.owner,
+                next_offset=state.next_offset,
+                files=files,
+                remove=[] if keep else inputs,
+                retire=inputs if keep else [],
+            )
+        except ManifestConflict:
+            self.world.event(self.name, "compact", f"{tp[1]}: conflict, not compacted")
+            return
+        if not keep:
+            self.store.recover(new)
+        self.world.event(self.name, "compact", f"{tp[1]}: {len(inputs)} files -> {len(files)} (keep {keep})")
+
+
 class Collector(Actor):
     """`kingest gc` with a retention of 0 (the most it may ever remove): plan, then collect, interleaved with the
     writers like any process. It settles every attempt whose version is not taken, live writers' too: they are
@@ -710,6 +752,7 @@ class World:
         self.writer_count = 0
         self.rewinds = 0
         self.collections = 0
+        self.compactions = 0
         self.p_commit_fail = p_commit_fail  # a Kafka commit gets no answer in time
         self.commit_refusals = commit_refusals  # a Kafka commit for a partition the group moved is refused
         self.concurrent_saves = concurrent_saves  # a flush's partitions saved side by side (SimLanes)
@@ -963,6 +1006,9 @@ class World:
         if draw < 0.23 and self.collectors_enabled:
             self.start_gc()
             return
+        if draw < 0.24 and self.collectors_enabled:
+            self.start_compaction()
+            return
         self.advance()
 
     def random_rebalance(self) -> None:
@@ -992,6 +1038,18 @@ class World:
         else:
             mode = "cooperative"
         self.rebalance(tp, new, mode)
+
+    def start_compaction(self) -> None:
+        if any(isinstance(a, Compactor) and not a.dead and a.busy for a in self.actors):
+            return
+        self.compactions += 1
+        compactor = Compactor(self, self.compactions)
+        self.actors.append(compactor)
+        tp = self.rng.choice(self.tps)
+        keep = self.rng.random() < 0.5
+        self.start(compactor, f"compact {tp[1]}", lambda: compactor.compact(tp, keep))
+        if not compactor.busy:
+            self.kill(compactor)
 
     def start_gc(self) -> None:
         if any(isinstance(a, Collector) and not a.dead and a.busy for a in self.actors):
@@ -1024,7 +1082,7 @@ class World:
         actor = rng.choice(runnable)
         if actor.busy:
             self.step(actor, budget=self.budget())
-            if isinstance(actor, Rewinder | Collector) and not actor.busy and not actor.dead:
+            if isinstance(actor, Rewinder | Collector | Compactor) and not actor.busy and not actor.dead:
                 self.kill(actor)
             return
         assert isinstance(actor, Writer)
@@ -1061,7 +1119,7 @@ class World:
             if busy:
                 actor = self.rng.choice(busy)
                 self.step(actor, budget=self.budget())
-                if isinstance(actor, Rewinder | Collector) and not actor.busy and not actor.dead:
+                if isinstance(actor, Rewinder | Collector | Compactor) and not actor.busy and not actor.dead:
                     self.kill(actor)
                 continue
             queued = [w for w in self.live_writers() if w.queue]
