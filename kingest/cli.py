@@ -371,7 +371,7 @@ def gc(
             help="Only what has been garbage for at least this long (ms, s, m, h, d): a reader that listed a file "
             "before can still read it.",
         ),
-    ] = "7d",
+    ] = "7d",  # gc.DEFAULT_RETAIN
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be removed, with sizes.")] = False,
     as_json: JsonOption = False,
 ) -> None:

@@ -36,6 +36,8 @@ from .layout import topic_partition_of
 from .manifest import ManifestStore, new_writer_id
 from .offsets import offset_store
 
+DEFAULT_RETAIN = "7d"
+
 
 @dataclass(frozen=True)
 class Garbage:
@@ -58,6 +60,16 @@ class Plan:
     @property
     def bytes(self) -> int:
         return sum(g.size for g in self.collect)
+
+    def summary(self) -> dict[str, float | int]:
+        """What `kingest status` shows: reclaimable now, and once older than the retention."""
+        return {
+            "retain_seconds": self.retain,
+            "files": len(self.collect),
+            "bytes": self.bytes,
+            "later_files": len(self.young),
+            "later_bytes": sum(g.size for g in self.young),
+        }
 
     def to_json(self) -> dict[str, object]:
         return {

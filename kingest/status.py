@@ -25,8 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from . import kafka_admin, layout
-from .config import Config
+from . import gc, kafka_admin, layout
+from .config import Config, parse_duration
 from .deadletter import count_dead_letters, dead_letters_in_state, is_dead_letter
 from .kafka_admin import GroupInfo
 from .lake import Lake
@@ -74,6 +74,7 @@ class StatusReport:
     group: GroupInfo
     lake: str
     partitions: list[PartitionStatus]
+    gc: dict[str, float | int] | None = None  # what `kingest gc` would reclaim (gc.Plan.summary)
 
     @property
     def active(self) -> bool:
@@ -98,6 +99,7 @@ class StatusReport:
                     for m in self.group.members
                 ],
             },
+            "gc": self.gc,
             "partitions": [asdict(p) for p in self.partitions],
             "totals": {
                 "lag": sum(p.lag or 0 for p in self.partitions),
@@ -187,12 +189,14 @@ def collect_status(config: Config, lake: Lake | None = None) -> StatusReport:
                 | {"files": len(files), "rows": sum(f.rows or 0 for f in files), "bytes": sum(f.bytes for f in files)}
                 | {"dead_letters": dead.get(tp, 0), "last_commit_at": None}
             )
+    garbage = gc.plan(config, lake, parse_duration(gc.DEFAULT_RETAIN))
     return StatusReport(
         pipeline=config.pipeline,
         semantics=config.semantics,
         group=group,
         lake=lake.display(),
         partitions=[PartitionStatus(**row) for row in partitions],
+        gc=garbage.summary(),
     )
 
 
@@ -283,6 +287,12 @@ def render(report: StatusReport) -> list[Any]:
             cells.append(p.assigned_to or "-")
         table.add_row(*cells)
     out.append(table)
+    if report.gc and (report.gc["files"] or report.gc["later_files"]):
+        g = report.gc
+        line = f"gc: {g['files']:,} file(s), {human_size(g['bytes'])} to reclaim now (`kingest gc`)"
+        if g["later_files"]:
+            line += f"; {g['later_files']:,} more ({human_size(g['later_bytes'])}) once older than {gc.DEFAULT_RETAIN}"
+        out.append(Text(line))
     return out
 
 
