@@ -8,11 +8,11 @@ broken; 2 cannot start (config, set-up, connectivity) or a usage error.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from typer.exceptions import TyperException
@@ -287,6 +287,19 @@ def rewind(
     )
 
 
+T = TypeVar("T")
+
+
+def _option(parse: Callable[[str], T], flag: str, value: str, what: str, examples: str) -> T:
+    """A command-line value parsed as the config parses it; a ConfigError (exit 2) that says how to fix it."""
+    from .errors import ConfigError
+
+    try:
+        return parse(value)
+    except ValueError as exc:
+        raise ConfigError(f"{flag} {value!r} is not {what}: {exc}", f"Use {flag} {examples}.") from None
+
+
 @app.command()
 def compact(
     config_path: ConfigOption = None,
@@ -323,12 +336,7 @@ def compact(
         from .lake import Lake
         from .output import human_size
 
-        try:
-            target = parse_size(target_size)
-        except ValueError as exc:
-            raise ConfigError(
-                f"--target-size {target_size!r} is not a size: {exc}", "Use --target-size 128MiB, 512MiB or 1GiB."
-            ) from None
+        target = _option(parse_size, "--target-size", target_size, "a size", "128MiB, 512MiB or 1GiB")
         if topic is not None and topic not in config.kafka.topics:
             raise ConfigError(
                 f"--topic {topic!r} is not one of the pipeline's topics ({', '.join(config.kafka.topics)})",
@@ -382,15 +390,11 @@ def gc(
     with errors_handled():
         config = load_config(config_path)
         from .config import parse_duration
-        from .errors import ConfigError
         from .gc import collect, plan
         from .lake import Lake
         from .output import human_size
 
-        try:
-            seconds = parse_duration(retain)
-        except ValueError as exc:
-            raise ConfigError(f"--retain {retain!r} is not a duration: {exc}", "Use --retain 7d, 24h or 30m.") from None
+        seconds = _option(parse_duration, "--retain", retain, "a duration", "7d, 24h or 30m")
         lake = Lake(config.lake.path, config.lake.storage_options)
         found = plan(config, lake, seconds)
         removed = 0 if dry_run else collect(config, lake, found)

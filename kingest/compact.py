@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 
 from .config import Config
 from .deadletter import is_dead_letter
-from .encoder import EncodedFile, Encoder
+from .encoder import EncodedFile, Encoder, rewriting_encoder
 from .errors import ConfigError, ManifestConflict
 from .lake import Lake
 from .manifest import ManifestStore, PartitionState, new_writer_id
@@ -125,16 +125,7 @@ def compact(
             result.bytes_in = sum(int(state.files[p].get("bytes", 0)) for p in result.inputs)
             if not groups or dry_run:
                 break
-            encoder = Encoder(
-                config.records.format,
-                compression=config.lake.compression,
-                lineage={
-                    "kingest.pipeline": config.pipeline,
-                    "kingest.semantics": config.semantics,
-                    "kingest.compacted_from": str(len(result.inputs)),
-                },
-                file_tag=owner.rsplit("-", 1)[-1],
-            )
+            encoder = rewriting_encoder(config, owner, compacted_from=str(len(result.inputs)))
             files = [f for g in groups for f in merge(lake, encoder, tp[0], tp[1], g)]
             try:
                 new = manifests.save(

@@ -24,7 +24,18 @@ from .parquet import EncodedFile, ParquetFiles
 if TYPE_CHECKING:
     import pyarrow as pa
 
-__all__ = ["METADATA_NAMES", "BadRecord", "Decoded", "EncodedBatch", "EncodedFile", "Encoder", "Rejected"]
+    from .config import Config
+
+__all__ = [
+    "METADATA_NAMES",
+    "BadRecord",
+    "Decoded",
+    "EncodedBatch",
+    "EncodedFile",
+    "Encoder",
+    "Rejected",
+    "rewriting_encoder",
+]
 
 
 @dataclass(frozen=True)
@@ -102,3 +113,19 @@ class Encoder:
         """The raw bad records (key, value as bytes, headers, timestamp, topic, partition, offset) and their error
         text, under ``_dead_letters/topic=<t>/partition=<p>/``."""
         return self.files.dead_letter_file(batch.topic, batch.partition, dead_letter_table(batch, rejected))
+
+
+def rewriting_encoder(config: Config, owner: str, **lineage: str) -> Encoder:
+    """The encoder of files that replace lake files (a rewind's rewritten file, a compaction's merged one): the
+    pipeline's format and compression, its lineage plus ``lineage`` (``kingest.<key>``), names tagged with the
+    rewriting process (``owner``'s last part, and a serial): never the name of a file it replaces."""
+    return Encoder(
+        config.records.format,
+        compression=config.lake.compression,
+        lineage={
+            "kingest.pipeline": config.pipeline,
+            "kingest.semantics": config.semantics,
+            **{f"kingest.{key}": value for key, value in lineage.items()},
+        },
+        file_tag=owner.rsplit("-", 1)[-1],
+    )

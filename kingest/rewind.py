@@ -328,7 +328,7 @@ def _ranges(values: list[int]) -> str:
 def apply_rewind(config: Config, plan: RewindPlan, lake: Lake | None = None) -> RewindResult:
     """Carry the plan out. Checks again that the group has no active member: a run may have started while the
     plan was read. Under exactly-once, a writer that committed since the plan makes the rewind stop there."""
-    from .encoder import Encoder
+    from .encoder import rewriting_encoder
     from .reader import read_rows_before
 
     refuse_if_active(kafka_admin.describe_group(config))
@@ -347,16 +347,7 @@ def apply_rewind(config: Config, plan: RewindPlan, lake: Lake | None = None) -> 
             for f in p.rewrite:
                 # The rewritten file keeps the original's folder (whatever the layout that wrote it) and gets a
                 # new name (the offsets it keeps, and this rewind's tag): it never replaces a file in place.
-                encoder = Encoder(
-                    config.records.format,
-                    compression=config.lake.compression,
-                    lineage={
-                        "kingest.pipeline": config.pipeline,
-                        "kingest.semantics": config.semantics,
-                        "kingest.rewritten_from": f.path,
-                    },
-                    file_tag=owner.rsplit("-", 1)[-1],
-                )
+                encoder = rewriting_encoder(config, owner, rewritten_from=f.path)
                 kept = read_rows_before(lake, f.path, p.after)
                 # The encoder writes the file's metadata anew (offsets, rows, lineage). The old metadata goes:
                 # its bytes keys would not replace the encoder's str keys of the same names.

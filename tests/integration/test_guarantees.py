@@ -366,6 +366,17 @@ def test_aborted_records_in_the_lake_are_reported(tmp_path, kafka_bootstrap, top
 # ---------------------------------------------------------------------------------------------- gc
 
 
+def _exactly_once(tmp_path: Path, bootstrap: str, topic: str, lake: str, options: dict | None) -> Path:
+    return crash_config(
+        tmp_path / "kingest.yaml",
+        topic=topic,
+        lake=lake,
+        semantics="exactly-once",
+        bootstrap=bootstrap,
+        storage_options=options,
+    )
+
+
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_gc_removes_a_crashed_attempts_file_and_nothing_committed(
     where, tmp_path, kafka_bootstrap, topic_factory, produce, s3_prefix, s3_storage_options
@@ -375,14 +386,7 @@ def test_gc_removes_a_crashed_attempts_file_and_nothing_committed(
     topic = topic_factory(partitions=PARTITIONS)
     produce_evenly(produce, topic, PER_PARTITION)
     lake, options = (str(tmp_path / "lake"), None) if where == "local" else (s3_prefix, s3_storage_options)
-    config = crash_config(
-        tmp_path / "kingest.yaml",
-        topic=topic,
-        lake=lake,
-        semantics="exactly-once",
-        bootstrap=kafka_bootstrap,
-        storage_options=options,
-    )
+    config = _exactly_once(tmp_path, kafka_bootstrap, topic, lake, options)
     first = run_until_caught_up(config, crash="after-write:2")
     assert first.returncode == -signal.SIGKILL, first.stderr
     orphans = audit(config)["orphan_files"]
@@ -414,14 +418,7 @@ def test_compact_while_a_run_writes_keeps_every_offset_once(
     topic = topic_factory(partitions=PARTITIONS)
     produce_evenly(produce, topic, 1000)
     lake, options = (str(tmp_path / "lake"), None) if where == "local" else (s3_prefix, s3_storage_options)
-    config = crash_config(
-        tmp_path / "kingest.yaml",
-        topic=topic,
-        lake=lake,
-        semantics="exactly-once",
-        bootstrap=kafka_bootstrap,
-        storage_options=options,
-    )
+    config = _exactly_once(tmp_path, kafka_bootstrap, topic, lake, options)
     producer = Producer(kafka_bootstrap, topic, start=1000, chunk=10)
     producer.start()
     run = Instance("run", config, tmp_path).start()
