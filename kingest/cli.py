@@ -47,6 +47,12 @@ ConfigOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
+TopicOption = Annotated[
+    str | None, typer.Option("--topic", help="Only this topic (default: all of the pipeline's).", show_default=False)
+]
+PartitionOption = Annotated[
+    int | None, typer.Option("--partition", help="Only this partition (default: all).", show_default=False)
+]
 LogFormatOption = Annotated[LogFormat, typer.Option("--log-format", help="text for people, json for machines.")]
 
 
@@ -240,13 +246,8 @@ def rewind(
     ] = None,
     to_earliest: Annotated[bool, typer.Option("--to-earliest", help="Resume at the log start.")] = False,
     to_latest: Annotated[bool, typer.Option("--to-latest", help="Resume at the log end (skip what is there).")] = False,
-    topic: Annotated[
-        str | None,
-        typer.Option("--topic", help="Only this topic (default: all of the pipeline's).", show_default=False),
-    ] = None,
-    partition: Annotated[
-        int | None, typer.Option("--partition", help="Only this partition (default: all).", show_default=False)
-    ] = None,
+    topic: TopicOption = None,
+    partition: PartitionOption = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and change nothing.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     semantics: Annotated[
@@ -306,13 +307,8 @@ def compact(
     target_size: Annotated[
         str, typer.Option("--target-size", help="About how large each new file may be (B, KiB, MiB, GiB).")
     ] = "128MiB",
-    topic: Annotated[
-        str | None,
-        typer.Option("--topic", help="Only this topic (default: all of the pipeline's).", show_default=False),
-    ] = None,
-    partition: Annotated[
-        int | None, typer.Option("--partition", help="Only this partition (default: all).", show_default=False)
-    ] = None,
+    topic: TopicOption = None,
+    partition: PartitionOption = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be merged; change nothing.")] = False,
     keep_inputs: Annotated[
         bool,
