@@ -408,6 +408,7 @@ def gc(
             f"{verb} {len(found.collect)} file(s), {human_size(found.bytes)} from {found.lake}"
             + (f"; {young} more younger than {retain} kept" if young else "")
             + (f"; {found.protected} not yet committed by a running writer kept" if found.protected else "")
+            + (f"; {found.foreign} of other pipelines left alone" if found.foreign else "")
         )
     )
     for rel in found.unreadable_records:

@@ -20,6 +20,8 @@ loses the version to a writer plans the partition again (up to three times), its
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from .config import Config
@@ -27,6 +29,7 @@ from .deadletter import is_dead_letter
 from .encoder import EncodedFile, Encoder, rewriting_encoder
 from .errors import ConfigError, ManifestConflict
 from .lake import Lake
+from .layout import file_name
 from .manifest import ManifestStore, PartitionState, new_writer_id
 from .offsets import offset_store
 from .reader import read_merged
@@ -91,6 +94,9 @@ def merge(lake: Lake, encoder: Encoder, topic: str, partition: int, paths: list[
     ]
 
 
+Merge = Callable[[list[str], TopicPartition], list[EncodedFile]]
+
+
 def compact(
     config: Config,
     lake: Lake,
@@ -100,7 +106,10 @@ def compact(
     partition: int | None = None,
     dry_run: bool = False,
     keep_inputs: bool = False,
+    merge_files: Merge | None = None,
 ) -> list[Compacted]:
+    """Compact the chosen partitions (see the module docstring). ``merge_files`` replaces the Parquet merge (the
+    simulation's files are not Parquet)."""
     store = offset_store(config, lake)
     if not store.names_files:
         raise ConfigError(
@@ -110,6 +119,16 @@ def compact(
         )
     manifests = ManifestStore(lake, config.pipeline)
     owner = f"compact-{new_writer_id()}"
+    # One encoder (one serial) for the whole call: a name is never written twice, not even by a retry (recovery
+    # relies on it: a file named by a settled record may be deleted by anyone, whenever).
+    encoder = rewriting_encoder(config, owner, compacted_by=owner)
+    tag = owner.rsplit("-", 1)[-1]
+    serial = itertools.count()
+    if merge_files is None:
+
+        def merge_files(paths: list[str], tp: TopicPartition) -> list[EncodedFile]:
+            return merge(lake, encoder, tp[0], tp[1], paths)
+
     chosen = [
         tp
         for tp in manifests.partitions()
@@ -118,6 +137,9 @@ def compact(
     results = []
     for tp in chosen:
         result = Compacted(tp)
+        if not dry_run:
+            _clean_up_after_crashed_compactions(manifests, tp)
+        merged: dict[tuple[str, ...], list[EncodedFile]] = {}  # a run's merged files, kept across attempts
         for _ in range(ATTEMPTS):
             state = manifests.load(*tp)
             groups = runs(state, target)
@@ -125,8 +147,16 @@ def compact(
             result.bytes_in = sum(int(state.files[p].get("bytes", 0)) for p in result.inputs)
             if not groups or dry_run:
                 break
-            encoder = rewriting_encoder(config, owner, compacted_from=str(len(result.inputs)))
-            files = [f for g in groups for f in merge(lake, encoder, tp[0], tp[1], g)]
+            try:
+                files = []
+                for group in groups:
+                    if tuple(group) not in merged:
+                        merged[tuple(group)] = merge_files(group, tp)
+                    # Under a name never used before, even when a retry commits the same bytes again.
+                    files += [_renamed(f, f"{tag}-{next(serial)}") for f in merged[tuple(group)]]
+            except FileNotFoundError:
+                result.skipped = "an input left meanwhile (another compaction, or a rewind)"
+                continue
             try:
                 new = manifests.save(
                     state,
@@ -138,11 +168,12 @@ def compact(
                     retire=result.inputs if keep_inputs else [],
                 )
             except ManifestConflict:
-                result.skipped = "a writer committed meanwhile"
+                result.skipped = "writers committed meanwhile, three times"
                 continue
             if not keep_inputs:
                 # As after a rewind: the inputs leave the folder now (they are in the settled pending record, so
-                # a crash before this line leaves them to the next recovery: a run's claim, a checkpoint, gc).
+                # a crash before this line leaves them to the next recovery: a run's claim, a checkpoint, the
+                # next compact, gc).
                 result.deleted = manifests.recover(new)
             result.outputs = [f.path for f in files]
             result.bytes_out = sum(len(f.data) for f in files)
@@ -151,3 +182,23 @@ def compact(
         if result.inputs:
             results.append(result)
     return results
+
+
+def _renamed(f: EncodedFile, tag: str) -> EncodedFile:
+    folder = f.path.rsplit("/", 1)[0]
+    return replace(f, path=f"{folder}/{file_name(f.topic, f.partition, f.first_offset, f.last_offset, tag)}")
+
+
+def _clean_up_after_crashed_compactions(manifests: ManifestStore, tp: TopicPartition) -> None:
+    """A compaction killed after writing its merged files and before its commit left them in the folder, where a
+    reader of the folder sees every record twice until a later version settles their record. Settle it now (a
+    ``gc`` version: it fences that compaction should it be alive still, and moves no offset), then recover: the
+    merged files of crashed compactions, and the inputs of one killed after its commit, leave the folder."""
+    state = manifests.load(*tp)
+    pending = manifests.pending_records(*tp)
+    if any(v > state.version and rel.rsplit("/", 1)[-1][21:].startswith("compact-") for rel, v, _ in pending):
+        try:
+            state = manifests.commit(state, operation="gc", owner="compact-cleanup", next_offset=state.next_offset)
+        except ManifestConflict:
+            return  # a writer committed: that settles the record too; the next compact recovers it
+    manifests.recover(state)

@@ -11,7 +11,10 @@ What is collected, once older than the retention (a reader that listed a file a 
 - **retired files**: the inputs of a compaction (``kingest compact``), counted from the compaction's retire note,
   not from the file's own age, and then the note;
 - **interrupted writes**: the hidden ``.<name>.<id>.tmp`` files a local write or manifest create leaves when the
-  process dies half-way (any semantics).
+  process dies half-way (any semantics), once an hour old at least (a write in progress holds one).
+
+Only this pipeline's files: one that no record of it names is collected only when its footer says it is this
+pipeline's, written exactly-once (topic folders may be shared by pipelines; the manifest folder is not).
 
 Why a pause of any length cannot make it delete a committed file: it lists the files first, then reads the
 pending records, then loads the manifest states. A listed file committed before the states are loaded is named
@@ -35,8 +38,10 @@ from .lake import Lake
 from .layout import topic_partition_of
 from .manifest import ManifestStore, new_writer_id
 from .offsets import offset_store
+from .reader import footer_lineage
 
 DEFAULT_RETAIN = "7d"
+TMP_FLOOR = 3600.0  # a hidden .tmp file is an interrupted write only once this old, whatever the retention
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,7 @@ class Plan:
     protected: int = 0  # files not named by the manifest that a writer may still commit (pending, kept)
     stale: list[tuple[str, int]] = field(default_factory=list)  # partitions with an attempt older than retain
     unreadable_records: list[str] = field(default_factory=list)  # their partitions' files are left alone
+    foreign: int = 0  # files of the topic folders that are not this pipeline's (another pipeline's): left alone
 
     @property
     def bytes(self) -> int:
@@ -80,6 +86,7 @@ class Plan:
             "collect": [g.__dict__ for g in self.collect],
             "younger_than_retention": {"files": len(self.young), "bytes": sum(g.size for g in self.young)},
             "protected_pending": self.protected,
+            "not_this_pipelines": self.foreign,
             "unreadable_records": self.unreadable_records,
         }
 
@@ -118,7 +125,10 @@ def plan(config: Config, lake: Lake, retain: float, now: float | None = None) ->
 
     for rel in sorted(listed):
         if _is_tmp(rel):
-            sort(rel, "interrupted write")
+            # a write in progress has its .tmp file for milliseconds; never less than TMP_FLOOR, whatever --retain
+            size, modified = listed[rel]
+            if now - modified >= TMP_FLOOR:
+                sort(rel, "interrupted write")
     if manifests is None:
         return out
     # 2. The pending records, then 3. the states.
@@ -160,21 +170,37 @@ def plan(config: Config, lake: Lake, retain: float, now: float | None = None) ->
                 out.unreadable_records.append(rel)
                 blocked.add(tp)
                 continue
+            if version > states[tp].version:
+                continue  # its compaction has not committed (as far as the states say): its inputs are named
             age = now - listed.get(rel, (0, now))[1]
             for path in paths:
                 retiring[path] = min(retiring.get(path, age), age)
-            if version <= states[tp].version:
-                notes.append((rel, paths))
+            notes.append((rel, paths))
     candidates = [
         rel
         for rel in sorted(listed)
         if (tp := _partition(rel)) is not None and tp[0] in topics and rel not in named and tp not in blocked
     ]
     out.protected = sum(1 for rel in candidates if rel in protected)
+    # A file no record of this pipeline names may be another pipeline's (the topic folders are shared; the
+    # manifest folder is not), or this one's from before a change of semantics: only its footer can say.
+    announced = protected | stale | {p for _, paths in settled for p in paths} | set(retiring)
+    unknown = [rel for rel in candidates if rel not in announced]
+    lineage = footer_lineage(lake, unknown)
+    ours = {
+        rel
+        for rel, meta in lineage.items()
+        if meta.get("kingest.pipeline") == config.pipeline and meta.get("kingest.semantics") == "exactly-once"
+    }
+    out.foreign = len(unknown) - len(ours)
     for rel in candidates:
+        if rel in protected:
+            continue  # a writer may still commit it (the states may be older than its commit, too)
         if rel in retiring:
             sort(rel, "retired", age=retiring[rel])
-        elif rel not in protected:
+        elif rel in unknown and rel not in ours:
+            continue  # not this pipeline's: left alone
+        else:
             sort(rel, "stale attempt" if rel in stale else "uncommitted")
     leaving = {g.path for g in out.collect}
     for rel, paths in settled:

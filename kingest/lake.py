@@ -210,12 +210,22 @@ class Lake:
             return None
 
     def read_many(self, rels: Iterable[str]) -> dict[str, bytes]:
-        """Read several objects at once (concurrently on S3). Missing ones are left out."""
+        """Read several objects at once (concurrently on S3). Missing ones are left out; any other failure of one
+        of them (a timeout, a reset) fails the call, and is retried like any store error: a caller must never take
+        an object it could not read for one that does not exist."""
         rels = list(rels)
         if not rels:
             return {}
         paths = [self.full(r) for r in rels]
-        got = self._retry("reading state", lambda: self.fs.cat(paths, on_error="omit"))
+
+        def cat() -> dict[str, Any]:
+            got = self.fs.cat(paths, on_error="return")
+            for value in got.values():
+                if isinstance(value, BaseException) and not isinstance(value, FileNotFoundError):
+                    raise value
+            return {p: v for p, v in got.items() if not isinstance(v, BaseException)}
+
+        got = self._retry("reading state", cat)
         by_path = {self.fs._strip_protocol(p): v for p, v in got.items()}
         out = {}
         for rel, path in zip(rels, paths, strict=True):

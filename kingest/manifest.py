@@ -347,12 +347,20 @@ class ManifestStore:
         kingest cannot read (a newer format, or a name it does not know): their files wait for ``kingest gc``."""
         records: list[str] = []
         garbage: list[str] = []
-        for rel, _, paths in self.pending_records(state.topic, state.partition, up_to=state.version):
+        found = self.pending_records(state.topic, state.partition, up_to=state.version)
+        # The inputs of a compaction that keeps them (retire notes) wait for gc's retention, though the settled
+        # records of the writers that wrote them name them too. Read after the records: a compaction that took
+        # such a file out before they were listed wrote its note before that.
+        retiring = set()
+        if found:
+            for _, _, paths in self.retired_notes(state.topic, state.partition):
+                retiring.update(paths or ())
+        for rel, _, paths in found:
             if paths is None:
                 log.warning("pending record %s is not readable by this kingest; left in place", self.lake.display(rel))
                 continue
             records.append(rel)
-            garbage += [p for p in paths if p not in state.files and p not in garbage]
+            garbage += [p for p in paths if p not in state.files and p not in garbage and p not in retiring]
         return records, garbage
 
     def pending_records(

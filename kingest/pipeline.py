@@ -105,6 +105,7 @@ class _Saved:
     committed: int | None = None  # the next offset of the last batch committed
     conflict: ManifestConflict | None = None  # lost the version to another writer: fence the partition
     moved: PartitionState | None = None  # the manifest moved on since assignment: resume from it
+    resume_at: int | None = None  # where, when the manifest has no offset yet (a first batch lost to a gc)
     below: tuple[int, int] | None = None  # a batch's first offset below the manifest's next (a bug): refuse
 
 
@@ -382,7 +383,7 @@ class Pipeline:
                 if saved.conflict is not None:
                     self._fence(tp, saved.conflict)  # its files are deleted: never committed, named by us
                 elif saved.moved is not None:
-                    self._resume_from(tp, saved.moved)
+                    self._resume_from(tp, saved.moved, saved.resume_at)
                 elif saved.below is not None:
                     # Never commit an offset twice: only a bug could get here, and refusing is the safe answer.
                     log.error("%s[%d]: batch starts at %d, below the manifest's %d; dropped", *tp, *saved.below)
@@ -428,7 +429,7 @@ class Pipeline:
                     # A compaction or a gc fence went in first: it moved no offset and claimed nothing, so the
                     # partition is still ours. Resume on top of it (this batch's records are consumed again).
                     self.owned[tp] = latest
-                    saved.moved = latest
+                    saved.moved, saved.resume_at = latest, batch.first_offset
                 else:
                     saved.conflict = conflict
                 return saved
@@ -590,13 +591,18 @@ class Pipeline:
             return _Claimed(None, moved=state)
         return _Claimed(state)
 
-    def _resume_from(self, tp: TopicPartition, state: PartitionState) -> None:
+    def _resume_from(self, tp: TopicPartition, state: PartitionState, at: int | None = None) -> None:
         """Another writer committed after we loaded the state (or a compaction or gc before our commit): drop what
-        we buffered (it starts at a stale offset, or was not saved) and resume from the manifest."""
-        log.warning("%s[%d]: the manifest moved on; resuming from %s", *tp, state.next_offset)
+        we buffered (it starts at a stale offset, or was not saved) and resume from the manifest; from ``at``
+        (the dropped batch's first offset) when the manifest has no offset yet: auto_offset_reset would skip it."""
+        resume = state.next_offset if state.next_offset is not None or at is None else at
+        log.warning("%s[%d]: the manifest moved on; resuming from %s", *tp, resume)
         self.loaded[tp] = state
         self.batcher.drop([tp])
-        self._seek_to(tp, state)
+        if resume is None:
+            self._seek_to(tp, state)
+        else:
+            self.source.seek(tp, resume)
 
     def _retry_fenced(self) -> None:
         """Take back a partition fenced a session timeout ago that the group still assigns to us. The writer whose

@@ -73,6 +73,25 @@ def file_rows(lake: Lake, path: str) -> int:
         return int(pq.ParquetFile(handle).metadata.num_rows)
 
 
+def footer_lineage(lake: Lake, paths: Iterable[str]) -> dict[str, dict[str, str]]:
+    """The ``kingest.*`` keys of each file's Parquet footer (pipeline, semantics, offsets...), read side by side;
+    a file that is gone or not Parquet is left out."""
+
+    def one(path: str) -> tuple[str, dict[str, str] | None]:
+        try:
+            with lake.fs.open(lake.full(path), "rb") as handle:
+                meta = pq.ParquetFile(handle).schema_arrow.metadata or {}
+        except (OSError, ValueError, pa.ArrowException):
+            return path, None
+        return path, {k.decode(): v.decode() for k, v in meta.items() if k.startswith(b"kingest.")}
+
+    paths = list(paths)
+    if not paths:
+        return {}
+    with ThreadPoolExecutor(min(16, len(paths))) as pool:
+        return {path: meta for path, meta in pool.map(one, paths) if meta is not None}
+
+
 def read_rows_before(lake: Lake, path: str, offset: int) -> pa.Table:
     """Every column of one lake file, keeping the rows whose ``kafka_offset`` is below ``offset`` (rewind
     rewrites the file that straddles its target with these). The file's own schema, metadata included."""

@@ -456,6 +456,10 @@ class Actor:
         the cost of handing the baton back and forth); otherwise it stops here until picked."""
         if self.crashed:
             raise Crash
+        if op == "delete" and not isinstance(self, Collector) and self.world.retiring(path):
+            self.world.failure = self.world.failure or self.world.violation(
+                f"{self.name} deletes {path}, an input a compaction kept for gc's retention (a retire note names it)"
+            )
         if self.lanes_driver is not None and greenlet.getcurrent() is not self.lanes_driver:
             self.lanes_driver.switch()  # a save lane: the driver draws which lane takes this step
             if self.crashed:
@@ -576,45 +580,28 @@ class Rewinder(Actor):
 
 
 class Compactor(Actor):
-    """`kingest compact` of one partition, as kingest.compact does it but with the simulation's files: the runs
-    of neighbouring files (kingest.compact.runs) merged into one each, in one ``compact`` version; the inputs
-    deleted by recovery at once, or (``keep``) retired for gc."""
+    """`kingest compact` of one partition: kingest.compact itself (its clean-up of crashed compactions, its
+    retries under new names), with the simulation's files in place of the Parquet merge; the inputs deleted by
+    recovery at once, or (``keep``) retired for gc."""
 
     def __init__(self, world: World, number: int) -> None:
         super().__init__(world, f"compact{number}")
-        self.owner = f"compact-sim-{number}-{world.rng.getrandbits(32):08x}"
-        self.store = ManifestStore(self.lake, PIPELINE)
-        self.serial = itertools.count()
 
     def compact(self, tp: TopicPartition, keep: bool) -> None:
-        state = self.store.load(*tp)
-        groups = compact_module.runs(state, target=1 << 30)
-        if not groups:
-            return
-        tag = self.owner.rsplit("-", 1)[-1]
-        files, inputs = [], []
-        for group in groups:
-            entries = [state.files[p] for p in group]
+        def merge(paths: list[str], tp: TopicPartition) -> list[EncodedFile]:
+            state = self.world.checker.store.load(*tp)  # (no step: what the merge reads is the files' content)
+            entries = [state.files.get(p) for p in paths]
+            if any(e is None for e in entries):
+                raise FileNotFoundError(paths)
             first, last = entries[0]["first_offset"], entries[-1]["last_offset"]
-            folder = group[0].rsplit("/", 1)[0]
-            files.append(fake_file(folder, tp[0], tp[1], first, last, f"{tag}-{next(self.serial)}"))
-            inputs += group
-        try:
-            new = self.store.save(
-                state,
-                operation="compact",
-                owner=self.owner,
-                next_offset=state.next_offset,
-                files=files,
-                remove=[] if keep else inputs,
-                retire=inputs if keep else [],
-            )
-        except ManifestConflict:
-            self.world.event(self.name, "compact", f"{tp[1]}: conflict, not compacted")
-            return
-        if not keep:
-            self.store.recover(new)
-        self.world.event(self.name, "compact", f"{tp[1]}: {len(inputs)} files -> {len(files)} (keep {keep})")
+            return [fake_file(paths[0].rsplit("/", 1)[0], tp[0], tp[1], first, last, "merge")]
+
+        results = compact_module.compact(
+            CONFIG, self.lake, 1 << 30, topic=tp[0], partition=tp[1], keep_inputs=keep, merge_files=merge
+        )
+        for r in results:
+            what = f"{len(r.inputs)} files -> {len(r.outputs)}" if r.version else f"not compacted: {r.skipped}"
+            self.world.event(self.name, "compact", f"{tp[1]}: {what} (keep {keep})")
 
 
 class Collector(Actor):
@@ -773,6 +760,14 @@ class World:
 
     def event(self, actor: str, what: str, detail: str) -> None:
         self.record(actor, what, detail)
+
+    def retiring(self, rel: str) -> bool:
+        """Whether a retire note names ``rel`` (read directly: no step)."""
+        folder = f"{ROOT}/_kingest/{PIPELINE}/retired/"
+        for key, f in list(self.fs.store.items()):
+            if key.startswith(folder) and rel in json.loads(f.getvalue()).get("paths", ()):
+                return True
+        return False
 
     def violation(self, what: str) -> Violation:
         return Violation(self.seed, what, self.trace, self.repro)

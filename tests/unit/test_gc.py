@@ -7,6 +7,8 @@ import os
 import time
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
@@ -36,6 +38,14 @@ def _lake_after_a_run(tmp_path: Path) -> tuple[Lake, ManifestStore, object]:
     return lake, ManifestStore(lake, "orders"), config
 
 
+def _as_pipeline(parquet: bytes, pipeline: str) -> bytes:
+    table = pq.read_table(pa.BufferReader(parquet))
+    meta = {**table.schema.metadata, b"kingest.pipeline": pipeline.encode()}
+    sink = pa.BufferOutputStream()
+    pq.write_table(table.replace_schema_metadata(meta), sink)
+    return sink.getvalue().to_pybytes()
+
+
 def _named(store: ManifestStore) -> list[str]:
     return sorted(p for s in store.load_many([("orders", 0), ("orders", 1)]).values() for p in s.files)
 
@@ -60,8 +70,13 @@ def test_gc_removes_what_nothing_names_or_can_commit_and_keeps_the_rest(tmp_path
     )
     # the same, but two hours old: a crashed writer (or one frozen that long): gc settles it first
     stale = _plant(lake, store, 1, v1 + 1, "w-stale", "orders-1-00000000000000000010-00000000000000000019-st-1.parquet")
+    # a file of this pipeline whose record is gone (written after it was settled, then a crash): its footer
+    # says whose it is; a file of another pipeline sharing the topic folder is left alone
+    committed = lake.read(sorted(store.load("orders", 1).files)[0])
     no_record = "topic=orders/partition=1/orders-1-00000000000000000000-00000000000000000005-gone-1.parquet"
-    lake.put(no_record, b"x")
+    lake.put(no_record, committed)
+    other = "topic=orders/partition=1/orders-1-00000000000000000000-00000000000000000099-audit-1.parquet"
+    lake.put(other, _as_pipeline(committed, "audit"))
     tmp = "topic=orders/partition=1/.orders-1-x.parquet.0123456789ab.tmp"
     Path(lake.full(tmp)).write_bytes(b"half")
     foreign = "topic=orders/partition=1/notes.parquet"  # not a kingest name: never touched
@@ -86,7 +101,8 @@ def test_gc_removes_what_nothing_names_or_can_commit_and_keeps_the_rest(tmp_path
 
     collect(config, lake, found)
     left = set(lake.find())
-    assert running in left and foreign in left and young in left
+    assert running in left and foreign in left and young in left and other in left
+    assert found.foreign == 1
     assert settled not in left and no_record not in left and tmp not in left and stale not in left
     for p in (0, 1):
         for rel in store.load("orders", p).files:
