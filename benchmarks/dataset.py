@@ -3,7 +3,8 @@
 Each value is one JSON object of about ``value_size`` bytes (UTF-8, compact), shaped like an e-commerce event:
 nested objects (customer, address with coordinates, order, session), an array of item objects, ISO 8601
 timestamps, integers, floats, booleans, nulls, a few non-ASCII strings, and a free-text ``note`` that brings the
-value to its size. Keys are customer ids; records are spread evenly over the partitions (record i goes to
+value to its size. Small values (the wide topics' ~200 B) keep the event's core only: ids, type, timestamp,
+currency, total, paid. Keys are customer ids; records are spread evenly over the partitions (record i goes to
 partition i % partitions), with no headers.
 """
 
@@ -117,11 +118,20 @@ def event(i: int, rng: random.Random, customers: int, value_size: int) -> tuple[
         value["session"]["user_agent"] = rng.choice(USER_AGENTS)
     data = _dump(value)
     # Fit the size: while too large, fewer items, then no user agent, tags or coordinates; then a note fills up.
+    # Values of less than ~450 B (the wide topics' ~200 B) also lose the address, the session, the coupon, the
+    # items and the customer's name and tier: only past the first four, so larger values are as they were.
     droppable = [
         lambda: len(value["order"]["items"]) > 1 and value["order"]["items"].pop(),
         lambda: value["session"].pop("user_agent", None),
         lambda: value.pop("tags", None),
         lambda: value["customer"]["address"].pop("geo", None),
+        lambda: value["customer"].pop("address", None),
+        lambda: value.pop("session", None),
+        lambda: value["order"].pop("coupon", None),
+        lambda: value["order"].pop("items", None),
+        lambda: value["customer"].pop("name", None),
+        lambda: value["customer"].pop("tier", None),
+        lambda: value["customer"].pop("lifetime_orders", None),
     ]
     while len(data) > value_size and droppable:
         if not droppable[0]():
