@@ -181,9 +181,19 @@ def create_topic(bootstrap: str, topic: str, partitions: int, timeout: float = 6
 
 
 def produce(
-    bootstrap: str, topic: str, records: int, partitions: int, value_size: int, seed: int, quiet: bool = False
+    bootstrap: str,
+    topic: str,
+    records: int,
+    partitions: int,
+    value_size: int,
+    seed: int,
+    quiet: bool = False,
+    batch_records: int | None = None,
 ) -> Produced:
-    """Create ``topic`` and produce the dataset to it with a batched kafka-python producer (uncompressed)."""
+    """Create ``topic`` and produce the dataset to it with a batched kafka-python producer (uncompressed).
+    ``batch_records``: each partition's records in record batches of exactly that many (the producer is flushed
+    after each round of ``batch_records`` a partition; the last batch may be smaller), so that a consumer that
+    fetches one record batch a partition at a time gets them in those steps."""
     from kafka import KafkaProducer
 
     create_topic(bootstrap, topic, partitions)
@@ -191,10 +201,12 @@ def produce(
         bootstrap_servers=bootstrap,
         client_id="kingest-bench",
         acks=1,
-        linger_ms=50,
+        linger_ms=50 if batch_records is None else 60_000,  # aligned batches: sent by the flushes only
+        delivery_timeout_ms=120_000 if batch_records is None else 200_000,
         batch_size=1 << 20,
         max_request_size=16 << 20,
     )
+    rounds = batch_records * partitions if batch_records else 0
     started = time.monotonic()
     key_bytes = value_bytes = 0
     failures: list[BaseException] = []
@@ -203,6 +215,8 @@ def produce(
             key_bytes += len(key)
             value_bytes += len(value)
             producer.send(topic, key=key, value=value, partition=i % partitions).add_errback(failures.append)
+            if rounds and (i + 1) % rounds == 0:
+                producer.flush()
             if not quiet and i and i % 100_000 == 0:
                 print(f"  produced {i:,} records ({time.monotonic() - started:.0f}s)", flush=True)
         producer.flush()
