@@ -33,7 +33,8 @@ Java and the wide group) also runs against a tiny topic, one record in each of t
 ("startup": imports, group join, lake probe, one small flush; not an empty topic, where the first poll would idle
 for its whole timeout): the "net" rate is records / (wall - startup), the steady-state cost per record.
 
-Writes benchmarks/results/<date>.json and .png (``-quick`` when --quick) and prints a markdown table.
+Writes benchmarks/results/<date>.json and .png (``-wide`` when only the wide group ran, ``-quick`` when --quick)
+and prints the markdown tables.
 
 The files (benchmarks/ is a folder of scripts: each imports its neighbours by name):
 
@@ -446,7 +447,9 @@ def main(argv: list[str] | None = None) -> int:
         spawner.close()
         bench.cleanup()
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = dt.date.today().isoformat() + ("-quick" if args.quick else "")
+    # a run of the wide group alone does not take the name of a whole bench run of the same day
+    wide_only = all(c.group == "wide" for c in CONTENDERS if c.name in args.only)
+    stem = dt.date.today().isoformat() + ("-wide" if wide_only else "") + ("-quick" if args.quick else "")
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     table = summary.markdown(result)
     print()
