@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/bench.py                 # 500,000 JSON records of ~500 B over 6 partitions, 3 reps
     .venv/bin/python benchmarks/bench.py --quick         # 50,000 records, 1 repetition: to try it out
     make bench BENCH_ARGS='--records 200000 --repetitions 5'
+    make bench BENCH_ARGS='--only wide'                  # the wide topics alone (S3 +20 ms, 1 vs 32 partitions)
 
 One run, on the local dev broker (started with `python services/devservices.py up` if it does not answer):
 produce the dataset once to a fresh topic, then, in every repetition, run each contender as its own process
@@ -17,17 +18,23 @@ reading all of it, in an order that rotates from one repetition to the next:
   alo-16MiB     at-least-once with batch.max_bytes: 16MiB, to show that memory does not grow with the topic
   alo-1-record  at-least-once with batch.max_records: 1 on a small slice topic (one file per record)
   alo-confluent / eo-confluent   at-least-once / exactly-once, local, with `kafka.client: confluent`
+  wide-*        (group "wide": `--only wide`) exactly-once and at-least-once into S3 through a proxy adding 20 ms
+                to each request, on 64,000 records of ~200 B in 1 partition and in 32 (and the 32 saved one
+                partition after another, lake.max_concurrency: 1: in the first repetition only), in 32
+                flushes of one batch of every partition each; a table of their own, "vs 1 partition" ratios,
+                no startup twins
 
 The confluent contenders run when confluent-kafka is installed (`pip install -e '.[fast]'`); "vs bare" is always
 the kafka-python loop, "vs own client" the bare loop of the contender's own client.
 
 Each figure is the median over the repetitions; ratios are taken within a repetition (runs side by side),
-then their median. CPU seconds and peak RSS come from os.wait4 on the contender's process. Every contender also
-runs against a tiny topic, one record in each of the same number of partitions ("startup": imports, group
-join, lake probe, one small flush; not an empty topic, where the first poll would idle for its whole timeout):
-the "net" rate is records / (wall - startup), the steady-state cost per record.
+then their median. CPU seconds and peak RSS come from os.wait4 on the contender's process. Every contender (but
+Java and the wide group) also runs against a tiny topic, one record in each of the same number of partitions
+("startup": imports, group join, lake probe, one small flush; not an empty topic, where the first poll would idle
+for its whole timeout): the "net" rate is records / (wall - startup), the steady-state cost per record.
 
-Writes benchmarks/results/<date>.json and .png (``-quick`` when --quick) and prints a markdown table.
+Writes benchmarks/results/<date>.json and .png (``-wide`` when only the wide group ran, ``-quick`` when --quick)
+and prints the markdown tables.
 
 The files (benchmarks/ is a folder of scripts: each imports its neighbours by name):
 
@@ -60,7 +67,18 @@ sys.path.insert(0, str(HERE))
 # benchmarks/ is not a package: its modules import each other by name
 import dataset  # noqa: E402
 import summary  # noqa: E402
-from contenders import CONTENDERS, NAMES, STARTUPS, TARGETS, Contender  # noqa: E402
+from contenders import (  # noqa: E402
+    CONTENDERS,
+    GROUPS,
+    NAMES,
+    STARTUPS,
+    TARGETS,
+    WIDE_BATCH_RECORDS,
+    WIDE_RECORDS,
+    WIDE_TOPICS,
+    WIDE_VALUE_SIZE,
+    Contender,
+)
 from measure import BenchError, Measurer, Run, S3Place, Spawner, consumer_settings, measure_help  # noqa: E402
 
 MB = 1_000_000
@@ -89,6 +107,23 @@ class Bench:
 
     def produce(self) -> None:
         a = self.args
+        chosen = self.chosen()
+        for role, partitions in WIDE_TOPICS.items():
+            if any(c.topic == role for c in chosen):
+                size = f"{a.wide_records:,} JSON records of ~{WIDE_VALUE_SIZE} B"
+                print(f"producing {size} over {partitions} partition(s)...")
+                self.topics[role] = dataset.produce(
+                    self.bootstrap,
+                    f"kingest-bench-{self.tag}-{role}",
+                    a.wide_records,
+                    partitions,
+                    WIDE_VALUE_SIZE,
+                    a.seed,
+                    True,
+                    batch_records=WIDE_BATCH_RECORDS[partitions],
+                )
+        if not any(c.topic in ("main", "slice") for c in chosen):
+            return  # only the wide group: no main topic
         main_topic = a.topic or f"kingest-bench-{self.tag}"
         if a.topic:
             self.topics["main"] = existing_topic(self.bootstrap, a.topic)
@@ -99,7 +134,7 @@ class Bench:
                 self.bootstrap, main_topic, a.records, a.partitions, a.value_size, a.seed
             )
         partitions = self.topics["main"].partitions
-        if any(c.topic == "slice" for c in self.chosen()):
+        if any(c.topic == "slice" for c in chosen):
             self.topics["slice"] = dataset.produce(
                 self.bootstrap, f"kingest-bench-{self.tag}-slice", a.slice, partitions, a.value_size, a.seed, True
             )
@@ -114,6 +149,7 @@ class Bench:
         )
 
     def cleanup(self) -> None:
+        self.measurer.close()
         shutil.rmtree(self.work, ignore_errors=True)
         if self.args.keep_topic:
             print(f"kept topics {', '.join(p.topic for p in self.topics.values())}")
@@ -139,7 +175,7 @@ class Bench:
     def run(self) -> dict[str, Any]:
         a = self.args
         chosen = self.chosen()
-        startups = [s for s in STARTUPS if s.startup_of in a.only] if a.startup else []
+        startups = [s for s in STARTUPS if s.startup_of in a.only] if a.startup and "main" in self.topics else []
         order = chosen + startups
         loads: list[tuple[float, ...]] = []
         for rep in range(a.repetitions):
@@ -148,6 +184,8 @@ class Bench:
             rotated = order[shift:] + order[:shift]  # no contender always runs first, or right after another
             print(f"repetition {rep + 1}/{a.repetitions} (load average {loads[-1][0]:.2f}):")
             for c in rotated:
+                if c.repetitions and rep >= c.repetitions:
+                    continue
                 produced = self.topics[c.topic]
                 run = self.measurer.run_one(c, rep, produced.topic, produced.records)
                 self.runs.append(run)
@@ -165,14 +203,16 @@ class Bench:
         a = self.args
         runs = summary.index(self.runs)
         results = summary.results(chosen, runs, a.repetitions, self.topics)
-        return {
+        document = {
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "quick": a.quick,
             "dataset": summary.dataset_figures(
                 self.topics["main"],
                 self.topics["slice"].records if "slice" in self.topics else None,
                 a.value_size,
-            ),
+            )
+            if "main" in self.topics
+            else None,
             "repetitions": a.repetitions,
             "machine": machine_info(loads),
             "consumer_settings": consumer_settings(self.bootstrap),
@@ -182,6 +222,11 @@ class Bench:
             "targets": summary.targets(TARGETS, results, runs, a.repetitions, help_times),
             "runs": [summary.run_row(r) for r in self.runs],
         }
+        wide = {role: self.topics[role] for role in WIDE_TOPICS if role in self.topics}
+        if wide:
+            delays = {c.delay_ms for c in chosen if c.group == "wide"}
+            document["wide"] = summary.wide_figures(wide, WIDE_VALUE_SIZE, max(delays))
+        return document
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -320,8 +365,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--repetitions", type=int, default=3, help="runs of every contender; figures are medians")
     parser.add_argument("--slice", type=int, default=2000, help="records of the batch.max_records: 1 run")
-    parser.add_argument("--quick", action="store_true", help="50,000 records, 1 repetition (to try it out)")
-    parser.add_argument("--only", default=",".join(NAMES), help=f"contenders to run, of: {','.join(NAMES)}")
+    parser.add_argument("--wide-records", type=int, default=WIDE_RECORDS, help="records of each wide topic")
+    parser.add_argument(
+        "--quick", action="store_true", help="50,000 records (8,000 in a wide topic), 1 repetition (to try it out)"
+    )
+    parser.add_argument(
+        "--only",
+        default=",".join(NAMES),
+        help=f"contenders to run, of: {','.join(NAMES)}; or a group of them: {','.join(GROUPS)}",
+    )
     parser.add_argument("--no-startup", dest="startup", action="store_false", help="skip the tiny-topic runs")
     parser.add_argument("--help-runs", type=int, default=10, help="times `kingest --help` is timed (0: skip)")
     parser.add_argument("--topic", help="read this existing topic instead of producing a fresh one")
@@ -347,11 +399,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.env = dict(e.split("=", 1) for e in args.env)
     args.s3_secret = os.environ.get("KINGEST_S3_SECRET_KEY", "kingest-dev-secret")
     if args.quick:
-        args.records, args.repetitions, args.slice = 50_000, 1, 500
-    args.only = [n.strip() for n in args.only.split(",") if n.strip()]
-    unknown = [n for n in args.only if n not in NAMES]
+        args.records, args.repetitions, args.slice, args.wide_records = 50_000, 1, 500, 8_000
+    only = [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = [n for n in only if n not in NAMES and n not in GROUPS]
     if unknown:
-        parser.error(f"unknown contender(s) {', '.join(unknown)}; choose from {', '.join(NAMES)}")
+        parser.error(
+            f"unknown contender(s) {', '.join(unknown)}; choose from {', '.join(NAMES)} or {', '.join(GROUPS)}"
+        )
+    args.only = list(dict.fromkeys(name for n in only for name in GROUPS.get(n, [n])))
     confluent = [c.name for c in CONTENDERS if c.name in args.only and c.client == "confluent"]
     if confluent and importlib.util.find_spec("confluent_kafka") is None:
         print(
@@ -360,8 +415,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             file=sys.stderr,
         )
         args.only = [n for n in args.only if n not in confluent]
-    if args.records < 1 or args.repetitions < 1 or args.partitions < 1:
-        parser.error("--records, --repetitions and --partitions must be positive")
+    if args.records < 1 or args.repetitions < 1 or args.partitions < 1 or args.wide_records < 1:
+        parser.error("--records, --wide-records, --repetitions and --partitions must be positive")
     return args
 
 
@@ -392,7 +447,9 @@ def main(argv: list[str] | None = None) -> int:
         spawner.close()
         bench.cleanup()
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = dt.date.today().isoformat() + ("-quick" if args.quick else "")
+    # a run of the wide group alone does not take the name of a whole bench run of the same day
+    wide_only = all(c.group == "wide" for c in CONTENDERS if c.name in args.only)
+    stem = dt.date.today().isoformat() + ("-wide" if wide_only else "") + ("-quick" if args.quick else "")
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     table = summary.markdown(result)
     print()

@@ -21,12 +21,19 @@ class Contender:
     name: str  # what --only and the JSON's "results" call it
     label: str  # the table's and the chart's row
     kind: str  # java | bare | kingest
-    topic: str = "main"  # the topic it reads: main | slice | tiny (bench.py produces each one a run needs)
+    topic: str = "main"  # the topic it reads: main | slice | tiny | wide-1 | wide-32 (bench.py produces each one
+    # a run needs; WIDE_TOPICS gives the wide ones' partitions)
     semantics: str = ""  # kingest only
     lake: str = "local"  # kingest only: local | s3
     batch: dict[str, Any] = field(default_factory=dict)  # kingest only: the config's `batch:` keys
     startup_of: str = ""  # a run on the tiny topic: the fixed cost of this contender
     client: str = "kafka-python"  # kafka.client: kafka-python | confluent
+    kafka_settings: dict[str, Any] = field(default_factory=dict)  # kingest only: more `kafka:` keys
+    lake_settings: dict[str, Any] = field(default_factory=dict)  # kingest only: more `lake:` keys (max_concurrency)
+    delay_ms: float = 0.0  # s3 only: each request goes through a LatencyProxy adding this much (a far-away store)
+    group: str = ""  # a group of contenders with a table of its own ("wide"); --only takes its name too
+    baseline: str = ""  # the contender of the group this one is compared with ("vs baseline": 32 vs 1 partition)
+    repetitions: int = 0  # runs in the first this many repetitions only (0: in every one): a slow one runs once
 
     @property
     def own_bare(self) -> str:
@@ -50,14 +57,62 @@ class Contender:
         """The `kingest run` config of a kingest contender (written as JSON, which is YAML)."""
         config: dict[str, Any] = {
             "pipeline": pipeline,
-            "kafka": {"bootstrap_servers": bootstrap, "topics": [topic], "client": self.client},
+            "kafka": {"bootstrap_servers": bootstrap, "topics": [topic], "client": self.client, **self.kafka_settings},
             "records": {"format": "json"},
-            "lake": {"path": lake_path, "storage_options": storage_options},
+            "lake": {"path": lake_path, "storage_options": storage_options, **self.lake_settings},
             "semantics": self.semantics,
         }
         if self.batch:
             config["batch"] = dict(self.batch)
         return config
+
+
+# The wide topics (bench.py produces them with dataset.py): their partitions, the records of each (--wide-records,
+# 8,000 with --quick), the size of a value, a partition's batch (batch.max_records, and the topic's record batches:
+# see wide()), the proxy's delay.
+WIDE_TOPICS = {"wide-1": 1, "wide-32": 32}
+WIDE_RECORDS = 64_000
+WIDE_VALUE_SIZE = 200
+WIDE_BATCH_RECORDS = {1: 2000, 32: 63}
+WIDE_DELAY_MS = 20.0
+# A fetch of a partition takes this many bytes a record of a batch: ~1.4 record batches of ~225 B records (value,
+# key and the record's own bytes). It must hold one whole batch: a broker returns a first batch larger than the
+# limit for the first partition of a fetch only (KIP-74), and the poll would then hold one partition.
+WIDE_FETCH_BYTES_A_RECORD = 320
+
+
+def wide(
+    name: str,
+    semantics: str,
+    partitions: int,
+    baseline: str = "",
+    more: str = "",
+    repetitions: int = 0,
+    **lake_settings: Any,
+) -> Contender:
+    """A contender of the "wide" group: kingest into S3 through the +20 ms proxy, on the wide topic of
+    ``partitions`` (``more``: the label's end), compared with ``baseline`` (the 1-partition run).
+
+    Each flush holds one batch of every partition, as when a topic is read while it is written (not all at once
+    from a backlog: a poll then returns thousands of one partition's records, cut into many batches of it, and a
+    flush holds a few partitions). The topic is produced in record batches of batch.max_records a partition, and
+    each fetch of a partition takes one of them: each poll returns one batch of every partition."""
+    batch_records = WIDE_BATCH_RECORDS[partitions]
+    return Contender(
+        name,
+        f"kingest {semantics}, S3 +20 ms, {partitions} partition{'s' if partitions > 1 else ''}{more}",
+        "kingest",
+        topic=f"wide-{partitions}",
+        semantics=semantics,
+        lake="s3",
+        batch={"max_records": batch_records},
+        kafka_settings={"max_partition_fetch_bytes": batch_records * WIDE_FETCH_BYTES_A_RECORD},
+        lake_settings=lake_settings,
+        delay_ms=WIDE_DELAY_MS,
+        group="wide",
+        baseline=baseline,
+        repetitions=repetitions,
+    )
 
 
 CONTENDERS = [
@@ -101,18 +156,29 @@ CONTENDERS = [
         semantics="exactly-once",
         client="confluent",
     ),
+    # Wide topics on a far-away object store (group "wide", a table of its own): the same 64,000 records of
+    # ~200 B on one partition and on 32, into S3 through a proxy adding 20 ms to each request, in the same
+    # number of flushes, each with one batch of every partition (32 flushes: of 2,000 records on one partition;
+    # of 63 records a partition, 2,016 in all, on 32), and the 32-partition exactly-once run again saving one
+    # partition after another (lake.max_concurrency: 1, as before it was 16), to show the gain side by side: in
+    # the first repetition only, as it takes about 3 minutes (1,024 commits of ~7 round trips each, in a row).
+    wide("wide-eo-1", "exactly-once", 1),
+    wide("wide-eo-32", "exactly-once", 32, "wide-eo-1"),
+    wide("wide-eo-32-seq", "exactly-once", 32, "wide-eo-1", ", max_concurrency 1", 1, max_concurrency=1),
+    wide("wide-alo-1", "at-least-once", 1),
+    wide("wide-alo-32", "at-least-once", 32, "wide-alo-1"),
     # Contenders to come, each an entry here plus the one thing it needs that is not declared yet:
     # - Delta Lake exactly-once: a lake format (a field, say `table: "delta"`, that kingest_config writes
     #   under `lake:`) once kingest writes Delta tables; summary.py needs nothing new.
     # - Avro: `records.format: avro` (a field for it in kingest_config) and an Avro topic: a `topic` role of
     #   its own, produced in bench.py's Bench.produce by dataset.py.
-    # - exactly-once, S3, 32 partitions, +20 ms a request: a `topic` role with 32 partitions (Bench.produce)
-    #   and a `lake` kind whose endpoint is a latency proxy in front of the S3 server (measure.py's
-    #   Measurer.lake, the one place a lake kind becomes a path and storage options).
     # Each then gets its tiny-topic startup twin (STARTUPS) and its row in the table and chart for free; a goal
     # for it (say Delta >= 0.9x exactly-once Parquet) is a Target in TARGETS below.
 ]
 NAMES = [c.name for c in CONTENDERS]
+GROUPS = {
+    g: [c.name for c in CONTENDERS if c.group == g] for g in dict.fromkeys(c.group for c in CONTENDERS if c.group)
+}
 
 
 def startup_twin(c: Contender) -> Contender:
@@ -143,4 +209,6 @@ TARGETS = [
     Target("exactly-once local, confluent >= 0.9x bare loop", "eo-confluent", "bare", 0.9),
     Target("at-most-once within 5% of at-least-once", "amo", "alo", 0.95, upper=1.05),
     Target("exactly-once S3 >= 0.8x exactly-once local", "eo-s3", "eo", 0.8),
+    Target("exactly-once, S3 +20 ms: 32 partitions >= 0.6x 1 partition", "wide-eo-32", "wide-eo-1", 0.6),
+    Target("at-least-once, S3 +20 ms: 32 partitions >= 0.7x 1 partition", "wide-alo-32", "wide-alo-1", 0.7),
 ]

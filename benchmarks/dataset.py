@@ -3,7 +3,8 @@
 Each value is one JSON object of about ``value_size`` bytes (UTF-8, compact), shaped like an e-commerce event:
 nested objects (customer, address with coordinates, order, session), an array of item objects, ISO 8601
 timestamps, integers, floats, booleans, nulls, a few non-ASCII strings, and a free-text ``note`` that brings the
-value to its size. Keys are customer ids; records are spread evenly over the partitions (record i goes to
+value to its size. Small values (the wide topics' ~200 B) keep the event's core only: ids, type, timestamp,
+currency, total, paid. Keys are customer ids; records are spread evenly over the partitions (record i goes to
 partition i % partitions), with no headers.
 """
 
@@ -117,11 +118,20 @@ def event(i: int, rng: random.Random, customers: int, value_size: int) -> tuple[
         value["session"]["user_agent"] = rng.choice(USER_AGENTS)
     data = _dump(value)
     # Fit the size: while too large, fewer items, then no user agent, tags or coordinates; then a note fills up.
+    # Values of less than ~450 B (the wide topics' ~200 B) also lose the address, the session, the coupon, the
+    # items and the customer's name and tier: only past the first four, so larger values are as they were.
     droppable = [
         lambda: len(value["order"]["items"]) > 1 and value["order"]["items"].pop(),
         lambda: value["session"].pop("user_agent", None),
         lambda: value.pop("tags", None),
         lambda: value["customer"]["address"].pop("geo", None),
+        lambda: value["customer"].pop("address", None),
+        lambda: value.pop("session", None),
+        lambda: value["order"].pop("coupon", None),
+        lambda: value["order"].pop("items", None),
+        lambda: value["customer"].pop("name", None),
+        lambda: value["customer"].pop("tier", None),
+        lambda: value["customer"].pop("lifetime_orders", None),
     ]
     while len(data) > value_size and droppable:
         if not droppable[0]():
@@ -171,9 +181,19 @@ def create_topic(bootstrap: str, topic: str, partitions: int, timeout: float = 6
 
 
 def produce(
-    bootstrap: str, topic: str, records: int, partitions: int, value_size: int, seed: int, quiet: bool = False
+    bootstrap: str,
+    topic: str,
+    records: int,
+    partitions: int,
+    value_size: int,
+    seed: int,
+    quiet: bool = False,
+    batch_records: int | None = None,
 ) -> Produced:
-    """Create ``topic`` and produce the dataset to it with a batched kafka-python producer (uncompressed)."""
+    """Create ``topic`` and produce the dataset to it with a batched kafka-python producer (uncompressed).
+    ``batch_records``: each partition's records in record batches of exactly that many (the producer is flushed
+    after each round of ``batch_records`` a partition; the last batch may be smaller), so that a consumer that
+    fetches one record batch a partition at a time gets them in those steps."""
     from kafka import KafkaProducer
 
     create_topic(bootstrap, topic, partitions)
@@ -181,10 +201,12 @@ def produce(
         bootstrap_servers=bootstrap,
         client_id="kingest-bench",
         acks=1,
-        linger_ms=50,
+        linger_ms=50 if batch_records is None else 60_000,  # aligned batches: sent by the flushes only
+        delivery_timeout_ms=120_000 if batch_records is None else 200_000,
         batch_size=1 << 20,
         max_request_size=16 << 20,
     )
+    rounds = batch_records * partitions if batch_records else 0
     started = time.monotonic()
     key_bytes = value_bytes = 0
     failures: list[BaseException] = []
@@ -193,6 +215,8 @@ def produce(
             key_bytes += len(key)
             value_bytes += len(value)
             producer.send(topic, key=key, value=value, partition=i % partitions).add_errback(failures.append)
+            if rounds and (i + 1) % rounds == 0:
+                producer.flush()
             if not quiet and i and i % 100_000 == 0:
                 print(f"  produced {i:,} records ({time.monotonic() - started:.0f}s)", flush=True)
         producer.flush()

@@ -3,12 +3,16 @@
 ``Spawner`` runs each process through benchmarks/spawner.py (wall time, and user+sys CPU and peak RSS from
 os.wait4); ``Measurer.run_one`` builds a contender's command (and, for kingest, its config and lake), runs it,
 reads what it reported and checks that it read the whole topic. The result is a ``Run``, which summary.py
-turns into figures. Imports only the standard library at load (kingest, pyarrow and fsspec when used).
+turns into figures. A contender with ``delay_ms`` writes to S3 through a latency proxy (services/latency_proxy.py,
+a thread of this process) that also counts its requests. Imports only the standard library at load (kingest,
+pyarrow and fsspec when used).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import resource
 import shutil
 import subprocess
 import sys
@@ -138,11 +142,29 @@ class Measurer:
         self.env = env
         self.kingest_env = kingest_env  # env plus --env: for the kingest contenders only
         self.groups: list[str] = []
+        self.proxies: dict[float, Any] = {}  # delay_ms -> a LatencyProxy in front of the S3 server (started once)
+
+    def proxy(self, delay_ms: float) -> Any:
+        """The latency proxy adding ``delay_ms`` to each request to the S3 server (services/latency_proxy.py),
+        on a thread of this process: started the first time it is asked for, stopped by close()."""
+        if delay_ms not in self.proxies:
+            spec = importlib.util.spec_from_file_location("latency_proxy", ROOT / "services" / "latency_proxy.py")
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            self.proxies[delay_ms] = module.LatencyProxy(self.s3.endpoint, delay=delay_ms / 1000).start()
+        return self.proxies[delay_ms]
+
+    def close(self) -> None:
+        for proxy in self.proxies.values():
+            proxy.close()
+        self.proxies.clear()
 
     def run_one(self, c: Contender, rep: int, topic: str, expected: int) -> Run:
         """Run contender ``c`` over ``topic`` (``expected`` records) as repetition ``rep``."""
         group = f"kingest-bench-{self.tag}-{c.name.replace(':', '-')}-{rep}"
-        timeout = 120 + expected / 1000
+        # a guard against a hang only: a far-away store (delay_ms) may take ~0.2 s a commit, 1,024 in a row
+        timeout = 120 + expected / 1000 + (expected / 100 if c.delay_ms else 0)
         cleanup: Callable[[], None] = lambda: None  # noqa: E731
         if c.kind == "java":
             self.groups.append(group)
@@ -154,8 +176,18 @@ class Measurer:
         else:
             argv, cleanup = self.kingest_command(c, topic, group)
         env = self.kingest_env if c.kind == "kingest" else self.env
+        proxy = self.proxy(c.delay_ms) if c.lake == "s3" and c.delay_ms else None
+        before = (proxy.requests, proxy.http_requests, _own_cpu()) if proxy is not None else (0, 0, 0.0)
         run, stdout, stderr = self.spawner.measure(argv, env, timeout, ROOT)
         run.name, run.rep = c.name, rep
+        proxied = {}
+        if proxy is not None:
+            # This process only waits for the spawner meanwhile: its CPU is the proxy's thread.
+            proxied = {
+                "proxy_round_trips": proxy.requests - before[0],  # delayed turns: a PUT with 100-continue pays two
+                "proxy_requests": proxy.http_requests - before[1],
+                "proxy_cpu_s": round(_own_cpu() - before[2], 3),
+            }
         try:
             if run.returncode != 0:
                 raise BenchError(f"{c.name} exited with {run.returncode}:\n{tail(stderr)}")
@@ -168,7 +200,8 @@ class Measurer:
             else:
                 summary = json.loads(stdout.strip().splitlines()[-1])
                 run.records = summary["records"]
-                run.extra = {k: summary[k] for k in ("files", "bytes", "commits", "seconds")}
+                reported = ("files", "bytes", "commits", "flushes", "seconds")
+                run.extra = {k: summary[k] for k in reported if k in summary} | proxied
                 if c.lake == "local":
                     run.extra["rows_in_lake"] = count_rows(self.work / group)
                     if run.extra["rows_in_lake"] != expected:
@@ -182,7 +215,10 @@ class Measurer:
     def lake(self, c: Contender, group: str) -> tuple[str, dict[str, Any]]:
         """A kingest contender's lake path and storage options: the one place a `lake` kind becomes a place."""
         if c.lake == "s3":
-            return f"s3://{self.s3.prefix}/{group}", self.s3.storage_options("${KINGEST_BENCH_S3_SECRET}")
+            options = self.s3.storage_options("${KINGEST_BENCH_S3_SECRET}")
+            if c.delay_ms:  # through the latency proxy (the lake is deleted afterwards without it)
+                options["endpoint_url"] = self.proxy(c.delay_ms).url
+            return f"s3://{self.s3.prefix}/{group}", options
         return str(self.work / group), {}
 
     def kingest_command(self, c: Contender, topic: str, group: str) -> tuple[list[str], Callable[[], None]]:
@@ -264,6 +300,11 @@ def count_rows(path: Path) -> int:
     if not path.exists():
         return 0
     return ds.dataset(str(path), format="parquet", partitioning="hive").count_rows()
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def tail(text: str, lines: int = 15) -> str:

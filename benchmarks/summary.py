@@ -93,9 +93,11 @@ def rss_limit_mb(batch_max_bytes: int) -> float:
     return (1.5 * batch_max_bytes + 200 * MB) / MB
 
 
-def contender_result(c: Contender, runs: Runs, reps: int, records: int, nbytes: int) -> dict[str, Any]:
-    """One entry of the JSON's "results" (and one row of the table): ``records`` and ``nbytes`` are those of the
-    topic the contender read."""
+def contender_result(
+    c: Contender, runs: Runs, reps: int, records: int, nbytes: int, partitions: int | None = None
+) -> dict[str, Any]:
+    """One entry of the JSON's "results" (and one row of the table): ``records``, ``nbytes`` and ``partitions``
+    are those of the topic the contender read."""
     own = [runs[(c.name, rep)] for rep in range(reps) if (c.name, rep) in runs]
     startup = [runs[(f"{c.name}:startup", rep)] for rep in range(reps) if (f"{c.name}:startup", rep) in runs]
     entry: dict[str, Any] = {
@@ -125,15 +127,43 @@ def contender_result(c: Contender, runs: Runs, reps: int, records: int, nbytes: 
         entry["rss_limit_mb"] = rss_limit_mb(max_bytes)
         entry["files"] = median([r.extra.get("files", 0) for r in own])
         entry["commits"] = median([r.extra.get("commits", 0) for r in own])
+        if any("flushes" in r.extra for r in own):  # reported by kingest since the wide group came
+            entry["flushes"] = median([r.extra["flushes"] for r in own if "flushes" in r.extra])
+    if c.group:
+        entry.update(group_figures(c, runs, reps, own, partitions))
     if c.kind == "java":
         entry["java_fetch_records_per_s"] = median([float(r.extra["fetch.nMsg.sec"]) for r in own])
         entry["java_rebalance_ms"] = median([float(r.extra["rebalance.time.ms"]) for r in own])
     return entry
 
 
+def group_figures(c: Contender, runs: Runs, reps: int, own: list[Run], partitions: int | None) -> dict[str, Any]:
+    """What a contender of a group ("wide") adds: its topic's partitions, its rate against its baseline's (within
+    a repetition, then the median), and the requests that went through the latency proxy."""
+    figures: dict[str, Any] = {
+        "group": c.group,
+        "partitions": partitions,
+        "max_concurrency": c.lake_settings.get("max_concurrency"),
+        "baseline": c.baseline or None,
+        "vs_baseline": median_ratio(rate, runs, c.name, c.baseline, reps) if c.baseline else None,
+    }
+    proxied = [r for r in own if "proxy_requests" in r.extra]
+    if proxied:
+        figures["delay_ms"] = c.delay_ms
+        figures["proxy_requests"] = median([r.extra["proxy_requests"] for r in proxied])
+        figures["proxy_round_trips"] = median([r.extra["proxy_round_trips"] for r in proxied])
+        figures["proxy_cpu_s"] = median([r.extra["proxy_cpu_s"] for r in proxied])
+    return figures
+
+
 def results(chosen: Iterable[Contender], runs: Runs, reps: int, topics: Mapping[str, Topic]) -> dict[str, Any]:
     """The JSON's "results": every chosen contender, in order, from its runs over the topic it read."""
-    return {c.name: contender_result(c, runs, reps, topics[c.topic].records, topics[c.topic].nbytes) for c in chosen}
+    return {
+        c.name: contender_result(
+            c, runs, reps, topics[c.topic].records, topics[c.topic].nbytes, topics[c.topic].partitions
+        )
+        for c in chosen
+    }
 
 
 # ------------------------------------------------------------------------------------ targets
@@ -187,8 +217,10 @@ def help_target(help_times: list[float]) -> dict[str, Any] | None:
 def targets(
     ratio_targets: Iterable[Target], results: Mapping[str, Any], runs: Runs, reps: int, help_times: list[float]
 ) -> list[dict[str, Any]]:
-    """The JSON's "targets": the ratio targets, then the memory ones, then `kingest --help`."""
-    found = [ratio_target(t, results, runs, reps) for t in ratio_targets] + rss_targets(results)
+    """The JSON's "targets": the ratio targets (but those of which neither contender ran: another group's), then
+    the memory ones, then `kingest --help`."""
+    chosen = [t for t in ratio_targets if t.name in results or t.base in results]
+    found = [ratio_target(t, results, runs, reps) for t in chosen] + rss_targets(results)
     timed_help = help_target(help_times)
     return found + ([timed_help] if timed_help is not None else [])
 
@@ -206,6 +238,23 @@ def dataset_figures(main: Topic, slice_records: int | None, value_size: int) -> 
         "slice_records": slice_records,
         "produce_seconds": round(main.seconds, 2),
         "format": "JSON objects (benchmarks/dataset.py), uncompressed topic, keys, no headers",
+    }
+
+
+def wide_figures(topics: Mapping[str, Topic], value_size: int, delay_ms: float) -> dict[str, Any]:
+    """The JSON's "wide": the wide topics (by role) and the delay the proxy added to each request."""
+    return {
+        "topics": {
+            role: {
+                "records": t.records,
+                "partitions": t.partitions,
+                "mean_value_bytes": round(t.value_bytes / max(1, t.records), 1),
+                "key_and_value_mb": round(t.nbytes / MB, 2),
+            }
+            for role, t in topics.items()
+        },
+        "value_size_target": value_size,
+        "delay_ms": delay_ms,
     }
 
 
@@ -276,18 +325,66 @@ def load_range(summary: Mapping[str, Any]) -> tuple[float, float]:
     return min(loads), max(loads)
 
 
+WIDE_HEADER = [
+    "| contender | partitions | records/s | wall s | CPU s | peak RSS MB | flushes | files | requests "
+    "| round trips | round trips/file | proxy CPU s | vs 1 partition |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+]
+
+
+def wide_row(r: Mapping[str, Any]) -> str:
+    """A row of the wide group's table. Requests and round trips are what the latency proxy counted: HTTP
+    requests, and the turns it delayed (a PUT sent with `Expect: 100-continue` is two)."""
+    trips, files = r.get("proxy_round_trips"), r.get("files")
+    per_file = trips / files if trips is not None and files else None
+    return (
+        f"| {r['label']} | {r['partitions']} | {fmt(r['records_per_s'], ',.0f')} | {fmt(r['wall_s'], '.2f')} | "
+        f"{fmt(r['cpu_s'], '.2f')} | {fmt(r['peak_rss_mb'], '.0f')} | {fmt(r.get('flushes'), '.0f')} | "
+        f"{fmt(files, '.0f')} | {fmt(r.get('proxy_requests'), ',.0f')} | {fmt(trips, ',.0f')} | "
+        f"{fmt(per_file, '.1f')} | {fmt(r.get('proxy_cpu_s'), '.2f')} | {ratio_text(r['vs_baseline'])} |"
+    )
+
+
+def wide_lines(summary: Mapping[str, Any]) -> list[str]:
+    """The wide group's line and table (nothing when it did not run)."""
+    rows = [r for r in summary["results"].values() if r.get("group") == "wide"]
+    if not rows or "wide" not in summary:
+        return []
+    w = summary["wide"]
+    topics = list(w["topics"].values())
+    shape = " and ".join(f"{t['partitions']}" for t in topics)
+    sizes = "-".join(sorted({f"{t['mean_value_bytes']:.0f}" for t in topics}))
+    return [
+        f"Wide topics: {topics[0]['records']:,} JSON records (mean value {sizes} B) over {shape} partitions, into S3 "
+        f"through a proxy adding {w['delay_ms']:.0f} ms to each request; median of {summary['repetitions']} "
+        "repetition(s); vs 1 partition within each repetition.",
+        "",
+        *WIDE_HEADER,
+        *(wide_row(r) for r in rows),
+    ]
+
+
 def markdown(summary: Mapping[str, Any]) -> str:
+    """The dataset's line and the table (when the main topic was read), the wide group's, then the targets."""
     d, m = summary["dataset"], summary["machine"]
     low, high = load_range(summary)
-    lines = [
-        f"{d['records']:,} JSON records (mean value {d['mean_value_bytes']:.0f} B, {d['key_and_value_mb']} MB of keys "
-        f"and values) over {d['partitions']} partitions; median of {summary['repetitions']} repetition(s); "
-        f"{m['cpus']} CPUs, 1-min load average {low:.1f}-{high:.1f} during the run.",
-        "",
-        *TABLE_HEADER,
-    ]
-    lines += [table_row(r) for r in summary["results"].values()]
-    lines += ["", *TARGETS_HEADER]
+    lines = []
+    if d is not None:
+        lines += [
+            f"{d['records']:,} JSON records (mean value {d['mean_value_bytes']:.0f} B, {d['key_and_value_mb']} MB of "
+            f"keys and values) over {d['partitions']} partitions; median of {summary['repetitions']} repetition(s); "
+            f"{m['cpus']} CPUs, 1-min load average {low:.1f}-{high:.1f} during the run.",
+            "",
+            *TABLE_HEADER,
+        ]
+        lines += [table_row(r) for r in summary["results"].values() if not r.get("group")]
+        lines += [""]
+    wide = wide_lines(summary)
+    if wide:
+        if d is None:
+            wide[0] += f" {m['cpus']} CPUs, 1-min load average {low:.1f}-{high:.1f} during the run."
+        lines += [*wide, ""]
+    lines += TARGETS_HEADER
     lines += [target_row(t) for t in summary["targets"]]
     return "\n".join(lines)
 
@@ -319,7 +416,10 @@ def chart_bars(results: Mapping[str, Any], baselines: Iterable[str]) -> list[Bar
     for name in list(results)[::-1]:
         r = results[name]
         note = f"{r['records_per_s']:,.0f}/s" if r["records_per_s"] else ""
-        if r.get("vs_bare") is not None and name != "bare":
+        if r.get("group"):  # another topic than the bare loop's: against its group's baseline
+            if r.get("vs_baseline") is not None:
+                note += f"  {ratio_text(r['vs_baseline'])}x {r['baseline']}"
+        elif r.get("vs_bare") is not None and name != "bare":
             note += f"  {ratio_text(r['vs_bare'])}x bare"
         bars.append(
             Bar(
@@ -338,8 +438,11 @@ def chart_bars(results: Mapping[str, Any], baselines: Iterable[str]) -> list[Bar
 def chart_title(summary: Mapping[str, Any]) -> str:
     d, m = summary["dataset"], summary["machine"]
     low, high = load_range(summary)
+    if d is not None:
+        topic = f"{d['records']:,} JSON records of ~{d['mean_value_bytes']:.0f} B, {d['partitions']} partitions"
+    else:
+        topic = "wide topics, S3 +{:.0f} ms".format(summary["wide"]["delay_ms"])
     return (
-        f"kingest {summary['date'][:10]}: {d['records']:,} JSON records of ~{d['mean_value_bytes']:.0f} B, "
-        f"{d['partitions']} partitions, median of {summary['repetitions']}; {m['cpus']} CPUs, "
+        f"kingest {summary['date'][:10]}: {topic}, median of {summary['repetitions']}; {m['cpus']} CPUs, "
         f"load {low:.1f}-{high:.1f}"
     )

@@ -70,6 +70,7 @@ class Stats:
             "files": self.files,
             "bytes": self.bytes,
             "commits": self.commits,
+            "flushes": self.flushes,
             "skipped": self.skipped,
             "dead_letters": self.dead_letters,
             "seconds": round(self.seconds, 3),

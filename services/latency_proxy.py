@@ -29,6 +29,8 @@ import urllib.parse
 from types import TracebackType
 
 CHUNK = 65536
+# A turn that starts with one of these is a new HTTP request (the others: a body sent after `100 Continue`).
+HTTP_METHODS = frozenset(b"GET HEAD PUT POST DELETE PATCH OPTIONS".split())
 
 
 def _host_port(upstream: str) -> tuple[str, int]:
@@ -45,7 +47,8 @@ def _host_port(upstream: str) -> tuple[str, int]:
 class LatencyProxy:
     """Listens on 127.0.0.1 (a free port unless given), forwards to `upstream` with `delay` seconds added to
     each request. Runs its own event loop in a daemon thread: start()/close(), or use it as a context manager.
-    `requests` counts the delayed turns (about one per HTTP request)."""
+    `requests` counts the delayed turns (one per HTTP request, two for a PUT sent with `Expect: 100-continue`),
+    `http_requests` the turns that start an HTTP request."""
 
     def __init__(self, upstream: str, delay: float = 0.02, port: int = 0, host: str = "127.0.0.1") -> None:
         if delay < 0:
@@ -55,6 +58,7 @@ class LatencyProxy:
         self.host = host
         self.port = port
         self.requests = 0
+        self.http_requests = 0
         self.connections = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
@@ -154,6 +158,8 @@ class LatencyProxy:
                 if new_turn[0]:
                     new_turn[0] = False
                     self.requests += 1
+                    if data.split(b" ", 1)[0] in HTTP_METHODS:
+                        self.http_requests += 1
                     if self.delay:
                         await asyncio.sleep(self.delay)
                 writer.write(data)
@@ -189,7 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     with LatencyProxy(args.upstream, delay=args.delay_ms / 1000, port=args.port) as proxy:
         print(proxy.url, flush=True)
         stop.wait()
-        print(f"latency proxy: {proxy.requests} requests delayed over {proxy.connections} connections", file=sys.stderr)
+        print(
+            f"latency proxy: {proxy.requests} turns delayed ({proxy.http_requests} HTTP requests) over "
+            f"{proxy.connections} connections",
+            file=sys.stderr,
+        )
     return 0
 
 

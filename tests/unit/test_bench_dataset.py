@@ -39,6 +39,18 @@ def test_values_are_json_objects_of_about_the_size_asked(size: int):
     assert any(not v.isascii() for v in (json.dumps(x, ensure_ascii=False) for x in values))
 
 
+def test_small_values_keep_the_events_core_at_about_200_bytes():
+    """The wide topics' values: past the fields that larger values drop, the address, session, items, coupon
+    and the customer's name, tier and order count go too."""
+    events = list(dataset.events(2000, 200, seed=1))
+    values = [json.loads(value) for _, value in events]
+    sizes = [len(value) for _, value in events]
+    assert 190 <= statistics.mean(sizes) <= 215
+    assert max(sizes) <= 240
+    assert all(set(v) == {"event_id", "type", "occurred_at", "customer", "order"} for v in values)
+    assert all(set(v["order"]) == {"id", "currency", "total", "paid"} for v in values)
+
+
 def test_the_same_seed_gives_the_same_records():
     assert list(dataset.events(300, 500, seed=7)) == list(dataset.events(300, 500, seed=7))
     assert list(dataset.events(300, 500, seed=7)) != list(dataset.events(300, 500, seed=8))

@@ -38,13 +38,17 @@ ALO_CONFLUENT = Contender(
 )
 
 
+WIDE_EO_1 = contenders.wide("wide-eo-1", "exactly-once", 1)
+WIDE_EO_32 = contenders.wide("wide-eo-32", "exactly-once", 32, "wide-eo-1")
+
+
 def run(name: str, rep: int, wall: float, records: int | None = 1000, cpu: float = 1.0, rss: float = 100.0, **extra):
     return Run(name, rep, wall, cpu * 0.75, cpu * 0.25, rss, 0, 1.0, records, dict(extra))
 
 
 class Topic:
-    def __init__(self, records: int, nbytes: int) -> None:
-        self.records, self.nbytes = records, nbytes
+    def __init__(self, records: int, nbytes: int, partitions: int = 6, value_bytes: int = 0) -> None:
+        self.records, self.nbytes, self.partitions, self.value_bytes = records, nbytes, partitions, value_bytes
 
 
 # ------------------------------------------------------------------------------------ medians and rates
@@ -190,6 +194,85 @@ def test_results_keep_the_chosen_order_and_each_contenders_own_topic():
     assert found["alo-1-record"]["batch_max_bytes"] == 64 << 20  # the default: only max_records was set
 
 
+def _wide_runs() -> Any:
+    """Two repetitions of the wide group's exactly-once pair: 32 partitions at 0.5x and 0.7x of 1 partition."""
+    proxied = {"proxy_requests": 100, "proxy_round_trips": 150, "proxy_cpu_s": 0.1}
+    return summary.index(
+        [
+            run("wide-eo-1", 0, wall=4.0, records=64_000, files=32, commits=32, flushes=32, **proxied),
+            run("wide-eo-1", 1, wall=7.0, records=64_000, files=32, commits=32, flushes=32, **proxied),
+            run("wide-eo-32", 0, wall=8.0, records=64_000, files=1024, commits=1024, flushes=32, **proxied),
+            run("wide-eo-32", 1, wall=10.0, records=64_000, files=1024, commits=1024, flushes=33, **proxied),
+        ]
+    )
+
+
+def test_a_wide_contender_is_compared_with_its_baseline_within_each_repetition():
+    runs = _wide_runs()
+    entry = summary.contender_result(WIDE_EO_32, runs, 2, records=64_000, nbytes=15_000_000, partitions=32)
+    assert entry["vs_baseline"] == pytest.approx((0.5 + 0.7) / 2)  # 4/8 and 7/10, not the medians' 5.5/9
+    assert entry["vs_bare"] is None  # another topic than the bare loop's, which did not run anyway
+    assert (entry["group"], entry["partitions"], entry["baseline"], entry["max_concurrency"]) == (
+        "wide",
+        32,
+        "wide-eo-1",
+        None,
+    )
+    assert (entry["files"], entry["commits"], entry["flushes"]) == (1024, 1024, 32.5)
+    assert (entry["proxy_requests"], entry["proxy_round_trips"], entry["proxy_cpu_s"]) == (100, 150, 0.1)
+    assert entry["delay_ms"] == 20.0
+    base = summary.contender_result(WIDE_EO_1, runs, 2, records=64_000, nbytes=15_000_000, partitions=1)
+    assert base["baseline"] is None and base["vs_baseline"] is None
+
+
+def test_a_wide_contender_without_its_baseline_or_the_proxy_counts_has_no_such_figures():
+    runs = summary.index([run("wide-eo-32", 0, wall=8.0, records=64_000, files=1024, commits=1024)])
+    entry = summary.contender_result(WIDE_EO_32, runs, 1, records=64_000, nbytes=1, partitions=32)
+    assert entry["vs_baseline"] is None
+    assert "flushes" not in entry and "proxy_requests" not in entry  # runs from before kingest reported them
+
+
+def test_the_wide_contenders_configs_give_one_batch_of_every_partition_a_flush():
+    by_name = {c.name: c for c in contenders.CONTENDERS}
+    assert contenders.GROUPS["wide"] == ["wide-eo-1", "wide-eo-32", "wide-eo-32-seq", "wide-alo-1", "wide-alo-32"]
+    for name in contenders.GROUPS["wide"]:
+        c = by_name[name]
+        partitions = contenders.WIDE_TOPICS[c.topic]
+        config = c.kingest_config(pipeline="p", bootstrap="b", topic="t", lake_path="s3://b/p", storage_options={})
+        # the same number of batches a partition: 64,000 records in 32 rounds of one batch of every partition
+        assert -(-contenders.WIDE_RECORDS // partitions // config["batch"]["max_records"]) == 32
+        assert config["kafka"]["max_partition_fetch_bytes"] == config["batch"]["max_records"] * 320
+        assert (c.lake, c.delay_ms, c.group) == ("s3", 20.0, "wide")
+        assert c.baseline == ("" if partitions == 1 else f"wide-{name.split('-')[1]}-1")  # its semantics, 1 partition
+    seq = by_name["wide-eo-32-seq"].kingest_config(
+        pipeline="p", bootstrap="b", topic="t", lake_path="s3://b/p", storage_options={"k": "v"}
+    )
+    assert seq["lake"] == {"path": "s3://b/p", "storage_options": {"k": "v"}, "max_concurrency": 1}
+    assert (
+        "max_concurrency"
+        not in by_name["wide-eo-32"].kingest_config(
+            pipeline="p", bootstrap="b", topic="t", lake_path="s3://b/p", storage_options={}
+        )["lake"]
+    )
+    assert not any(s.startup_of.startswith("wide") for s in contenders.STARTUPS)  # no tiny twin: another topic
+    # the sequential run takes minutes: in the first repetition only
+    assert {c.name: c.repetitions for c in contenders.CONTENDERS if c.repetitions} == {"wide-eo-32-seq": 1}
+
+
+def test_the_wide_targets_compare_32_partitions_with_1_for_each_semantics():
+    wide = {t.name: t for t in contenders.TARGETS if t.name.startswith("wide")}
+    assert {n: (t.base, t.lower, t.upper) for n, t in wide.items()} == {
+        "wide-eo-32": ("wide-eo-1", 0.6, None),
+        "wide-alo-32": ("wide-alo-1", 0.7, None),
+    }
+    runs = _wide_runs()
+    results = {"wide-eo-1": {}, "wide-eo-32": {}}
+    found = summary.targets(contenders.TARGETS, results, runs, 2, [])
+    assert [t["target"] for t in found] == ["exactly-once, S3 +20 ms: 32 partitions >= 0.6x 1 partition"]
+    assert found[0]["value"] == pytest.approx(0.6) and found[0]["met"] is True
+    assert found[0]["net_value"] is None and found[0]["net_met"] is None  # no startup twins
+
+
 # ------------------------------------------------------------------------------------ targets
 
 
@@ -215,6 +298,17 @@ def test_a_ratio_target_of_a_contender_not_run_is_neither_met_nor_missed():
     runs = summary.index([run("alo", 0, 1.0), run("bare", 0, 1.0)])
     t = summary.ratio_target(contenders.Target("eo >= 0.9x bare", "eo", "bare", 0.9), {"alo": {}, "bare": {}}, runs, 1)
     assert t == {"target": "eo >= 0.9x bare", "value": None, "met": None, "net_value": None, "net_met": None}
+
+
+def test_targets_leave_out_those_of_which_neither_contender_ran():
+    runs = summary.index([run("alo", 0, 1.0), run("bare", 0, 1.0)])
+    ratio = [
+        contenders.Target("alo >= 0.9x bare", "alo", "bare", 0.9),
+        contenders.Target("eo >= 0.9x bare", "eo", "bare", 0.9),  # eo did not run: shown, neither met nor missed
+        contenders.Target("wide", "wide-eo-32", "wide-eo-1", 0.6),  # another group's: left out
+    ]
+    found = summary.targets(ratio, {"alo": {}, "bare": {}}, runs, 1, [])
+    assert [(t["target"], t["met"]) for t in found] == [("alo >= 0.9x bare", True), ("eo >= 0.9x bare", None)]
 
 
 def test_targets_are_the_ratios_then_memory_then_help():
@@ -345,6 +439,97 @@ def test_the_chart_bars_run_bottom_to_top_with_the_baselines_in_grey():
     )
 
 
+def _wide_entry(**changes: Any) -> dict[str, Any]:
+    entry = {
+        **_entry(label="kingest eo, S3 +20 ms, 32 partitions", topic="wide-32", records=64_000),
+        "records_per_s": 5123.4,
+        "wall_s": 12.49,
+        "cpu_s": 9.87,
+        "peak_rss_mb": 170.2,
+        "files": 1024,
+        "flushes": 32,
+        "group": "wide",
+        "partitions": 32,
+        "baseline": "wide-eo-1",
+        "vs_baseline": 0.4567,
+        "proxy_requests": 3800,
+        "proxy_round_trips": 6500,
+        "proxy_cpu_s": 1.234,
+    }
+    return {**entry, **changes}
+
+
+def test_a_wide_row():
+    assert summary.wide_row(_wide_entry()) == (
+        "| kingest eo, S3 +20 ms, 32 partitions | 32 | 5,123 | 12.49 | 9.87 | 170 | 32 | 1024 | 3,800 | 6,500 | "
+        "6.3 | 1.23 | 0.46 |"
+    )
+    baseline = _wide_entry(label="1", partitions=1, files=32, vs_baseline=None, baseline=None)
+    assert summary.wide_row(baseline).endswith("| 203.1 | 1.23 | – |")
+    unproxied = {k: v for k, v in _wide_entry().items() if not k.startswith("proxy_") and k != "flushes"}
+    assert summary.wide_row(unproxied).endswith("| 9.87 | 170 | – | 1024 | – | – | – | – | 0.46 |")
+
+
+def _wide_document(results: dict[str, Any], dataset: dict[str, Any] | None) -> dict[str, Any]:
+    doc = _document(results, [{"target": "t", "value": 0.5, "met": False, "net_value": None, "net_met": None}])
+    wide_topic = {"records": 64_000, "partitions": 1, "mean_value_bytes": 203.5, "key_and_value_mb": 13.8}
+    doc["wide"] = {
+        "topics": {"wide-1": wide_topic, "wide-32": {**wide_topic, "partitions": 32, "mean_value_bytes": 203.6}},
+        "value_size_target": 200,
+        "delay_ms": 20.0,
+    }
+    doc["dataset"] = dataset
+    return doc
+
+
+def test_the_markdown_has_the_wide_table_apart_from_the_main_one():
+    main = _document({}, [])["dataset"]
+    results = {"alo": _entry(), "wide-eo-32": _wide_entry()}
+    lines = summary.markdown(_wide_document(results, main)).splitlines()
+    wide_line = (
+        "Wide topics: 64,000 JSON records (mean value 204 B) over 1 and 32 partitions, into S3 through a proxy "
+        "adding 20 ms to each request; median of 3 repetition(s); vs 1 partition within each repetition."
+    )
+    assert lines == [
+        lines[0],  # the main dataset's line
+        "",
+        *summary.TABLE_HEADER,
+        summary.table_row(_entry()),  # the wide contender is not in the main table
+        "",
+        wide_line,
+        "",
+        *summary.WIDE_HEADER,
+        summary.wide_row(_wide_entry()),
+        "",
+        *summary.TARGETS_HEADER,
+        "| t | 0.500 | **no** |  | – |",
+    ]
+    # --only wide: no main topic; the wide line says the machine's
+    alone = summary.markdown(_wide_document({"wide-eo-32": _wide_entry()}, None)).splitlines()
+    assert alone[0] == wide_line + " 2 CPUs, 1-min load average 1.0-1.7 during the run."
+    assert alone[2:4] == summary.WIDE_HEADER
+    doc = _wide_document({"wide-eo-32": _wide_entry()}, None)
+    assert summary.chart_title(doc) == ("kingest 2026-11-29: wide topics, S3 +20 ms, median of 3; 2 CPUs, load 1.0-1.7")
+
+
+def test_the_wide_figures_of_the_json():
+    topics = {"wide-1": Topic(64_000, 13_800_000, 1, 13_024_000), "wide-32": Topic(64_000, 13_800_000, 32, 0)}
+    assert summary.wide_figures(topics, 200, 20.0) == {
+        "topics": {
+            "wide-1": {"records": 64_000, "partitions": 1, "mean_value_bytes": 203.5, "key_and_value_mb": 13.8},
+            "wide-32": {"records": 64_000, "partitions": 32, "mean_value_bytes": 0.0, "key_and_value_mb": 13.8},
+        },
+        "value_size_target": 200,
+        "delay_ms": 20.0,
+    }
+
+
+def test_a_wide_bar_notes_its_ratio_to_its_baseline_not_to_the_bare_loop():
+    results = {"wide-eo-32": _wide_entry(), "wide-eo-1": _wide_entry(baseline=None, vs_baseline=None)}
+    bars = summary.chart_bars(results, ["java", "bare"])
+    assert [b.note for b in bars] == ["5,123/s", "5,123/s  0.46x wide-eo-1"]
+
+
 def test_a_run_row_is_rounded_and_carries_what_the_contender_reported():
     r = Run("bare", 1, 5.52049, 4.2119, 0.8561, 89.71, 0, 1.2345, 500_000, {"first_record_s": 0.5179})
     assert summary.run_row(r) == {
@@ -368,10 +553,12 @@ def _numbers_approx(figures: dict[str, Any]) -> dict[str, Any]:
     return {k: pytest.approx(v, rel=1e-3) if isinstance(v, float) else v for k, v in figures.items()}
 
 
-def test_the_runs_of_the_published_results_give_their_figures_again():
-    """benchmarks/results/2026-11-29.json (quoted by docs/performance.md and the README): its runs, summarised
-    anew, give the results and targets it holds (to the rounding of the runs' wall times)."""
-    stored = json.loads((BENCHMARKS / "results" / "2026-11-29.json").read_text())
+@pytest.mark.parametrize("published", ["2026-11-29.json", "2026-12-06-wide.json"])
+def test_the_runs_of_the_published_results_give_their_figures_again(published: str):
+    """benchmarks/results/2026-11-29.json and 2026-12-06-wide.json (quoted by docs/performance.md and the
+    README): their runs, summarised anew, give the results and targets they hold (to the rounding of the runs'
+    wall times)."""
+    stored = json.loads((BENCHMARKS / "results" / published).read_text())
     measured = ("name", "rep", "wall_s", "user_s", "sys_s", "maxrss_mb", "load1", "records")
     runs = summary.index(
         Run(
@@ -387,7 +574,7 @@ def test_the_runs_of_the_published_results_give_their_figures_again():
     chosen = [by_name[name] for name in stored["results"]]
     # the topics' bytes are not kept: back from each topic's MB/s and wall time
     topics = {
-        r["topic"]: Topic(r["records"], round(r["mb_per_s"] * r["wall_s"] * 1_000_000))
+        r["topic"]: Topic(r["records"], round(r["mb_per_s"] * r["wall_s"] * 1_000_000), r.get("partitions", 6))
         for r in stored["results"].values()
     }
     results = summary.results(chosen, runs, stored["repetitions"], topics)

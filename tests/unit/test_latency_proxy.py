@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import socket
 import threading
 import time
 import urllib.request
@@ -48,7 +49,26 @@ def test_requests_pass_through_and_each_pays_the_delay(upstream: str) -> None:
                 assert response.read() == body
         took = time.monotonic() - started
     assert proxy.requests == 4  # one delay per request, not per chunk of its body
+    assert proxy.http_requests == 4
     assert took >= 4 * 0.05  # a lower bound only: the delay was applied
+
+
+def test_a_put_sent_with_expect_100_continue_pays_the_delay_twice(upstream: str) -> None:
+    """The head, then the body after the server's go-ahead: two turns, one HTTP request (as botocore sends
+    its PUTs, each paying two round trips to a far-away store)."""
+    body = b"x" * 1000
+    with LatencyProxy(upstream, delay=0.01) as proxy:
+        host, port = proxy.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as conn:
+            head = f"PUT /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n"
+            conn.sendall(head.encode())
+            assert conn.recv(1024).startswith(b"HTTP/1.1 100")
+            conn.sendall(body)
+            answer = b""
+            while not answer.endswith(body):
+                answer += conn.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 200")
+    assert (proxy.requests, proxy.http_requests) == (2, 1)
 
 
 def test_no_delay_and_bad_upstreams() -> None:
