@@ -182,7 +182,7 @@ def parse_duration(value: object) -> float:
     else:
         match = _DURATION.match(str(value))
         if not match:
-            raise ValueError("a duration such as 500ms, 10s, 5m, 1h or 7d")
+            raise ValueError("a duration such as 500ms, 10s, 5m or 1h")
         number, unit = match.groups()
         seconds = float(number) * _DURATION_UNITS[unit or "s"]
     if seconds <= 0:

@@ -134,9 +134,10 @@ def test_exactly_once_writes_each_dead_letter_once_across_a_crash(
         kafka={"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000},  # the killed member leaves the group soon
     )  # fmt: skip
     crashed = kingest("run", "-c", str(config), "--until-caught-up", env={"KINGEST_CRASH_AT": "after-write"})
-    assert crashed.returncode == -9, crashed.stderr  # SIGKILL: the data and dead letters of one batch are written
+    assert crashed.returncode == -9, crashed.stderr  # SIGKILL: the data and dead letters of a batch are written
     lake = Lake(s3_prefix, s3_storage_options)
-    assert sum(count_dead_letters(lake, [topic]).values()) == 4  # ... but not committed
+    # ... but not committed: one batch's 4, or both partitions' (their lanes write side by side)
+    assert sum(count_dead_letters(lake, [topic]).values()) in (4, 8)
 
     result = kingest("run", "-c", str(config), "--until-caught-up")
     assert result.returncode == 0, result.stderr

@@ -358,7 +358,9 @@ def test_local_write_killed_half_way_is_never_counted(kafka_bootstrap: str, topi
     topic = topic_factory(PARTITIONS, name="partial-local")
     produce(kafka_bootstrap, topic, 100, start=0)
     lake = tmp_path / "lake"
-    config = exactly_once_config(tmp_path, kafka_bootstrap, topic, str(lake))
+    # One partition after another: this test counts the files before the half one (the save lanes' side by side
+    # writes are the crash tests' subject, tests/integration/test_guarantees.py)
+    config = exactly_once_config(tmp_path, kafka_bootstrap, topic, str(lake), max_concurrency=1)
 
     crashed = run_until_caught_up(config, crash="mid-write:3")
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr
@@ -397,7 +399,7 @@ def test_local_write_failing_half_way_leaves_nothing(
     topic = topic_factory(PARTITIONS, name="partial-enospc")
     produce(kafka_bootstrap, topic, 100, start=0)
     lake = tmp_path / "lake"
-    config = exactly_once_config(tmp_path, kafka_bootstrap, topic, str(lake))
+    config = exactly_once_config(tmp_path, kafka_bootstrap, topic, str(lake), max_concurrency=1)  # (as above)
 
     real_fsync = os.fsync
     data_files: list[str] = []
