@@ -511,11 +511,31 @@ class ConfluentSource:
         read_committed it is the last stable offset (no record of an open transaction is counted), as
         kafka-python's end_offsets."""
         ck = self.ck
-        try:
-            low, high = self.consumer.get_watermark_offsets(ck.TopicPartition(tp[0], tp[1]), timeout=self._timeout())
-        except ck.KafkaException as exc:
-            raise SourceUnavailable(f"reading the log offsets of {tp[0]}[{tp[1]}] failed: {_reason(exc)}") from None
-        return int(low), int(high)
+        deadline = time.monotonic() + self._timeout()
+        while True:
+            try:
+                low, high = self.consumer.get_watermark_offsets(
+                    ck.TopicPartition(tp[0], tp[1]), timeout=max(0.1, deadline - time.monotonic())
+                )
+                return int(low), int(high)
+            except ck.KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                # A leader moving (NOT_LEADER_FOR_PARTITION after a broker stalled) is retriable: ask again
+                # until the request timeout, as kafka-python's end_offsets does.
+                retriable = error is not None and (
+                    error.retriable()
+                    or error.code()
+                    in (
+                        ck.KafkaError.NOT_LEADER_FOR_PARTITION,
+                        ck.KafkaError.LEADER_NOT_AVAILABLE,
+                        ck.KafkaError.REQUEST_TIMED_OUT,
+                        ck.KafkaError._TRANSPORT,
+                    )
+                )
+                if retriable and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    continue
+                raise SourceUnavailable(f"reading the log offsets of {tp[0]}[{tp[1]}] failed: {_reason(exc)}") from None
 
     def _timeout(self) -> float:
         return self.config.request_timeout_ms / 1000

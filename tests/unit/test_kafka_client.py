@@ -326,3 +326,28 @@ def test_the_connection_watch_sees_an_outage_while_a_commit_waits(monkeypatch: p
         confluent.close()
     assert noticed, "no outage seen in the first 6 s of an 8 s commit wait"
     assert failure and isinstance(failure[0], _Stop)
+
+
+def test_confluent_log_offsets_ask_again_while_a_leader_moves():
+    """After a broker stalled, the first ListOffsets may answer NOT_LEADER_FOR_PARTITION: asked again within the
+    request timeout, as kafka-python does, rather than stopping the run (seen in `make chaos`)."""
+    ck = pytest.importorskip("confluent_kafka")
+    from kingest.errors import SourceUnavailable
+    from kingest.sources.confluent import ConfluentSource
+
+    class Consumer:
+        def __init__(self, failures: int) -> None:
+            self.failures = failures
+
+        def get_watermark_offsets(self, tp, timeout):
+            if self.failures:
+                self.failures -= 1
+                raise ck.KafkaException(ck.KafkaError(ck.KafkaError.NOT_LEADER_FOR_PARTITION))
+            return 3, 42
+
+    source = ConfluentSource(parse("  client: confluent\n  request_timeout_ms: 2000\n").kafka)
+    source.consumer = Consumer(failures=2)
+    assert source.end_offsets([("orders", 0)]) == {("orders", 0): 42}
+    source.consumer = Consumer(failures=10**6)  # never settles: a clear error once the request timeout is spent
+    with pytest.raises(SourceUnavailable, match="NOT_LEADER_FOR_PARTITION|Not leader"):
+        source.end_offsets([("orders", 0)])
