@@ -520,14 +520,18 @@ class ConfluentSource:
                 return int(low), int(high)
             except ck.KafkaException as exc:
                 error = exc.args[0] if exc.args else None
-                # A leader moving (NOT_LEADER_FOR_PARTITION after a broker stalled) is retriable: ask again
-                # until the request timeout, as kafka-python's end_offsets does.
+                # A leader moving or stale metadata (after a broker stalled: NOT_LEADER_FOR_PARTITION, a "local:
+                # unknown partition") passes: ask again until the request timeout, as kafka-python's end_offsets
+                # does. (Only assigned partitions are asked for: they exist.)
                 retriable = error is not None and (
                     error.retriable()
                     or error.code()
                     in (
                         ck.KafkaError.NOT_LEADER_FOR_PARTITION,
                         ck.KafkaError.LEADER_NOT_AVAILABLE,
+                        # the client's metadata lags behind (an assigned partition is not "unknown" for long)
+                        ck.KafkaError._UNKNOWN_PARTITION,
+                        ck.KafkaError.UNKNOWN_TOPIC_OR_PART,
                         ck.KafkaError.REQUEST_TIMED_OUT,
                         ck.KafkaError._TRANSPORT,
                     )
