@@ -114,9 +114,9 @@ def plan(config: Config, lake: Lake, retain: float, now: float | None = None) ->
     store = offset_store(config, lake)
     manifests = ManifestStore(lake, config.pipeline) if store.names_files else None
     # 1. The files, listed first (see the module docstring for why this order).
-    listed = {rel: sz_mt for rel, sz_mt in lake.find_dated("").items() if rel.startswith(folders)}
-    if manifests is not None:
-        listed.update(lake.find_dated(manifests.prefix))
+    # (One listing of the lake: the topics' folders, and this pipeline's manifest folder for the records' ages.)
+    kept = folders + ((f"{manifests.prefix}/",) if manifests is not None else ())
+    listed = {rel: sz_mt for rel, sz_mt in lake.find_dated("").items() if rel.startswith(kept)}
 
     def sort(rel: str, kind: str, age: float | None = None) -> None:
         size, modified = listed[rel]

@@ -248,6 +248,13 @@ class Lake:
 
     def find(self, rel: str = "") -> dict[str, int]:
         """Every file below folder ``rel``, as paths relative to the lake root, with sizes."""
+        return {name: int(info.get("size") or 0) for name, info in self._find(rel).items()}
+
+    def find_dated(self, rel: str = "") -> dict[str, tuple[int, float]]:
+        """Like ``find``, with each file's last-modified time (seconds since the epoch) beside its size."""
+        return {name: (int(info.get("size") or 0), _modified(info)) for name, info in self._find(rel).items()}
+
+    def _find(self, rel: str) -> dict[str, dict[str, Any]]:
         base = self.fs._strip_protocol(self.full(rel)).rstrip("/")
         root = self.fs._strip_protocol(self.root).rstrip("/")
         self.fs.invalidate_cache(base)  # s3fs caches listings per process: another writer may have changed them
@@ -255,18 +262,7 @@ class Lake:
             found = self._retry(f"listing {rel or 'the lake'}", lambda: self.fs.find(base, detail=True))
         except FileNotFoundError:
             return {}
-        return {name[len(root) + 1 :]: int(info.get("size") or 0) for name, info in found.items()}
-
-    def find_dated(self, rel: str = "") -> dict[str, tuple[int, float]]:
-        """Like ``find``, with each file's last-modified time (seconds since the epoch) beside its size."""
-        base = self.fs._strip_protocol(self.full(rel)).rstrip("/")
-        root = self.fs._strip_protocol(self.root).rstrip("/")
-        self.fs.invalidate_cache(base)
-        try:
-            found = self._retry(f"listing {rel or 'the lake'}", lambda: self.fs.find(base, detail=True))
-        except FileNotFoundError:
-            return {}
-        return {name[len(root) + 1 :]: (int(info.get("size") or 0), _modified(info)) for name, info in found.items()}
+        return {name[len(root) + 1 :]: info for name, info in found.items()}
 
     def delete(self, rels: Iterable[str]) -> None:
         rels = list(rels)

@@ -120,6 +120,16 @@ class _Encoded:
     bad: BadRecord | None = None
 
 
+def _by_partition(
+    encoded: list[tuple[Batch, list[EncodedFile]]],
+) -> dict[TopicPartition, list[tuple[Batch, list[EncodedFile]]]]:
+    """A flush's batches per partition, each partition's in offset order (as saved: one lane a partition)."""
+    out: dict[TopicPartition, list[tuple[Batch, list[EncodedFile]]]] = {}
+    for batch, files in encoded:
+        out.setdefault(batch.tp, []).append((batch, files))
+    return out
+
+
 class Pipeline:
     def __init__(
         self,
@@ -370,13 +380,10 @@ class Pipeline:
             # starts past them. The partitions are saved side by side (lake.max_concurrency), each its batches
             # in order: a crash with some partitions committed and others not leaves each one at a version of
             # its own, which is all a partition's manifest promises.
-            by_tp: dict[TopicPartition, list[tuple[Batch, list[EncodedFile]]]] = {}
-            for batch, files in encoded:
-                by_tp.setdefault(batch.tp, []).append((batch, files))
             committed = {}
             # Every lane has ended before anything below runs; the consumer and the batcher are touched here, on
             # the thread that owns them.
-            for saved in self._lanes.map(self._save_partition, by_tp.items()):
+            for saved in self._lanes.map(self._save_partition, _by_partition(encoded).items()):
                 tp = saved.tp
                 self.stats.commits += saved.commits
                 if saved.committed is not None:
@@ -440,10 +447,9 @@ class Pipeline:
 
     def _write(self, encoded: list[tuple[Batch, list[EncodedFile]]]) -> None:
         """at-most-once and at-least-once: every file of the flush, the partitions side by side."""
-        by_tp: dict[TopicPartition, list[EncodedFile]] = {}
-        for batch, files in encoded:
-            by_tp.setdefault(batch.tp, []).extend(files)
-        self._lanes.map(self._put, by_tp.values())
+        self._lanes.map(
+            self._put, [[f for _, files in batches for f in files] for batches in _by_partition(encoded).values()]
+        )
 
     def _put(self, files: Sequence[EncodedFile]) -> None:
         """Write files one after another (on a lane: never hands work to the lanes itself)."""
