@@ -15,9 +15,13 @@ Environment variables (defaults in brackets):
   KINGEST_DEV_DIR [<repo>/.kingest-dev]
   KINGEST_KAFKA_PORT [9092]  KINGEST_KAFKA_CONTROLLER_PORT [9093]  KINGEST_KAFKA_SASL_PORT [9094]
   KINGEST_KAFKA_SASL_PASSWORD [kingest-dev-password] (user `kingest`)  KINGEST_KAFKA_HEAP [-Xms256m -Xmx512m]
+  KINGEST_KAFKA_SSL_PORT [9095]  KINGEST_KAFKA_MTLS_PORT [9096] (client certificate required)
+  KINGEST_KAFKA_SASL_SSL_PORT [9097]  KINGEST_KAFKA_SSL_WRONG_HOST_PORT [9098]  KINGEST_KAFKA_SSL_EXPIRED_PORT [9099]
+  KINGEST_TLS_KEY_PASSWORD [kingest-dev-key-password] (the client key's; the CA and certificates: <dev dir>/tls)
   KINGEST_KAFKA_START_TIMEOUT [60]
   KINGEST_S3_PORT [8333]  KINGEST_S3_MASTER_PORT [9333]  KINGEST_S3_VOLUME_PORT [9340]
   KINGEST_S3_FILER_PORT [8888]  KINGEST_S3_ADMIN_PORT [23646]  (each gRPC port is that port + 10000)
+  KINGEST_S3_HTTPS_PORT [8433]  (S3 over HTTPS, with the dev CA's certificate)
   KINGEST_S3_ACCESS_KEY [kingest]  KINGEST_S3_SECRET_KEY [kingest-dev-secret]  KINGEST_S3_BUCKET [kingest]
   KINGEST_S3_START_TIMEOUT [30]
 """
@@ -118,6 +122,129 @@ class Port:
         if self.derived:
             return f"it is {self.env} + {GRPC_OFFSET}, so change {self.env}"
         return f"set {self.env} to another port"
+
+
+# --------------------------------------------------------------------------------------------- TLS
+
+
+TLS_KEY_PASSWORD_DEFAULT = "kingest-dev-key-password"
+OPENSSL_HINT = "It comes with the system (Debian: `apt-get install openssl`)."
+
+
+class DevTLS:
+    """A private CA and the certificates the dev services serve, made with `openssl` at the first `up` under
+    <dev dir>/tls (nothing from outside, nothing committed; `clean` deletes them):
+
+      ca.pem                      the dev CA (what a client's ssl_cafile / S3 verify points at)
+      server.pem, server.key      for localhost and 127.0.0.1: the broker's TLS listeners and S3's HTTPS port
+      client.pem, client.key      a client certificate for mutual TLS; the key is encrypted with
+                                  $KINGEST_TLS_KEY_PASSWORD (default kingest-dev-key-password)
+      wrong-host.pem, .key        signed by the CA for another host name (wrong-host.invalid): hostname checking
+      expired.pem, .key           signed by the CA, valid until yesterday
+      other-ca.pem                a CA that signed none of these: "unknown CA"
+      *-keystore.pem              key and certificate in one file, as Kafka's PEM keystores take them
+
+    Made again when a file is missing, the key password changed, or a certificate (but expired.pem) expires
+    within 30 days. The keys are RSA 2048, PKCS#8 (what Kafka's PEM keystore reads)."""
+
+    LEAF_DAYS = 825
+    CA_DAYS = 3650
+
+    def __init__(self) -> None:
+        self.dir = dev_dir() / "tls"
+        self.key_password = os.environ.get("KINGEST_TLS_KEY_PASSWORD") or TLS_KEY_PASSWORD_DEFAULT
+
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+    @property
+    def ca(self) -> Path:
+        return self.path("ca.pem")
+
+    def ensure(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                if not self._current():
+                    self._make()
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _mark(self) -> str:
+        return hashlib.sha256(f"v1 {self.key_password}".encode()).hexdigest()
+
+    def _current(self) -> bool:
+        mark = self.path("made.sha256")
+        if not mark.exists() or mark.read_text().strip() != self._mark():
+            return False
+        for name in ("ca.pem", "server.pem", "client.pem", "wrong-host.pem"):
+            if not self.path(name).exists():
+                return False
+            check = subprocess.run(
+                ["openssl", "x509", "-noout", "-checkend", str(30 * 86400), "-in", str(self.path(name))],
+                capture_output=True,
+            )
+            if check.returncode != 0:
+                return False
+        return all(self.path(n).exists() for n in ("expired.pem", "other-ca.pem", "client.key"))
+
+    def _openssl(self, *args: str, env: dict[str, str] | None = None) -> None:
+        done = subprocess.run(
+            ["openssl", *args], cwd=self.dir, capture_output=True, text=True, env={**os.environ, **(env or {})}
+        )
+        if done.returncode != 0:
+            raise SetupError(f"tls: `openssl {' '.join(args[:2])} ...` failed (exit {done.returncode}): {done.stderr}")
+
+    def _ca(self, name: str, cn: str) -> None:
+        self._openssl(
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.pem",
+            "-days", str(self.CA_DAYS), "-subj", f"/CN={cn}",
+            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        )  # fmt: skip
+
+    def _leaf(self, name: str, cn: str, san: str, days: int, usage: str) -> None:
+        ext = self.path(f"{name}.ext")
+        ext.write_text(
+            f"basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
+            f"extendedKeyUsage={usage}\n" + (f"subjectAltName={san}\n" if san else "")
+        )
+        self._openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                      "-subj", f"/CN={cn}")  # fmt: skip
+        self._openssl(
+            "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", str(days), "-extfile", ext.name, "-out", f"{name}.pem",
+        )  # fmt: skip
+        self.path(f"{name}.csr").unlink()
+        ext.unlink()
+
+    def _make(self) -> None:
+        need_tool("openssl", OPENSSL_HINT)
+        for child in self.dir.iterdir():
+            if child.name != ".lock":
+                child.unlink()
+        self._ca("ca", "kingest dev CA")
+        self._ca("other-ca", "kingest dev other CA (signed nothing here)")
+        self.path("other-ca.key").unlink()
+        self._leaf("server", "localhost", "DNS:localhost,IP:127.0.0.1", self.LEAF_DAYS, "serverAuth")
+        self._leaf("wrong-host", "wrong-host.invalid", "DNS:wrong-host.invalid", self.LEAF_DAYS, "serverAuth")
+        self._leaf("expired", "localhost", "DNS:localhost,IP:127.0.0.1", -1, "serverAuth")
+        self._leaf("client", "kingest-client", "", self.LEAF_DAYS, "clientAuth")
+        # the client key, encrypted with the key password (PKCS#8, AES-256): what ssl_password unlocks
+        self._openssl(
+            "pkcs8", "-topk8", "-v2", "aes-256-cbc", "-in", "client.key", "-out", "client.key.enc",
+            "-passout", "env:KINGEST_TLS_KEY_PASSWORD", env={"KINGEST_TLS_KEY_PASSWORD": self.key_password},
+        )  # fmt: skip
+        self.path("client.key.enc").replace(self.path("client.key"))
+        for name in ("server", "wrong-host", "expired"):
+            key = self.path(f"{name}.key").read_text()
+            self.path(f"{name}-keystore.pem").write_text(key + self.path(f"{name}.pem").read_text())
+        for child in self.dir.iterdir():
+            if child.suffix == ".key" or child.name.endswith("-keystore.pem"):
+                child.chmod(0o600)
+        self.path("ca.srl").unlink(missing_ok=True)
+        self.path("made.sha256").write_text(self._mark() + "\n")
+        say(f"tls: made a dev CA and certificates in {self.dir}")
 
 
 # --------------------------------------------------------------------------------------------- processes
@@ -651,6 +778,14 @@ class Kafka(Service):
         self.port = _env_port("KINGEST_KAFKA_PORT", 9092)
         self.controller_port = _env_port("KINGEST_KAFKA_CONTROLLER_PORT", 9093)
         self.sasl_port = _env_port("KINGEST_KAFKA_SASL_PORT", 9094)
+        # TLS listeners (certificates: DevTLS): server auth only, mutual TLS, SASL over TLS, and two that serve
+        # a certificate a client must refuse (another host name; expired)
+        self.ssl_port = _env_port("KINGEST_KAFKA_SSL_PORT", 9095)
+        self.mtls_port = _env_port("KINGEST_KAFKA_MTLS_PORT", 9096)
+        self.sasl_ssl_port = _env_port("KINGEST_KAFKA_SASL_SSL_PORT", 9097)
+        self.wrong_host_port = _env_port("KINGEST_KAFKA_SSL_WRONG_HOST_PORT", 9098)
+        self.expired_port = _env_port("KINGEST_KAFKA_SSL_EXPIRED_PORT", 9099)
+        self.tls = DevTLS()
         self.sasl_user = "kingest"
         self.sasl_password = os.environ.get("KINGEST_KAFKA_SASL_PASSWORD") or "kingest-dev-password"
         self.heap = (os.environ.get("KINGEST_KAFKA_HEAP") or "-Xms256m -Xmx512m").split()
@@ -672,6 +807,13 @@ class Kafka(Service):
             Port(self.port, "Kafka PLAINTEXT listener", "KINGEST_KAFKA_PORT"),
             Port(self.controller_port, "Kafka KRaft CONTROLLER listener", "KINGEST_KAFKA_CONTROLLER_PORT"),
             Port(self.sasl_port, "Kafka SASL_PLAINTEXT listener", "KINGEST_KAFKA_SASL_PORT"),
+            Port(self.ssl_port, "Kafka SSL listener", "KINGEST_KAFKA_SSL_PORT"),
+            Port(self.mtls_port, "Kafka SSL listener with client certificates", "KINGEST_KAFKA_MTLS_PORT"),
+            Port(self.sasl_ssl_port, "Kafka SASL_SSL listener", "KINGEST_KAFKA_SASL_SSL_PORT"),
+            Port(
+                self.wrong_host_port, "Kafka SSL listener, wrong-host certificate", "KINGEST_KAFKA_SSL_WRONG_HOST_PORT"
+            ),
+            Port(self.expired_port, "Kafka SSL listener, expired certificate", "KINGEST_KAFKA_SSL_EXPIRED_PORT"),
         ]
 
     def preflight(self) -> None:
@@ -685,7 +827,7 @@ class Kafka(Service):
         return str(self.props)
 
     def settings(self) -> dict:
-        return {"sasl_password": self.sasl_password, "heap": self.heap}
+        return {"sasl_password": self.sasl_password, "heap": self.heap, "tls_key_password": self.tls.key_password}
 
     def server_properties(self) -> str:
         jaas_plain = (
@@ -693,6 +835,18 @@ class Kafka(Service):
             f'user_{self.sasl_user}="{self.sasl_password}";'
         )
         scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        tls = self.tls
+        listeners = {
+            "PLAINTEXT": ("PLAINTEXT", self.port),
+            "SASL_PLAINTEXT": ("SASL_PLAINTEXT", self.sasl_port),
+            "SSL": ("SSL", self.ssl_port),
+            "MTLS": ("SSL", self.mtls_port),
+            "SASL_SSL": ("SASL_SSL", self.sasl_ssl_port),
+            "WRONG_HOST": ("SSL", self.wrong_host_port),
+            "EXPIRED": ("SSL", self.expired_port),
+        }
+        listen = ",".join(f"{name}://{HOST}:{port}" for name, (_, port) in listeners.items())
+        protocols = ",".join(f"{name}:{protocol}" for name, (protocol, _) in listeners.items())
         return textwrap.dedent(f"""\
             # Written by services/devservices.py at every start: edit the script, not this file.
             # Single-node KRaft: this process is both broker and controller, with a static one-voter quorum.
@@ -700,10 +854,9 @@ class Kafka(Service):
             node.id=1
             controller.quorum.voters=1@{HOST}:{self.controller_port}
             controller.listener.names=CONTROLLER
-            listeners=PLAINTEXT://{HOST}:{self.port},CONTROLLER://{HOST}:{self.controller_port},\
-SASL_PLAINTEXT://{HOST}:{self.sasl_port}
-            advertised.listeners=PLAINTEXT://{HOST}:{self.port},SASL_PLAINTEXT://{HOST}:{self.sasl_port}
-            listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+            listeners={listen},CONTROLLER://{HOST}:{self.controller_port}
+            advertised.listeners={listen}
+            listener.security.protocol.map={protocols},CONTROLLER:PLAINTEXT
             inter.broker.listener.name=PLAINTEXT
 
             # SASL for client tests: user {self.sasl_user}; PLAIN checks the JAAS line below, SCRAM checks the
@@ -713,6 +866,22 @@ SASL_PLAINTEXT://{HOST}:{self.sasl_port}
             listener.name.sasl_plaintext.plain.sasl.jaas.config={jaas_plain}
             listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config={scram}
             listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config={scram}
+            listener.name.sasl_ssl.sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512
+            listener.name.sasl_ssl.plain.sasl.jaas.config={jaas_plain}
+            listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config={scram}
+            listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={scram}
+
+            # TLS for client tests (PEM files of DevTLS, made at the first start): the dev CA's certificate for
+            # localhost and 127.0.0.1 on SSL, MTLS (client certificate required) and SASL_SSL; WRONG_HOST and
+            # EXPIRED serve certificates a client checking them must refuse.
+            ssl.keystore.type=PEM
+            ssl.keystore.location={tls.path("server-keystore.pem")}
+            ssl.truststore.type=PEM
+            ssl.truststore.location={tls.ca}
+            ssl.client.auth=none
+            listener.name.mtls.ssl.client.auth=required
+            listener.name.wrong_host.ssl.keystore.location={tls.path("wrong-host-keystore.pem")}
+            listener.name.expired.ssl.keystore.location={tls.path("expired-keystore.pem")}
 
             log.dirs={self.data}
 
@@ -732,6 +901,7 @@ SASL_PLAINTEXT://{HOST}:{self.sasl_port}
 
     def prepare(self) -> None:
         ensure_jars()
+        self.tls.ensure()
         self.log4j.write_text(BROKER_LOG4J)
         self.props.write_text(self.server_properties())
         rotate(self.log)
@@ -786,6 +956,11 @@ SASL_PLAINTEXT://{HOST}:{self.sasl_port}
             f"bootstrap:       {self.bootstrap}   (PLAINTEXT)",
             f"SASL bootstrap:  {HOST}:{self.sasl_port}   (SASL_PLAINTEXT; PLAIN, SCRAM-SHA-256, SCRAM-SHA-512; "
             f"user {self.sasl_user}, password $KINGEST_KAFKA_SASL_PASSWORD or the dev default)",
+            f"TLS bootstraps:  SSL {HOST}:{self.ssl_port}, mutual TLS {HOST}:{self.mtls_port}, SASL_SSL "
+            f"{HOST}:{self.sasl_ssl_port} (same users); certificates a client must refuse: wrong host "
+            f"{HOST}:{self.wrong_host_port}, expired {HOST}:{self.expired_port}",
+            f"TLS files:       {self.tls.dir} (CA ca.pem; client.pem, client.key with $KINGEST_TLS_KEY_PASSWORD "
+            "or the dev default)",
             f"log:             {self.log}",
         ]
 
@@ -802,6 +977,9 @@ class S3(Service):
         self.volume_port = _env_port("KINGEST_S3_VOLUME_PORT", 9340, grpc=True)
         self.filer_port = _env_port("KINGEST_S3_FILER_PORT", 8888, grpc=True)
         self.admin_port = _env_port("KINGEST_S3_ADMIN_PORT", 23646, grpc=True)
+        # S3 over HTTPS too, with the dev CA's certificate for localhost and 127.0.0.1 (DevTLS)
+        self.https_port = _env_port("KINGEST_S3_HTTPS_PORT", 8433)
+        self.tls = DevTLS()
         self.access_key = os.environ.get("KINGEST_S3_ACCESS_KEY") or "kingest"
         self.secret_key = os.environ.get("KINGEST_S3_SECRET_KEY") or "kingest-dev-secret"
         self.bucket = os.environ.get("KINGEST_S3_BUCKET") or "kingest"
@@ -817,6 +995,10 @@ class S3(Service):
     def endpoint(self) -> str:
         return f"http://{HOST}:{self.port}"
 
+    @property
+    def https_endpoint(self) -> str:
+        return f"https://{HOST}:{self.https_port}"
+
     def ports(self) -> list[Port]:
         out = []
         for port, what, env in [
@@ -828,6 +1010,7 @@ class S3(Service):
         ]:
             out.append(Port(port, what + " HTTP", env))
             out.append(Port(port + GRPC_OFFSET, what + " gRPC", env, derived=True))
+        out.append(Port(self.https_port, "SeaweedFS S3 HTTPS", "KINGEST_S3_HTTPS_PORT"))
         return out
 
     def preflight(self) -> None:
@@ -840,6 +1023,7 @@ class S3(Service):
         return {"access_key": self.access_key, "secret_key": self.secret_key, "bucket": self.bucket}
 
     def prepare(self) -> None:
+        self.tls.ensure()
         # weed mini reads S3 identities from -s3.config; with that file, requests must be signed with a key
         # listed there (a wrong secret gets 403 SignatureDoesNotMatch, anonymous gets 403 AccessDenied).
         config = {
@@ -883,6 +1067,9 @@ class S3(Service):
             "-s3.port.lance=0",
             "-master.telemetry=false",  # no calls home from a dev box
             f"-s3.config={self.identities}",
+            f"-s3.port.https={self.https_port}",
+            f"-s3.cert.file={self.tls.path('server.pem')}",
+            f"-s3.key.file={self.tls.path('server.key')}",
             f"-bucket={self.bucket}",
         ]
         for flag, name in (("-s3.localSocket", "s3.sock"), ("-filer.localSocket", "filer.sock")):
@@ -915,6 +1102,7 @@ class S3(Service):
         secret = "kingest-dev-secret (default)" if self.secret_key == "kingest-dev-secret" else "$KINGEST_S3_SECRET_KEY"
         return [
             f"S3 endpoint:     {self.endpoint}   (path-style; any region)",
+            f"S3 over HTTPS:   {self.https_endpoint}   (certificate of the dev CA: {self.tls.ca})",
             f"bucket:          s3://{self.bucket}",
             f"access key:      {self.access_key}   secret: {secret}",
             f"log:             {self.log}",
@@ -1000,7 +1188,15 @@ def cmd_env(args: argparse.Namespace) -> int:
     for name, value in [
         ("KINGEST_KAFKA_BOOTSTRAP", k.bootstrap),
         ("KINGEST_KAFKA_SASL_BOOTSTRAP", f"{HOST}:{k.sasl_port}"),
+        ("KINGEST_KAFKA_SSL_BOOTSTRAP", f"{HOST}:{k.ssl_port}"),
+        ("KINGEST_KAFKA_MTLS_BOOTSTRAP", f"{HOST}:{k.mtls_port}"),
+        ("KINGEST_KAFKA_SASL_SSL_BOOTSTRAP", f"{HOST}:{k.sasl_ssl_port}"),
+        ("KINGEST_TLS_CA", str(k.tls.ca)),
+        ("KINGEST_TLS_CLIENT_CERT", str(k.tls.path("client.pem"))),
+        ("KINGEST_TLS_CLIENT_KEY", str(k.tls.path("client.key"))),
+        ("KINGEST_TLS_KEY_PASSWORD", k.tls.key_password),
         ("KINGEST_S3_ENDPOINT", s.endpoint),
+        ("KINGEST_S3_HTTPS_ENDPOINT", s.https_endpoint),
         ("KINGEST_S3_BUCKET", s.bucket),
         ("KINGEST_S3_ACCESS_KEY", s.access_key),
         ("KINGEST_S3_SECRET_KEY", s.secret_key),

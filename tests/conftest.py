@@ -127,6 +127,32 @@ def kafka_sasl(kafka_bootstrap: str, devservices: ModuleType) -> dict[str, Any]:
     }
 
 
+@pytest.fixture(scope="session")
+def kafka_tls(kafka_bootstrap: str, devservices: ModuleType) -> dict[str, Any]:
+    """The dev broker's TLS listeners and the dev CA's files (services/devservices.py DevTLS): bootstraps "ssl"
+    (server certificate only), "mtls" (client certificate required), "sasl_ssl" (the SASL users), "wrong_host"
+    and "expired" (certificates a client must refuse); files "ca", "other_ca", "client_cert", "client_key"
+    (encrypted with "key_password"); "username"/"password" for SASL_SSL."""
+    kafka = devservices.Kafka()
+    if not _port_open(kafka.ssl_port):
+        pytest.skip(f"no SSL listener on 127.0.0.1:{kafka.ssl_port} (not the devservices broker?)")
+    tls = kafka.tls
+    return {
+        "ssl": f"127.0.0.1:{kafka.ssl_port}",
+        "mtls": f"127.0.0.1:{kafka.mtls_port}",
+        "sasl_ssl": f"127.0.0.1:{kafka.sasl_ssl_port}",
+        "wrong_host": f"127.0.0.1:{kafka.wrong_host_port}",
+        "expired": f"127.0.0.1:{kafka.expired_port}",
+        "ca": str(tls.ca),
+        "other_ca": str(tls.path("other-ca.pem")),
+        "client_cert": str(tls.path("client.pem")),
+        "client_key": str(tls.path("client.key")),
+        "key_password": tls.key_password,
+        "username": kafka.sasl_user,
+        "password": kafka.sasl_password,
+    }
+
+
 def _port_open(port: int) -> bool:
     import socket
 
@@ -291,6 +317,17 @@ def s3_storage_options(s3_endpoint: str, devservices: ModuleType) -> dict[str, A
     """
     cfg = _s3_settings(devservices)
     return {"key": cfg["key"], "secret": cfg["secret"], "endpoint_url": s3_endpoint}
+
+
+@pytest.fixture(scope="session")
+def s3_https(s3_endpoint: str, devservices: ModuleType) -> dict[str, Any]:
+    """The dev S3 server's HTTPS endpoint (the dev CA's certificate) and the CA file: "endpoint", "ca", "key",
+    "secret", "bucket"."""
+    s3 = devservices.S3()
+    if _s3_settings(devservices)["explicit"] or not _port_open(s3.https_port):
+        pytest.skip(f"no S3 HTTPS endpoint on 127.0.0.1:{s3.https_port} (not the devservices S3 server?)")
+    cfg = _s3_settings(devservices)
+    return {"endpoint": s3.https_endpoint, "ca": str(s3.tls.ca), **{k: cfg[k] for k in ("key", "secret", "bucket")}}
 
 
 @pytest.fixture

@@ -16,7 +16,8 @@ def private_kafka(tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str
     first: the shared broker (and so its jars) exists before this one is made."""
     home = tmp_path_factory.mktemp("private-kafka")
     (home / "jars").symlink_to(shared_jars(), target_is_directory=True)
-    plain, controller, sasl = free_ports(3)
+    plain, controller, sasl, *tls = free_ports(8)
+    names = ("SSL", "MTLS", "SASL_SSL", "SSL_WRONG_HOST", "SSL_EXPIRED")
     broker = PrivateService(
         "kafka",
         home,
@@ -24,6 +25,7 @@ def private_kafka(tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str
             "KINGEST_KAFKA_PORT": str(plain),
             "KINGEST_KAFKA_CONTROLLER_PORT": str(controller),
             "KINGEST_KAFKA_SASL_PORT": str(sasl),
+            **{f"KINGEST_KAFKA_{name}_PORT": str(port) for name, port in zip(names, tls, strict=True)},
         },
     )
     broker.bootstrap = f"127.0.0.1:{plain}"
@@ -43,7 +45,7 @@ def private_kafka(tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str
 def private_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateService]:
     """A second `weed mini` S3 server on free ports, with its own bucket and credentials."""
     home = tmp_path_factory.mktemp("private-s3")
-    s3, master, volume, filer, admin = free_ports(5, grpc=True)
+    s3, master, volume, filer, admin, https = free_ports(6, grpc=True)
     server = PrivateService(
         "s3",
         home,
@@ -53,6 +55,7 @@ def private_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateServ
             "KINGEST_S3_VOLUME_PORT": str(volume),
             "KINGEST_S3_FILER_PORT": str(filer),
             "KINGEST_S3_ADMIN_PORT": str(admin),
+            "KINGEST_S3_HTTPS_PORT": str(https),
             "KINGEST_S3_ACCESS_KEY": "faults",
             "KINGEST_S3_SECRET_KEY": "faults-secret-key",
             "KINGEST_S3_BUCKET": "faults",

@@ -237,16 +237,16 @@ def test_up_s3_grpc_port_taken(tmp_path: Path) -> None:
 
 def test_up_kafka_without_java(tmp_path: Path) -> None:
     (tmp_path / "bin").mkdir()
-    ports = [_listen_on_free_port() for _ in range(3)]
+    names = ["PORT", "CONTROLLER_PORT", "SASL_PORT", "SSL_PORT", "MTLS_PORT", "SASL_SSL_PORT"]
+    names += ["SSL_WRONG_HOST_PORT", "SSL_EXPIRED_PORT"]
+    ports = [_listen_on_free_port() for _ in names]
     numbers = [str(s.getsockname()[1]) for s in ports]
     for s in ports:
         s.close()
     env = {
         "PATH": str(tmp_path / "bin"),  # no java, no mvn
         "KINGEST_DEV_DIR": str(tmp_path / "dev"),
-        "KINGEST_KAFKA_PORT": numbers[0],
-        "KINGEST_KAFKA_CONTROLLER_PORT": numbers[1],
-        "KINGEST_KAFKA_SASL_PORT": numbers[2],
+        **{f"KINGEST_KAFKA_{name}": number for name, number in zip(names, numbers, strict=True)},
     }
     out = _devservices(["up", "kafka"], env)
     assert out.returncode == 1
