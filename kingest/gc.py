@@ -179,7 +179,7 @@ def plan(config: Config, lake: Lake, retain: float, now: float | None = None) ->
     candidates = [
         rel
         for rel in sorted(listed)
-        if (tp := _partition(rel)) is not None and tp[0] in topics and rel not in named and tp not in blocked
+        if (part := _partition(rel)) is not None and part[0] in topics and rel not in named and part not in blocked
     ]
     out.protected = sum(1 for rel in candidates if rel in protected)
     # A file no record of this pipeline names may be another pipeline's (the topic folders are shared; the

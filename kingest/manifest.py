@@ -351,7 +351,7 @@ class ManifestStore:
         # The inputs of a compaction that keeps them (retire notes) wait for gc's retention, though the settled
         # records of the writers that wrote them name them too. Read after the records: a compaction that took
         # such a file out before they were listed wrote its note before that.
-        retiring = set()
+        retiring: set[str] = set()
         if found:
             for _, _, paths in self.retired_notes(state.topic, state.partition):
                 retiring.update(paths or ())
@@ -383,8 +383,9 @@ class ManifestStore:
                 paths = doc["paths"] if doc.get("format_version") == FORMAT_VERSION else None
             except (ValueError, UnicodeDecodeError, TypeError, KeyError, AttributeError):
                 paths = None
-            ok = isinstance(paths, list)
-            out.append((rel, wanted[rel], [p for p in paths if isinstance(p, str)] if ok else None))
+            out.append(
+                (rel, wanted[rel], [p for p in paths if isinstance(p, str)] if isinstance(paths, list) else None)
+            )
         return out
 
     def recover(self, state: PartitionState) -> list[str]:
