@@ -1,6 +1,7 @@
 """`kingest check`: validate a config and try everything it names, before a run depends on it.
 
-One result per check, in order: the config loads; the broker answers; each topic exists; the lake is
+One result per check, in order: the config loads; the broker answers (with TLS: what its certificate is, or why
+the handshake fails); each topic exists; the lake is
 writable (a probe object written, read and removed); the store enforces exclusive create (exactly-once's
 manifest commit depends on it); under exactly-once, the offsets manifest of each partition is readable. A check
 that cannot run because an earlier one failed is reported as not run. Nothing here prints: cli.py does.
@@ -55,6 +56,7 @@ def run_checks(
 
 def _kafka_checks(config: Config) -> Iterator[Check]:
     from . import kafka_admin
+    from .sources import tls
 
     where = ", ".join(config.kafka.bootstrap_servers)
     if config.kafka.client == "confluent":
@@ -80,6 +82,11 @@ def _kafka_checks(config: Config) -> Iterator[Check]:
     yield Check(
         "kafka", True, f"broker at {where} answered ({config.kafka.security_protocol}, {len(existing)} topics visible)"
     )
+    if tls.uses_tls(config.kafka):
+        try:
+            yield Check("tls", True, tls.describe(config.kafka))
+        except KingestError as error:
+            yield Check("tls", False, error.message, error.hint)
     for topic in config.kafka.topics:
         if topic in partitions:
             yield Check(f"topic {topic}", True, f"exists, {len(partitions[topic] or ())} partitions")

@@ -17,7 +17,11 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
+import socket
+import ssl
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
@@ -46,6 +50,13 @@ class Lake:
         ``storage_options: {config_kwargs: {max_pool_connections: N}}``."""
         self.url = url.rstrip("/")
         options = dict(storage_options or {})
+        client_kwargs = options.get("client_kwargs")
+        verify = client_kwargs.get("verify") if isinstance(client_kwargs, Mapping) else None
+        if isinstance(verify, str) and not os.path.isfile(verify):
+            raise SetupError(
+                f"lake.storage_options.client_kwargs.verify: no file at {verify}",
+                "Set it to the CA certificate (PEM) that signed the S3 endpoint's certificate, readable by this user.",
+            )
         if connections > 10 and self.url.split("://", 1)[0] in ("s3", "s3a"):
             config_kwargs = dict(options.get("config_kwargs") or {})
             config_kwargs.setdefault("max_pool_connections", connections)
@@ -95,6 +106,9 @@ class Lake:
             except _PERMANENT:
                 raise
             except Exception as exc:  # botocore/aiohttp connection errors are not all OSErrors
+                refused = _certificate_refused(exc)
+                if refused:
+                    raise _tls_error(self, refused) from None
                 if not _is_transient(exc):
                     raise
                 now = time.monotonic()
@@ -298,6 +312,30 @@ class Lake:
 
     # ---------------------------------------------------------------------------------- checks
 
+    def _check_certificate(self) -> None:
+        """An https endpoint_url: one TLS handshake with the same CA setting as the client (client_kwargs.verify),
+        so that a refused certificate is said at once: botocore retries it like a network error (~10 s)."""
+        options = getattr(self.fs, "storage_options", {}) or {}
+        endpoint = options.get("endpoint_url") or ""
+        verify = (options.get("client_kwargs") or {}).get("verify", True)
+        if not endpoint.startswith("https://") or verify is False:
+            return
+        cafile = verify if isinstance(verify, str) else os.environ.get("AWS_CA_BUNDLE")
+        if cafile is None and _aws_config_names_a_ca_bundle():
+            return  # botocore takes ca_bundle from ~/.aws/config: leave the judgement to it
+        parsed = urllib.parse.urlsplit(endpoint)
+        ctx = ssl.create_default_context(cafile=cafile)
+        try:
+            with (
+                socket.create_connection((parsed.hostname or "", parsed.port or 443), timeout=5) as raw,
+                ctx.wrap_socket(raw, server_hostname=parsed.hostname),
+            ):
+                pass
+        except ssl.SSLCertVerificationError as exc:
+            raise _tls_error(self, exc.verify_message or str(exc)) from None
+        except OSError:
+            pass  # not a certificate matter: the requests that follow say what it is
+
     def probe(self) -> bool:
         """Check the lake is writable before anything is consumed: write, read and delete a probe object.
         Returns whether the store enforces exclusive create (required for exactly-once)."""
@@ -310,6 +348,7 @@ class Lake:
                 # Some stores (SeaweedFS, MinIO in some modes) create a missing bucket on the first PUT; real S3
                 # refuses. Either way a missing bucket is a mistake in lake.path, so say so before writing.
                 bucket = self.root.split("/", 1)[0]
+                self._check_certificate()
                 self.fs.invalidate_cache()
                 # Not fs.exists(): it answers False for wrong credentials and for an endpoint that does not answer.
                 try:
@@ -334,6 +373,47 @@ class Lake:
             ) from None
         finally:
             self.retry_seconds = saved
+
+
+def _certificate_refused(exc: BaseException) -> str | None:
+    """The reason, when the store's TLS certificate was refused (botocore: "SSL validation failed ...
+    CERTIFICATE_VERIFY_FAILED] certificate verify failed: <reason>"): waiting does not fix that."""
+    for error in (exc, exc.__cause__, exc.__context__, getattr(exc, "error", None)):
+        text = str(error) if error is not None else ""
+        if "CERTIFICATE_VERIFY_FAILED" in text or isinstance(error, ssl.SSLCertVerificationError):
+            found = re.search(r"certificate verify failed: ([^(']+)", text)
+            return (found.group(1) if found else text).strip().rstrip(".")
+    return None
+
+
+def _aws_config_names_a_ca_bundle() -> bool:
+    path = os.environ.get("AWS_CONFIG_FILE") or os.path.expanduser("~/.aws/config")
+    try:
+        with open(path) as f:
+            return "ca_bundle" in f.read()
+    except OSError:
+        return False
+
+
+def _tls_error(lake: Lake, reason: str) -> LakeUnavailable:
+    endpoint = (lake.fs.storage_options.get("endpoint_url") if hasattr(lake.fs, "storage_options") else None) or ""
+    if "mismatch" in reason or "not valid for" in reason:
+        hint = (
+            "Use in lake.storage_options.endpoint_url a host name the certificate names, or give the endpoint a "
+            "certificate for this name."
+        )
+    elif "expired" in reason or "not yet valid" in reason:
+        hint = "The endpoint needs a valid certificate; also check this machine's clock (`date`)."
+    else:
+        hint = (
+            "Set lake.storage_options: {client_kwargs: {verify: /path/to/ca.pem}} to the CA certificate (PEM) that "
+            "signed the endpoint's certificate (or AWS_CA_BUNDLE)."
+        )
+    error = LakeUnavailable(
+        f"the lake at {lake.display()}: the TLS certificate of {endpoint or 'the store'} is refused: {reason}", hint
+    )
+    error.retryable = False  # not until the certificate or the settings change
+    return error
 
 
 def _is_precondition_failed(exc: BaseException) -> bool:
@@ -406,7 +486,7 @@ def _modified(info: Mapping[str, Any]) -> float:
     """A listing entry's last-modified time: ``LastModified`` (S3, a datetime), ``mtime`` (local disk) or
     ``created`` (memory). Unknown: now (a file of unknown age is never old enough to be collected)."""
     value = info.get("LastModified") or info.get("mtime") or info.get("created")
-    if hasattr(value, "timestamp"):
+    if value is not None and hasattr(value, "timestamp"):
         return float(value.timestamp())
     return float(value) if isinstance(value, int | float) else time.time()
 

@@ -34,6 +34,7 @@ from kingest.config import KafkaConfig
 from kingest.errors import SetupError, SourceUnavailable, TopicNotFound
 from kingest.types import TopicPartition
 
+from . import tls
 from .common import (
     CommitRetry,
     ConnectionWatch,
@@ -101,6 +102,7 @@ def check_settings(config: KafkaConfig) -> str:
     """For `kingest check`: librdkafka accepts the consumer settings (a consumer is made and closed, without
     joining the group). Raises SetupError otherwise."""
     ck = load()
+    tls.check_files(config)
     settings = librdkafka_settings(config)
     settings.update(logger=_LogForwarder())
     _consumer(ck, settings).close()
@@ -114,11 +116,14 @@ class _LogForwarder:
 
     def __init__(self) -> None:
         self.closed_by_peer = 0
+        self.tls_refused = ""  # a certificate refused in a TLS handshake, by either side (librdkafka's words)
 
     def log(self, level: int, fmt: str, *args: Any) -> None:
         text = fmt % args if args else fmt
         if "connection closed by peer" in text:
             self.closed_by_peer += 1
+        elif "certificate verify failed" in text or "SSL alert number" in text:
+            self.tls_refused = text
         LIBRDKAFKA_LOG.log(level, "%s", text)
 
 
@@ -150,6 +155,7 @@ class ConfluentSource:
 
     def open(self, on_assigned: Listener, on_revoked: Listener, on_lost: Listener) -> None:
         ck = self.ck
+        tls.check_files(self.config)  # a wrong key password is "PEM lib" in librdkafka's words
         settings = librdkafka_settings(self.config)
         settings.update(logger=self._log, error_cb=self._errors.append, stats_cb=self._on_stats)
         self.consumer = _consumer(ck, settings)
@@ -218,10 +224,13 @@ class ConfluentSource:
             for error in errors:
                 if error.code() == ck.KafkaError._AUTHENTICATION:
                     raise self._credentials(error.str()) from None
+            if self._log.tls_refused:
+                raise tls.tls_error(self.config, self._log.tls_refused) from None
             if self._log.closed_by_peer >= 3:
                 # A connection accepted and then closed by the broker, three times: under SASL, how Kafka answers
-                # rejected credentials; without, a SASL or SSL listener.
-                raise credentials_error("closed", "", self.config, self._log.closed_by_peer) from None
+                # rejected credentials; without, a SASL or SSL listener; under TLS, maybe a listener without it.
+                found = tls.tls_problem(self.config) if tls.uses_tls(self.config) else None
+                raise found or credentials_error("closed", "", self.config, self._log.closed_by_peer) from None
             if time.monotonic() >= deadline:
                 log.debug("no metadata from %s: %s", self.where, failure)
                 raise SourceUnavailable(

@@ -17,7 +17,9 @@ from kingest.config import KafkaConfig
 from kingest.errors import OutOfGroup, SetupError, SourceUnavailable, TopicNotFound
 from kingest.types import TopicPartition
 
+from . import tls
 from .common import CommitRetry, ConnectionWatch, Listener, commit_refused, credentials_error, lag_commit_failed
+from .tls import uses_tls
 
 log = logging.getLogger("kingest.source")
 
@@ -425,13 +427,17 @@ def credential_check(settings: dict[str, Any], config: KafkaConfig) -> Iterator[
             text = record.getMessage()
             if not text.startswith("Bootstrap") or "failed" not in text:
                 return
-            if "socket disconnected" in text:
+            if uses_tls(config) and ("CERTIFICATE_VERIFY_FAILED" in text or "ALERT" in text.upper()):
+                decide(_TLSFailure(text))  # a certificate refused, by either side: conclusive
+                return
+            if "socket disconnected" in text or "UNEXPECTED_EOF" in text:
                 closed_in_a_row[0] += 1
                 if closed_in_a_row[0] >= 3:
                     decide(_ClosedByBroker(closed_in_a_row[0]))
             else:
                 closed_in_a_row[0] = 0
 
+    tls.check_files(config)  # before kafka-python prompts for a key's password or retries a bad file
     settings["kafka_client"] = new_client
     listener = Listener(logging.WARNING)
     logger = logging.getLogger("kafka.net.manager")
@@ -458,6 +464,10 @@ def credential_check(settings: dict[str, Any], config: KafkaConfig) -> Iterator[
         settings.pop("kafka_client", None)
 
 
+class _TLSFailure(Exception):
+    """A TLS handshake refused by either side (kafka-python's words): tls.tls_error finds out why."""
+
+
 class _ClosedByBroker(Exception):
     """The broker accepted connections and closed them during set-up, ``times`` times in a row."""
 
@@ -481,8 +491,11 @@ def _credentials_error(exc: BaseException, config: KafkaConfig) -> SetupError:
     """kafka-python's refusal as the message both clients give (common.credentials_error)."""
     from kafka import errors as kafka_errors
 
+    if isinstance(exc, _TLSFailure):
+        return tls.tls_error(config, str(exc))
     if isinstance(exc, _ClosedByBroker):
-        return credentials_error("closed", str(exc), config, exc.times)
+        found = tls.tls_problem(config) if uses_tls(config) else None  # a listener that does not speak TLS?
+        return found or credentials_error("closed", str(exc), config, exc.times)
     reason = str(exc.args[0] if exc.args else exc).strip() or type(exc).__name__
     prefix = f"{type(exc).__name__}: "
     reason = reason[len(prefix) :] if reason.startswith(prefix) else reason

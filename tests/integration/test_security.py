@@ -3,8 +3,7 @@
 is a clear error naming what to fix, exit 2, without waiting for the bootstrap timeout, never showing the
 password. The password reaches the config through ${VAR}, as a user would pass it.
 
-SSL is not tested here: the dev broker has no SSL listener, and adding one means restarting the shared broker
-(docs/security.md says how to configure it).
+TLS (SSL, mutual TLS, SASL_SSL) and its mistakes: test_tls.py.
 """
 
 from __future__ import annotations
