@@ -313,18 +313,17 @@ class Lake:
     # ---------------------------------------------------------------------------------- checks
 
     def _check_certificate(self) -> None:
-        """An https endpoint_url: one TLS handshake with the same CA setting as the client (client_kwargs.verify),
-        so that a refused certificate is said at once: botocore retries it like a network error (~10 s)."""
+        """An https endpoint_url with a CA file (client_kwargs.verify): one TLS handshake with that file, the one
+        botocore then uses alone, so that a refused certificate is said at once (botocore retries it like a
+        network error, ~10 s, before _certificate_refused sees it). Without a CA file botocore resolves its own
+        trust store (AWS_CA_BUNDLE, ~/.aws/config, REQUESTS_CA_BUNDLE, certifi): no second guess here."""
         options = getattr(self.fs, "storage_options", {}) or {}
         endpoint = options.get("endpoint_url") or ""
-        verify = (options.get("client_kwargs") or {}).get("verify", True)
-        if not endpoint.startswith("https://") or verify is False:
+        verify = (options.get("client_kwargs") or {}).get("verify")
+        if not endpoint.startswith("https://") or not isinstance(verify, str):
             return
-        cafile = verify if isinstance(verify, str) else os.environ.get("AWS_CA_BUNDLE")
-        if cafile is None and _aws_config_names_a_ca_bundle():
-            return  # botocore takes ca_bundle from ~/.aws/config: leave the judgement to it
         parsed = urllib.parse.urlsplit(endpoint)
-        ctx = ssl.create_default_context(cafile=cafile)
+        ctx = ssl.create_default_context(cafile=verify)
         try:
             with (
                 socket.create_connection((parsed.hostname or "", parsed.port or 443), timeout=5) as raw,
@@ -384,15 +383,6 @@ def _certificate_refused(exc: BaseException) -> str | None:
             found = re.search(r"certificate verify failed: ([^(']+)", text)
             return (found.group(1) if found else text).strip().rstrip(".")
     return None
-
-
-def _aws_config_names_a_ca_bundle() -> bool:
-    path = os.environ.get("AWS_CONFIG_FILE") or os.path.expanduser("~/.aws/config")
-    try:
-        with open(path) as f:
-            return "ca_bundle" in f.read()
-    except OSError:
-        return False
 
 
 def _tls_error(lake: Lake, reason: str) -> LakeUnavailable:

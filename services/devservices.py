@@ -144,11 +144,17 @@ class DevTLS:
       other-ca.pem                a CA that signed none of these: "unknown CA"
       *-keystore.pem              key and certificate in one file, as Kafka's PEM keystores take them
 
-    Made again when a file is missing, the key password changed, or a certificate (but expired.pem) expires
-    within 30 days. The keys are RSA 2048, PKCS#8 (what Kafka's PEM keystore reads)."""
+    Made again, whole, in a new folder renamed into place, when a file is missing or a certificate (but
+    expired.pem) expires within 30 days; a changed key password only encrypts client.key again. The services
+    record the CA's fingerprint: one running with another CA is not reused (`down` it first). The keys are RSA
+    2048, PKCS#8 (what Kafka's PEM keystore reads), readable by this user only."""
 
     LEAF_DAYS = 825
     CA_DAYS = 3650
+    FILES = (
+        "ca.pem", "other-ca.pem", "server.pem", "server.key", "server-keystore.pem", "client.pem", "client.key",
+        "client-plain.key", "wrong-host.pem", "wrong-host-keystore.pem", "expired.pem", "expired-keystore.pem",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self.dir = dev_dir() / "tls"
@@ -161,89 +167,113 @@ class DevTLS:
     def ca(self) -> Path:
         return self.path("ca.pem")
 
+    def fingerprint(self) -> str:
+        """What a running service's certificates depend on (the CA and the key password); "" before the first."""
+        try:
+            ca = self.ca.read_bytes()
+        except OSError:
+            return ""
+        return hashlib.sha256(ca + self.key_password.encode()).hexdigest()
+
     def ensure(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / ".lock", "w") as lock:
+        need_tool("openssl", OPENSSL_HINT)
+        self.dir.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.dir.parent / ".tls.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 if not self._current():
                     self._make()
+                elif self.path("password.sha256").read_text().strip() != self._password_mark():
+                    self._encrypt_client_key(self.dir)
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def _mark(self) -> str:
+    def _password_mark(self) -> str:
         return hashlib.sha256(f"v1 {self.key_password}".encode()).hexdigest()
 
     def _current(self) -> bool:
-        mark = self.path("made.sha256")
-        if not mark.exists() or mark.read_text().strip() != self._mark():
+        if not all(self.path(name).exists() for name in (*self.FILES, "password.sha256")):
             return False
         for name in ("ca.pem", "server.pem", "client.pem", "wrong-host.pem"):
-            if not self.path(name).exists():
-                return False
             check = subprocess.run(
                 ["openssl", "x509", "-noout", "-checkend", str(30 * 86400), "-in", str(self.path(name))],
                 capture_output=True,
             )
             if check.returncode != 0:
                 return False
-        return all(self.path(n).exists() for n in ("expired.pem", "other-ca.pem", "client.key"))
+        return True
 
-    def _openssl(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def _openssl(self, where: Path, *args: str, env: dict[str, str] | None = None) -> None:
         done = subprocess.run(
-            ["openssl", *args], cwd=self.dir, capture_output=True, text=True, env={**os.environ, **(env or {})}
+            ["openssl", *args], cwd=where, capture_output=True, text=True, env={**os.environ, **(env or {})}
         )
         if done.returncode != 0:
             raise SetupError(f"tls: `openssl {' '.join(args[:2])} ...` failed (exit {done.returncode}): {done.stderr}")
 
-    def _ca(self, name: str, cn: str) -> None:
+    def _ca(self, where: Path, name: str, cn: str) -> None:
         self._openssl(
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.pem",
+            where, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.pem",
             "-days", str(self.CA_DAYS), "-subj", f"/CN={cn}",
             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
         )  # fmt: skip
 
-    def _leaf(self, name: str, cn: str, san: str, days: int, usage: str) -> None:
-        ext = self.path(f"{name}.ext")
+    def _leaf(self, where: Path, name: str, cn: str, san: str, days: int, usage: str) -> None:
+        ext = where / f"{name}.ext"
         ext.write_text(
-            f"basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
-            f"extendedKeyUsage={usage}\n" + (f"subjectAltName={san}\n" if san else "")
+            f"basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage={usage}\n"
+            + (f"subjectAltName={san}\n" if san else "")
         )
-        self._openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+        self._openssl(where, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
                       "-subj", f"/CN={cn}")  # fmt: skip
+        # -days -1: valid until yesterday (openssl 3 takes it), for the expired certificate
         self._openssl(
-            "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            where, "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
             "-days", str(days), "-extfile", ext.name, "-out", f"{name}.pem",
         )  # fmt: skip
-        self.path(f"{name}.csr").unlink()
+        (where / f"{name}.csr").unlink()
         ext.unlink()
 
-    def _make(self) -> None:
-        need_tool("openssl", OPENSSL_HINT)
-        for child in self.dir.iterdir():
-            if child.name != ".lock":
-                child.unlink()
-        self._ca("ca", "kingest dev CA")
-        self._ca("other-ca", "kingest dev other CA (signed nothing here)")
-        self.path("other-ca.key").unlink()
-        self._leaf("server", "localhost", "DNS:localhost,IP:127.0.0.1", self.LEAF_DAYS, "serverAuth")
-        self._leaf("wrong-host", "wrong-host.invalid", "DNS:wrong-host.invalid", self.LEAF_DAYS, "serverAuth")
-        self._leaf("expired", "localhost", "DNS:localhost,IP:127.0.0.1", -1, "serverAuth")
-        self._leaf("client", "kingest-client", "", self.LEAF_DAYS, "clientAuth")
-        # the client key, encrypted with the key password (PKCS#8, AES-256): what ssl_password unlocks
+    def _encrypt_client_key(self, where: Path) -> None:
+        """client.key: client-plain.key encrypted with the key password (PKCS#8, AES-256): what ssl_password
+        unlocks."""
         self._openssl(
-            "pkcs8", "-topk8", "-v2", "aes-256-cbc", "-in", "client.key", "-out", "client.key.enc",
+            where, "pkcs8", "-topk8", "-v2", "aes-256-cbc", "-in", "client-plain.key", "-out", "client.key.new",
             "-passout", "env:KINGEST_TLS_KEY_PASSWORD", env={"KINGEST_TLS_KEY_PASSWORD": self.key_password},
         )  # fmt: skip
-        self.path("client.key.enc").replace(self.path("client.key"))
-        for name in ("server", "wrong-host", "expired"):
-            key = self.path(f"{name}.key").read_text()
-            self.path(f"{name}-keystore.pem").write_text(key + self.path(f"{name}.pem").read_text())
-        for child in self.dir.iterdir():
-            if child.suffix == ".key" or child.name.endswith("-keystore.pem"):
-                child.chmod(0o600)
-        self.path("ca.srl").unlink(missing_ok=True)
-        self.path("made.sha256").write_text(self._mark() + "\n")
+        (where / "client.key.new").replace(where / "client.key")
+        (where / "password.sha256").write_text(self._password_mark() + "\n")
+
+    def _make(self) -> None:
+        new = self.dir.with_name("tls.new")
+        shutil.rmtree(new, ignore_errors=True)
+        saved = os.umask(0o077)  # keys readable by this user only, from the start
+        try:
+            new.mkdir()
+            self._ca(new, "ca", "kingest dev CA")
+            self._ca(new, "other-ca", "kingest dev other CA (signed nothing here)")
+            (new / "other-ca.key").unlink()
+            self._leaf(new, "server", "localhost", "DNS:localhost,IP:127.0.0.1", self.LEAF_DAYS, "serverAuth")
+            self._leaf(new, "wrong-host", "wrong-host.invalid", "DNS:wrong-host.invalid", self.LEAF_DAYS, "serverAuth")
+            self._leaf(new, "expired", "localhost", "DNS:localhost,IP:127.0.0.1", -1, "serverAuth")
+            self._leaf(new, "client", "kingest-client", "", self.LEAF_DAYS, "clientAuth")
+            (new / "client.key").replace(new / "client-plain.key")
+            self._encrypt_client_key(new)
+            for name in ("server", "wrong-host", "expired"):
+                (new / f"{name}-keystore.pem").write_text(
+                    (new / f"{name}.key").read_text() + (new / f"{name}.pem").read_text()
+                )
+            (new / "ca.srl").unlink(missing_ok=True)
+            for pem in new.glob("*.pem"):
+                if not pem.name.endswith("-keystore.pem"):
+                    pem.chmod(0o644)  # certificates are public
+        finally:
+            os.umask(saved)
+        old = self.dir.with_name("tls.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if self.dir.exists():
+            self.dir.replace(old)
+        new.replace(self.dir)
+        shutil.rmtree(old, ignore_errors=True)
         say(f"tls: made a dev CA and certificates in {self.dir}")
 
 
@@ -719,6 +749,8 @@ class Service:
         self.prepare()
         argv, env = self.command()
         pid = spawn_detached(argv, self.log, self.dir, env)
+        # again: prepare() may have made what the settings name (the dev CA)
+        fingerprint = hashlib.sha256(json.dumps(self.settings(), sort_keys=True).encode()).hexdigest()
         self.state_file.write_text(
             json.dumps({"pid": pid, "ports": want, "settings": fingerprint, "started": time.time()}) + "\n"
         )
@@ -827,7 +859,7 @@ class Kafka(Service):
         return str(self.props)
 
     def settings(self) -> dict:
-        return {"sasl_password": self.sasl_password, "heap": self.heap, "tls_key_password": self.tls.key_password}
+        return {"sasl_password": self.sasl_password, "heap": self.heap, "tls": self.tls.fingerprint()}
 
     def server_properties(self) -> str:
         jaas_plain = (
@@ -1020,7 +1052,12 @@ class S3(Service):
         return str(self.data)
 
     def settings(self) -> dict:
-        return {"access_key": self.access_key, "secret_key": self.secret_key, "bucket": self.bucket}
+        return {
+            "access_key": self.access_key,
+            "secret_key": self.secret_key,
+            "bucket": self.bucket,
+            "tls": self.tls.fingerprint(),
+        }
 
     def prepare(self) -> None:
         self.tls.ensure()

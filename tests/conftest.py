@@ -135,7 +135,9 @@ def kafka_tls(kafka_bootstrap: str, devservices: ModuleType) -> dict[str, Any]:
     (encrypted with "key_password"); "username"/"password" for SASL_SSL."""
     kafka = devservices.Kafka()
     if not _port_open(kafka.ssl_port):
-        pytest.skip(f"no SSL listener on 127.0.0.1:{kafka.ssl_port} (not the devservices broker?)")
+        if kafka.running_pid() is not None:
+            pytest.fail(f"the dev broker runs without its SSL listener on 127.0.0.1:{kafka.ssl_port}", pytrace=False)
+        pytest.skip(f"no SSL listener on 127.0.0.1:{kafka.ssl_port} (not the devservices broker)")
     tls = kafka.tls
     return {
         "ssl": f"127.0.0.1:{kafka.ssl_port}",

@@ -116,14 +116,15 @@ class _LogForwarder:
 
     def __init__(self) -> None:
         self.closed_by_peer = 0
-        self.tls_refused = ""  # a certificate refused in a TLS handshake, by either side (librdkafka's words)
+        self.tls_refused: dict[str, str] = {}  # broker -> its TLS handshake's refusal of a certificate (either side)
 
     def log(self, level: int, fmt: str, *args: Any) -> None:
         text = fmt % args if args else fmt
         if "connection closed by peer" in text:
             self.closed_by_peer += 1
         elif "certificate verify failed" in text or "SSL alert number" in text:
-            self.tls_refused = text
+            broker = re.search(r"\]: (\S+://\S+): ", text)
+            self.tls_refused[broker.group(1) if broker else text] = text
         LIBRDKAFKA_LOG.log(level, "%s", text)
 
 
@@ -224,8 +225,9 @@ class ConfluentSource:
             for error in errors:
                 if error.code() == ck.KafkaError._AUTHENTICATION:
                     raise self._credentials(error.str()) from None
-            if self._log.tls_refused:
-                raise tls.tls_error(self.config, self._log.tls_refused) from None
+            if self._log.tls_refused and len(self._log.tls_refused) >= len(tls.servers(self.config)):
+                # every bootstrap server refused (one bad broker among good ones must not stop the run)
+                raise tls.tls_error(self.config, next(iter(self._log.tls_refused.values()))) from None
             if self._log.closed_by_peer >= 3:
                 # A connection accepted and then closed by the broker, three times: under SASL, how Kafka answers
                 # rejected credentials; without, a SASL or SSL listener; under TLS, maybe a listener without it.

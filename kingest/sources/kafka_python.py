@@ -401,6 +401,8 @@ def credential_check(settings: dict[str, Any], config: KafkaConfig) -> Iterator[
     clients: list[Any] = []
     verdict: list[BaseException] = []
     closed_in_a_row = [0]
+    eof_in_a_row = [0]
+    refused: set[str] = set()  # bootstrap node ids whose TLS handshake refused a certificate
 
     class Client(KafkaNetClient):
         def stop_bootstrap(self) -> None:
@@ -427,10 +429,23 @@ def credential_check(settings: dict[str, Any], config: KafkaConfig) -> Iterator[
             text = record.getMessage()
             if not text.startswith("Bootstrap") or "failed" not in text:
                 return
-            if uses_tls(config) and ("CERTIFICATE_VERIFY_FAILED" in text or "ALERT" in text.upper()):
-                decide(_TLSFailure(text))  # a certificate refused, by either side: conclusive
-                return
-            if "socket disconnected" in text or "UNEXPECTED_EOF" in text:
+            if uses_tls(config) and text.startswith("Bootstrap connection to ") and len(args) >= 2:
+                if _TLS_REFUSAL.search(str(args[1])):
+                    # A certificate refused, by either side: conclusive once every bootstrap server refused
+                    # (kafka-python moves on to the next one; one bad broker must not stop the run).
+                    refused.add(str(args[0]))
+                    if len(refused) >= len(tls.servers(config)):
+                        decide(_TLSFailure(str(args[1])))
+                    return
+                if "UNEXPECTED_EOF" in str(args[1]):
+                    # A TLS handshake the server cut short: a plaintext listener, or a broker going away.
+                    # Only a plaintext Kafka answer on every bootstrap server decides it.
+                    eof_in_a_row[0] += 1
+                    if eof_in_a_row[0] >= 3 and all(map(tls.speaks_plain_kafka, tls.servers(config))):
+                        decide(_TLSFailure(str(args[1])))
+                    return
+            eof_in_a_row[0] = 0
+            if "socket disconnected" in text:
                 closed_in_a_row[0] += 1
                 if closed_in_a_row[0] >= 3:
                     decide(_ClosedByBroker(closed_in_a_row[0]))
@@ -462,6 +477,9 @@ def credential_check(settings: dict[str, Any], config: KafkaConfig) -> Iterator[
         logger.removeHandler(listener)
         logger.level, logger.propagate = saved
         settings.pop("kafka_client", None)
+
+
+_TLS_REFUSAL = re.compile(r"\[SSL: (CERTIFICATE_VERIFY_FAILED|\w*ALERT\w*)\]")
 
 
 class _TLSFailure(Exception):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 import socket
 import ssl
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -54,14 +55,24 @@ def context(config: KafkaConfig) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.check_hostname = config.ssl_check_hostname
+    if config.ssl_cafile and Path(config.ssl_cafile).is_dir():
+        if config.client != "confluent":
+            raise SetupError(
+                f"kafka.ssl_cafile ({config.ssl_cafile}) is a directory: kafka-python takes one PEM file",
+                "Point kafka.ssl_cafile at the CA certificate file (librdkafka, kafka.client: confluent, also takes "
+                "a directory of hashed certificates).",
+            )
+        ctx.load_verify_locations(capath=config.ssl_cafile)
     for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
         path = getattr(config, key)
+        if key == "ssl_cafile" and path and Path(path).is_dir():
+            continue
         if path is not None and not Path(path).is_file():
             raise SetupError(
                 f"kafka.{key}: no file at {path}",
                 f"Set kafka.{key} to the path of a PEM file readable by this user.",
             )
-    if config.ssl_cafile:
+    if config.ssl_cafile and not Path(config.ssl_cafile).is_dir():
         try:
             ctx.load_verify_locations(config.ssl_cafile)
         except (ssl.SSLError, ValueError, OSError) as exc:
@@ -70,7 +81,7 @@ def context(config: KafkaConfig) -> ssl.SSLContext:
                 "Set kafka.ssl_cafile to the CA certificate(s) that signed the brokers' certificates, in PEM "
                 "(-----BEGIN CERTIFICATE-----).",
             ) from None
-    else:
+    elif not config.ssl_cafile:
         ctx.load_default_certs()
     if config.ssl_keyfile and not config.ssl_certfile:
         raise SetupError(
@@ -131,39 +142,99 @@ class Finding:
     detail: str
 
 
-def diagnose(config: KafkaConfig, timeout: float = 5.0) -> Finding | None:
-    """One TLS connection to the first bootstrap server with the config's settings: the cause of a failure, or
-    None when the handshake succeeds and the broker keeps the connection open for a moment (nothing found)."""
-    host, _, port = config.bootstrap_servers[0].rpartition(":")
-    host = host.strip("[]")
+DEFAULT_PORT = 9092
+
+
+def servers(config: KafkaConfig) -> list[tuple[str, int]]:
+    """The bootstrap servers as (host, port), parsed as the clients do: an optional ``PROTOCOL://`` prefix, IPv6
+    in brackets, the port 9092 when none is given. An entry that cannot be parsed is left out."""
+    out = []
+    for entry in config.bootstrap_servers:
+        text = re.sub(r"^.*://", "", entry.strip())
+        bracketed = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?", text)
+        if bracketed:
+            host, port = bracketed.group(1), bracketed.group(2)
+        elif text.count(":") == 1:
+            host, port = text.split(":")
+        else:
+            host, port = text, None  # a bare host, or a bare IPv6 address
+        try:
+            out.append((host, int(port) if port else DEFAULT_PORT))
+        except ValueError:
+            continue
+    return out
+
+
+def _display(server: tuple[str, int]) -> str:
+    host, port = server
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# A minimal ApiVersions request (v0, correlation id 1, client id "kingest"): any Kafka listener answers it before
+# authentication, so an answer is positive evidence of what the listener speaks.
+_API_VERSIONS = struct.pack(">hhih", 18, 0, 1, 7) + b"kingest"
+_API_VERSIONS = struct.pack(">i", len(_API_VERSIONS)) + _API_VERSIONS
+
+
+def _answers_api_versions(conn: socket.socket) -> bool:
+    """Send ApiVersions on ``conn`` and read the answer's header: True when a Kafka broker answered. A TLS alert
+    the broker sent raises its SSLError, also when it closed the connection before the request was sent."""
+    try:
+        conn.sendall(_API_VERSIONS)
+    except OSError:
+        conn.recv(8)  # the alert that came first, if any, raises here
+        raise
+    header = b""
+    while len(header) < 8:
+        chunk = conn.recv(8 - len(header))
+        if not chunk:
+            return False
+        header += chunk
+    _, correlation = struct.unpack(">ii", header)
+    return correlation == 1
+
+
+def speaks_plain_kafka(server: tuple[str, int], timeout: float = 5.0) -> bool:
+    """A plaintext Kafka listener at ``server`` (a PLAINTEXT or SASL_PLAINTEXT one): it answers ApiVersions
+    without TLS."""
+    try:
+        with socket.create_connection(server, timeout=timeout) as raw:
+            return _answers_api_versions(raw)
+    except (OSError, struct.error):
+        return False
+
+
+def diagnose(config: KafkaConfig, server: tuple[str, int], timeout: float = 5.0) -> Finding | None:
+    """One TLS connection to ``server`` with the config's settings, then an ApiVersions request over it: the cause
+    of a failure, or None when nothing conclusive was found (the broker answered over TLS, or did not answer at
+    all, or closed the connection without saying why: a broker restarting looks like that too)."""
+    host, port = server
     ctx = context(config)
     try:
-        raw = socket.create_connection((host, int(port)), timeout=timeout)
+        raw = socket.create_connection((host, port), timeout=timeout)
     except OSError:
         return None  # not a TLS matter: the clients' own messages say the broker does not answer
     try:
         with ctx.wrap_socket(raw, server_hostname=host) as conn:
             # The broker checks the client's certificate after the handshake (TLS 1.3): its refusal is an alert
-            # on the first read. A broker that accepted waits for a request: the read times out.
-            conn.settimeout(min(timeout, 1.0))
+            # on the first read, here the answer to ApiVersions.
             try:
-                conn.recv(1)
-            except TimeoutError:
-                return None
+                _answers_api_versions(conn)
             except ssl.SSLError as exc:
-                return _alert(exc, config)
-            return Finding("not-tls", "the broker closed the connection after the TLS handshake")
+                # an alert names a refusal; a bare EOF or reset proves nothing
+                return _alert(exc, config) if "alert" in str(exc).lower() else None
+            return None
     except ssl.SSLCertVerificationError as exc:
         return _verify_failure(exc, host)
     except ssl.SSLError as exc:
         if "alert" in str(exc).lower():
             return _alert(exc, config)
-        if "EOF" in str(exc) or "WRONG_VERSION_NUMBER" in str(exc):
-            return Finding("not-tls", _short(exc))
-        return Finding("other", _short(exc))
-    except (ConnectionResetError, BrokenPipeError) as exc:
-        return Finding("not-tls", _short(exc))
+        if speaks_plain_kafka(server, timeout):
+            return Finding("not-tls", "it answers Kafka requests without TLS")
+        return None
     except OSError:
+        if speaks_plain_kafka(server, timeout):
+            return Finding("not-tls", "it answers Kafka requests without TLS")
         return None
     finally:
         raw.close()
@@ -217,12 +288,16 @@ def tls_error(config: KafkaConfig, client_said: str = "") -> SetupError:
 def tls_problem(config: KafkaConfig) -> SetupError | None:
     """The TLS problem between this client and the first broker, as the error a user sees; None when a TLS
     connection made now succeeds (the failure is elsewhere: credentials, the network)."""
-    where = ", ".join(config.bootstrap_servers)
-    host = config.bootstrap_servers[0].rpartition(":")[0].strip("[]")
-    finding = diagnose(config)
+    for server in servers(config):
+        finding = diagnose(config, server)
+        if finding is not None:
+            return _finding_error(config, server, finding)
+    return None
+
+
+def _finding_error(config: KafkaConfig, server: tuple[str, int], finding: Finding) -> SetupError:
+    where, host = _display(server), server[0]
     ca = f"kafka.ssl_cafile ({config.ssl_cafile})" if config.ssl_cafile else "the system's CA certificates"
-    if finding is None:
-        return None
     detail = finding.detail
     match finding.cause:
         case "unknown-ca":
@@ -284,34 +359,32 @@ def _common_name(name: Any) -> str:
 
 
 def describe(config: KafkaConfig, timeout: float = 5.0) -> str:
-    """For `kingest check`: what the first broker's TLS connection is (version, certificate subject and issuer,
-    expiry). Raises the SetupError tls_error gives when the handshake fails."""
-    host, _, port = config.bootstrap_servers[0].rpartition(":")
-    host = host.strip("[]")
+    """For `kingest check`: what the first answering broker's TLS connection is (version, certificate names,
+    issuer, expiry), once it answered ApiVersions over it. Raises the SetupError naming the cause when kingest
+    finds one (tls_problem)."""
     ctx = context(config)
-    try:
-        with (
-            socket.create_connection((host, int(port)), timeout=timeout) as raw,
-            ctx.wrap_socket(raw, server_hostname=host) as conn,
-        ):
-            version = conn.version()
-            cert = conn.getpeercert() or {}
-            conn.settimeout(min(timeout, 1.0))
-            try:
-                conn.recv(1)
-            except TimeoutError:
-                pass
-            else:
-                raise tls_error(config)
-    except (ssl.SSLError, ConnectionError) as exc:
-        raise tls_error(config, _short(exc)) from None
-    except OSError:
-        return "not checked: the broker did not answer"
-    subject, issuer = _common_name(cert.get("subject")), _common_name(cert.get("issuer"))
-    names = ", ".join(str(entry[1]) for entry in cert.get("subjectAltName", ()) if len(entry) == 2) or subject
-    hostname = "checked" if config.ssl_check_hostname else "NOT checked (kafka.ssl_check_hostname: false)"
-    client = "a client certificate sent" if config.ssl_certfile else "no client certificate"
-    return (
-        f"{version} to {host}:{port}: certificate for {names}, issued by {issuer}, valid until "
-        f"{cert.get('notAfter', '?')}; host name {hostname}; {client}"
-    )
+    for server in servers(config):
+        host, port = server
+        try:
+            with (
+                socket.create_connection(server, timeout=timeout) as raw,
+                ctx.wrap_socket(raw, server_hostname=host) as conn,
+            ):
+                version = conn.version()
+                cert = conn.getpeercert() or {}
+                if not _answers_api_versions(conn):
+                    continue
+        except (OSError, struct.error):
+            found = diagnose(config, server, timeout)
+            if found is not None:
+                raise _finding_error(config, server, found) from None
+            continue
+        subject, issuer = _common_name(cert.get("subject")), _common_name(cert.get("issuer"))
+        names = ", ".join(str(entry[1]) for entry in cert.get("subjectAltName", ()) if len(entry) == 2) or subject
+        hostname = "checked" if config.ssl_check_hostname else "NOT checked (kafka.ssl_check_hostname: false)"
+        client = "a client certificate sent" if config.ssl_certfile else "no client certificate"
+        return (
+            f"{version} to {_display(server)}: certificate for {names}, issued by {issuer}, valid until "
+            f"{cert.get('notAfter', '?')}; host name {hostname}; {client}"
+        )
+    return "not checked: no broker answered over TLS"

@@ -4,10 +4,15 @@ tested against the dev services' TLS listeners (tests/integration/test_tls.py)."
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
 import ssl
+import struct
 import subprocess
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -98,3 +103,132 @@ def test_a_missing_verify_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(SetupError, match=r"lake.storage_options.client_kwargs.verify: no file at /nope/ca.pem"):
         Lake("s3://bucket/prefix", {"endpoint_url": "https://127.0.0.1:1", "client_kwargs": {"verify": "/nope/ca.pem"}})
     assert issubclass(LakeUnavailable, SetupError)
+
+
+# --------------------------------------------------------------------------------------------- diagnose
+# tls.diagnose against small local servers on free ports (the dev broker's listeners are the integration tests'):
+# it names a cause only on positive evidence, and finds nothing when a server merely closes the connection.
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The dev CA of services/devservices.py (DevTLS), made in a folder of its own."""
+    from tests.conftest import load_devservices
+
+    devservices = load_devservices()
+    home = tmp_path_factory.mktemp("pki")
+    saved = os.environ.get("KINGEST_DEV_DIR")
+    os.environ["KINGEST_DEV_DIR"] = str(home)
+    try:
+        made = devservices.DevTLS()
+        made.ensure()
+    finally:
+        if saved is None:
+            os.environ.pop("KINGEST_DEV_DIR")
+        else:
+            os.environ["KINGEST_DEV_DIR"] = saved
+    return made
+
+
+class Server:
+    """One listening socket on 127.0.0.1 served by a thread: ``tls`` (a certificate name of the dev CA) or plain;
+    ``answer``: reply to a Kafka request with a response header; ``close``: close each connection at once."""
+
+    def __init__(self, pki: Any, tls: str | None, answer: bool = True, close: bool = False, mutual: bool = False):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.port = self.sock.getsockname()[1]
+        self.ctx: ssl.SSLContext | None = None
+        if tls:
+            self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.ctx.load_cert_chain(pki.path(f"{tls}.pem"), pki.path(f"{tls}.key"))
+            if mutual:
+                self.ctx.verify_mode = ssl.CERT_REQUIRED
+                self.ctx.load_verify_locations(pki.ca)
+        self.answer, self.close = answer, close
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                if self.close:
+                    conn.close()
+                    continue
+                if self.ctx is not None:
+                    conn = self.ctx.wrap_socket(conn, server_side=True)
+                conn.settimeout(5)
+                if conn.recv(4096) and self.answer:
+                    conn.sendall(struct.pack(">ii", 4, 1))
+                conn.recv(1)
+            except OSError:
+                pass
+            finally:
+                conn.close()
+
+    def stop(self) -> None:
+        self.sock.close()
+
+
+def diagnosed(pki: Any, server: Server, timeout: float = 5, **settings: Any) -> tls.Finding | None:
+    settings.setdefault("ssl_cafile", str(pki.ca))
+    try:
+        return tls.diagnose(config(**settings), ("127.0.0.1", server.port), timeout=timeout)
+    finally:
+        server.stop()
+
+
+def test_diagnose_names_each_refused_certificate(pki: Any) -> None:
+    found = diagnosed(pki, Server(pki, "server"), ssl_cafile=str(pki.path("other-ca.pem")))
+    assert found is not None and found.cause == "unknown-ca"
+    found = diagnosed(pki, Server(pki, "expired"))
+    assert found is not None and found.cause == "expired"
+    found = diagnosed(pki, Server(pki, "wrong-host"))
+    assert found is not None and found.cause == "wrong-host"
+    found = diagnosed(pki, Server(pki, "server", mutual=True))
+    assert found is not None and found.cause == "no-client-cert"
+
+
+def test_diagnose_finds_nothing_when_all_is_well(pki: Any) -> None:
+    assert diagnosed(pki, Server(pki, "server")) is None
+    assert diagnosed(pki, Server(pki, "wrong-host"), ssl_check_hostname=False) is None
+    client = {"ssl_certfile": str(pki.path("client.pem")), "ssl_keyfile": str(pki.path("client-plain.key"))}
+    assert diagnosed(pki, Server(pki, "server", mutual=True), **client) is None
+
+
+def test_diagnose_needs_evidence_that_a_listener_is_not_tls(pki: Any) -> None:
+    """A plaintext Kafka listener answers ApiVersions: "not TLS". A server that closes every connection (a broker
+    going away, a proxy in front of a stopped one) proves nothing: no verdict, the clients go on waiting."""
+    found = diagnosed(pki, Server(pki, None))
+    assert found is not None and found.cause == "not-tls"
+    assert diagnosed(pki, Server(pki, None, close=True)) is None
+    assert diagnosed(pki, Server(pki, None, answer=False), timeout=0.5) is None
+
+
+@pytest.mark.parametrize(
+    ("entry", "parsed"),
+    [
+        ("broker:9093", [("broker", 9093)]),
+        ("broker", [("broker", 9092)]),
+        ("SSL://broker:9093", [("broker", 9093)]),
+        ("[::1]:9093", [("::1", 9093)]),
+        ("::1", [("::1", 9092)]),
+        ("broker:port", []),
+    ],
+)
+def test_bootstrap_servers_are_parsed_as_the_clients_do(entry: str, parsed: list[tuple[str, int]]) -> None:
+    assert tls.servers(_with_servers(entry)) == parsed
+
+
+def _with_servers(entry: str) -> KafkaConfig:
+    return KafkaConfig(bootstrap_servers=(entry,), topics=("t",), group_id="g", security_protocol="SSL")
+
+
+def test_a_ca_directory_is_for_librdkafka_only(files: dict[str, str], tmp_path: Path) -> None:
+    with pytest.raises(SetupError, match="is a directory: kafka-python takes one PEM file"):
+        tls.check_files(config(ssl_cafile=str(tmp_path)))
+    tls.check_files(config(ssl_cafile=str(tmp_path), client="confluent"))
