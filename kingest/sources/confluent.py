@@ -215,6 +215,7 @@ class ConfluentSource:
         request_timeout_ms)."""
         ck = self.ck
         deadline = time.monotonic() + min(15000, self.config.request_timeout_ms) / 1000
+        probed = False
         while True:
             try:
                 return self.consumer.list_topics(timeout=1.0)
@@ -228,11 +229,18 @@ class ConfluentSource:
             if self._log.tls_refused and len(self._log.tls_refused) >= len(tls.servers(self.config)):
                 # every bootstrap server refused (one bad broker among good ones must not stop the run)
                 raise tls.tls_error(self.config, next(iter(self._log.tls_refused.values()))) from None
-            if self._log.closed_by_peer >= 3:
+            if self._log.closed_by_peer >= 3 and not probed:
                 # A connection accepted and then closed by the broker, three times: under SASL, how Kafka answers
-                # rejected credentials; without, a SASL or SSL listener; under TLS, maybe a listener without it.
-                found = tls.tls_problem(self.config) if tls.uses_tls(self.config) else None
-                raise found or credentials_error("closed", "", self.config, self._log.closed_by_peer) from None
+                # rejected credentials; without, a SASL or SSL listener. Under TLS, kingest looks for itself
+                # (once): a plaintext listener, a refused certificate; else, without SASL, nothing proves more
+                # than a broker going away: wait, as kafka-python does.
+                if tls.uses_tls(self.config):
+                    probed = True
+                    found = tls.tls_problem(self.config)
+                    if found is not None:
+                        raise found from None
+                if not tls.uses_tls(self.config) or self.config.security_protocol.startswith("SASL"):
+                    raise credentials_error("closed", "", self.config, self._log.closed_by_peer) from None
             if time.monotonic() >= deadline:
                 log.debug("no metadata from %s: %s", self.where, failure)
                 raise SourceUnavailable(
