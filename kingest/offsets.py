@@ -38,6 +38,7 @@ class Position:
 class OffsetStore(Protocol):
     name: str  # for people: "consumer group", "offsets manifest"
     offset_name: str  # its position, for people: "group offset", "manifest offset"
+    column: str  # its position's column in `kingest status`: "committed" (the group's, always shown), "manifest"
     names_files: bool  # the store says which files are in the lake (and needs exclusive create to save them)
 
     def positions(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, Position]:
@@ -56,6 +57,7 @@ class OffsetStore(Protocol):
 class GroupOffsets:
     name = "consumer group"
     offset_name = "group offset"
+    column = "committed"
     names_files = False
 
     def __init__(self, config: Config) -> None:
@@ -76,6 +78,7 @@ class GroupOffsets:
 class ManifestOffsets:
     name = "offsets manifest"
     offset_name = "manifest offset"
+    column = "manifest"
     names_files = True
 
     def __init__(self, lake: Lake, pipeline: str) -> None:

@@ -75,6 +75,9 @@ class StatusReport:
     lake: str
     partitions: list[PartitionStatus]
     gc: dict[str, float | int] | None = None  # what `kingest gc` would reclaim (gc.Plan.summary)
+    # the store that holds the position, when it is not the group (offsets.OffsetStore): its column in the table
+    # (each partition's manifest_offset, last_commit_at)
+    store_column: str | None = None
 
     @property
     def active(self) -> bool:
@@ -197,6 +200,7 @@ def collect_status(config: Config, lake: Lake | None = None) -> StatusReport:
         lake=lake.display(),
         partitions=[PartitionStatus(**row) for row in partitions],
         gc=garbage.summary(),
+        store_column=store.column if store.names_files else None,
     )
 
 
@@ -247,7 +251,7 @@ def render(report: StatusReport) -> list[Any]:
             members.add_row(m.client_id, m.host, m.member_id, _ranges(m.partitions))
         out.append(members)
 
-    exactly_once = report.semantics == "exactly-once"
+    store = report.store_column  # the position that counts, beside the group's, and when the store last changed
     table = Table(title=None, show_footer=True)
     totals = report.to_json()["totals"]
     table.add_column("topic", footer="total")
@@ -255,8 +259,8 @@ def render(report: StatusReport) -> list[Any]:
     table.add_column("log start", justify="right")
     table.add_column("log end", justify="right")
     table.add_column("committed", justify="right")
-    if exactly_once:
-        table.add_column("manifest", justify="right")
+    if store:
+        table.add_column(store, justify="right")
     table.add_column("lag", justify="right", footer=f"{totals['lag']:,}")
     table.add_column("files", justify="right", footer=f"{totals['files']:,}")
     table.add_column("rows", justify="right", footer=f"{totals['rows']:,}")
@@ -264,7 +268,7 @@ def render(report: StatusReport) -> list[Any]:
     dead_letters = totals["dead_letters"] > 0
     if dead_letters:
         table.add_column("dead letters", justify="right", footer=f"{totals['dead_letters']:,}")
-    if exactly_once:
+    if store:
         table.add_column("last commit")
     if group.members:
         table.add_column("consumed by")
@@ -276,12 +280,12 @@ def render(report: StatusReport) -> list[Any]:
             f"{p.log_end_offset:,}",
             _opt(p.committed_offset),
         ]
-        if exactly_once:
+        if store:
             cells.append(_opt(p.manifest_offset))
         cells += [_opt(p.lag), f"{p.files:,}", f"{p.rows:,}", human_size(p.bytes)]
         if dead_letters:
             cells.append(f"{p.dead_letters:,}")
-        if exactly_once:
+        if store:
             cells.append(p.last_commit_at or "-")
         if group.members:
             cells.append(p.assigned_to or "-")

@@ -259,6 +259,8 @@ def test_members_are_reported_with_their_partitions(fake_kafka):
     text = console.export_text()
     assert "2 member(s): a `kingest run` is active" in text
     assert "orders[0,2]" in text and "kingest-b@10.0.0.6" in text
+    assert report.store_column is None  # the group holds the position: no store column, no last commit
+    assert "manifest" not in text and "last commit" not in text
 
 
 def test_cli_json_table_and_no_secret(fake_kafka, tmp_path, monkeypatch):
