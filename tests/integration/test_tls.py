@@ -171,6 +171,27 @@ def test_hostname_checking_off_accepts_a_certificate_for_another_host(
     assert "certificate for wrong-host.invalid" in check.stdout
 
 
+def test_one_broker_with_a_refused_certificate_among_good_ones(
+    kafka_tls: dict[str, Any], topic_factory: Any, produce: Any, tmp_path: Path
+) -> None:
+    """The client moves on to the next bootstrap server (kafka-python picks one at random, librdkafka tries
+    them all): a refusal by one of them must not stop the run. The wrong-host listener's certificate is refused
+    with the host name checked."""
+    topic = filled_topic(topic_factory, produce, "tls-one-bad")
+    lake = tmp_path / "lake"
+    config = tls_config(
+        tmp_path / "k.yaml",
+        bootstrap=f"{kafka_tls['wrong_host']},{kafka_tls['ssl']}",
+        topic=topic,
+        lake=lake,
+        ssl_cafile=kafka_tls["ca"],
+    )
+    for _ in range(3):  # either server first
+        done = run(config)
+        assert done.returncode == 0, done.stderr
+    assert_every_record_once(lake)
+
+
 def test_hostname_checking_with_a_host_name(
     kafka_tls: dict[str, Any], topic_factory: Any, produce: Any, tmp_path: Path
 ) -> None:
