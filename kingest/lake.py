@@ -51,7 +51,10 @@ class Lake:
         self.url = url.rstrip("/")
         options = dict(storage_options or {})
         client_kwargs = options.get("client_kwargs")
-        verify = client_kwargs.get("verify") if isinstance(client_kwargs, Mapping) else None
+        client_kwargs = client_kwargs if isinstance(client_kwargs, Mapping) else {}
+        self.endpoint = str(options.get("endpoint_url") or client_kwargs.get("endpoint_url") or "")
+        verify = client_kwargs.get("verify")
+        self.ca_file = verify if isinstance(verify, str) else None  # the CA botocore trusts alone, when given
         if isinstance(verify, str) and not os.path.isfile(verify):
             raise SetupError(
                 f"lake.storage_options.client_kwargs.verify: no file at {verify}",
@@ -317,13 +320,10 @@ class Lake:
         botocore then uses alone, so that a refused certificate is said at once (botocore retries it like a
         network error, ~10 s, before _certificate_refused sees it). Without a CA file botocore resolves its own
         trust store (AWS_CA_BUNDLE, ~/.aws/config, REQUESTS_CA_BUNDLE, certifi): no second guess here."""
-        options = getattr(self.fs, "storage_options", {}) or {}
-        endpoint = options.get("endpoint_url") or ""
-        verify = (options.get("client_kwargs") or {}).get("verify")
-        if not endpoint.startswith("https://") or not isinstance(verify, str):
+        if not self.endpoint.startswith("https://") or self.ca_file is None:
             return
-        parsed = urllib.parse.urlsplit(endpoint)
-        ctx = ssl.create_default_context(cafile=verify)
+        parsed = urllib.parse.urlsplit(self.endpoint)
+        ctx = ssl.create_default_context(cafile=self.ca_file)
         try:
             with (
                 socket.create_connection((parsed.hostname or "", parsed.port or 443), timeout=5) as raw,
@@ -386,7 +386,6 @@ def _certificate_refused(exc: BaseException) -> str | None:
 
 
 def _tls_error(lake: Lake, reason: str) -> LakeUnavailable:
-    endpoint = (lake.fs.storage_options.get("endpoint_url") if hasattr(lake.fs, "storage_options") else None) or ""
     if "mismatch" in reason or "not valid for" in reason:
         hint = (
             "Use in lake.storage_options.endpoint_url a host name the certificate names, or give the endpoint a "
@@ -400,7 +399,8 @@ def _tls_error(lake: Lake, reason: str) -> LakeUnavailable:
             "signed the endpoint's certificate (or AWS_CA_BUNDLE)."
         )
     error = LakeUnavailable(
-        f"the lake at {lake.display()}: the TLS certificate of {endpoint or 'the store'} is refused: {reason}", hint
+        f"the lake at {lake.display()}: the TLS certificate of {lake.endpoint or 'the store'} is refused: {reason}",
+        hint,
     )
     error.retryable = False  # not until the certificate or the settings change
     return error

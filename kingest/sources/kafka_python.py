@@ -19,7 +19,6 @@ from kingest.types import TopicPartition
 
 from . import tls
 from .common import CommitRetry, ConnectionWatch, Listener, commit_refused, credentials_error, lag_commit_failed
-from .tls import uses_tls
 
 log = logging.getLogger("kingest.source")
 
@@ -429,7 +428,7 @@ def credential_check(settings: dict[str, Any], config: KafkaConfig) -> Iterator[
             text = record.getMessage()
             if not text.startswith("Bootstrap") or "failed" not in text:
                 return
-            if uses_tls(config) and text.startswith("Bootstrap connection to ") and len(args) >= 2:
+            if tls.uses_tls(config) and text.startswith("Bootstrap connection to ") and len(args) >= 2:
                 if _TLS_REFUSAL.search(str(args[1])):
                     # A certificate refused, by either side: conclusive once every bootstrap server refused
                     # (kafka-python moves on to the next one; one bad broker must not stop the run).
@@ -512,7 +511,7 @@ def _credentials_error(exc: BaseException, config: KafkaConfig) -> SetupError:
     if isinstance(exc, _TLSFailure):
         return tls.tls_error(config, str(exc))
     if isinstance(exc, _ClosedByBroker):
-        found = tls.tls_problem(config) if uses_tls(config) else None  # a listener that does not speak TLS?
+        found = tls.tls_problem(config) if tls.uses_tls(config) else None  # a listener that does not speak TLS?
         return found or credentials_error("closed", str(exc), config, exc.times)
     reason = str(exc.args[0] if exc.args else exc).strip() or type(exc).__name__
     prefix = f"{type(exc).__name__}: "

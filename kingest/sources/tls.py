@@ -226,16 +226,12 @@ def diagnose(config: KafkaConfig, server: tuple[str, int], timeout: float = 5.0)
             return None
     except ssl.SSLCertVerificationError as exc:
         return _verify_failure(exc, host)
-    except ssl.SSLError as exc:
-        if "alert" in str(exc).lower():
+    except OSError as exc:  # ssl.SSLError too: an alert names a refusal; a cut handshake, only a plaintext answer
+        if isinstance(exc, ssl.SSLError) and "alert" in str(exc).lower():
             return _alert(exc, config)
-        if speaks_plain_kafka(server, timeout):
-            return Finding("not-tls", "it answers Kafka requests without TLS")
-        return None
-    except OSError:
-        if speaks_plain_kafka(server, timeout):
-            return Finding("not-tls", "it answers Kafka requests without TLS")
-        return None
+        return (
+            Finding("not-tls", "it answers Kafka requests without TLS") if speaks_plain_kafka(server, timeout) else None
+        )
     finally:
         raw.close()
 
@@ -265,13 +261,10 @@ def _alert(exc: ssl.SSLError, config: KafkaConfig) -> Finding:
 
 
 def _short(exc: BaseException) -> str:
-    text = getattr(exc, "reason", None) if isinstance(exc, ssl.SSLError) else None
-    full = str(exc)
+    """An ssl error as a user reads it: OpenSSL's verify message, or the text without "(_ssl.c:NNN)"."""
     if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
         return exc.verify_message
-    if text and len(full) > 200:
-        return str(text)
-    return full.replace(" (_ssl.c:", " (").split(" (")[0] if "(_ssl.c:" in full else full
+    return re.sub(r" \(_ssl\.c:\d+\)$", "", str(exc))
 
 
 def tls_error(config: KafkaConfig, client_said: str = "") -> SetupError:
