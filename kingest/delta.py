@@ -25,6 +25,9 @@ The measurements behind every choice here are in docs/research/delta-rs.md (delt
    when a timed-out PUT of the entry did land) is settled by reading the log: each commit carries a
    ``kingest.commit`` id in its commitInfo, so "did mine land" is a fact, not a guess from the txn values.
 
+At-least-once and at-most-once use ``append``: the same files, no txn, no check (the Kafka group holds the
+offsets). ``rewind``, ``live_offsets``, ``compact`` and ``vacuum`` serve the commands of those names.
+
 A writer that loses a partition (``DeltaConflict``) must drop its data for it and re-read ``positions`` to
 re-seek: never retry the same batch. After any other error from ``commit`` it must re-read ``positions`` too
 before consuming on: the txns are the truth, not what the writer expected.
@@ -258,6 +261,10 @@ class DeltaTableStore:
         self._serial = itertools.count()
         self._dt: DeltaTable | None = None
         self._commits = 0
+        # The txns this writer knows at one table version (table id, version): those of its own last commit
+        # when it directly followed its check. At that version the check needs no read of the log.
+        self._known_at: tuple[str, int] | None = None
+        self._known: dict[TopicPartition, int | None] = {}
 
     def __repr__(self) -> str:
         return f"DeltaTableStore({self.lake.display()!r})"
@@ -492,15 +499,32 @@ class DeltaTableStore:
         consumer's position, never ``last + 1``) in one log entry, if every partition's txn is still
         ``expected``. Returns the table version committed.
 
-        Raises DeltaConflict (the partitions taken; nothing committed; their staged files deleted),
-        DeltaTypeConflict (a column another writer added with another type; nothing committed),
-        DeltaContention or DeltaUnavailable (nothing committed), DeltaOutcomeUnknown (the log could not be read
-        to tell). After any of them the caller must re-read ``positions``."""
+        A partition may come without files: its txn alone moves (a batch of transaction markers, skipped
+        records).
+
+        Raises DeltaConflict (nothing committed; the staged files of the partitions taken are deleted, the
+        others' can go in a new commit: no attempt of this one can land any more), DeltaTypeConflict (a column
+        another writer added with another type; nothing committed), DeltaContention or DeltaUnavailable (nothing
+        committed), DeltaOutcomeUnknown (the log could not be read to tell). After any of them the caller must
+        re-read ``positions``."""
         if set(expected) != set(next_offsets) or not next_offsets:
             raise ValueError("commit: next_offsets and expected must name the same, non-empty, partitions")
         strays = {f.tp for f in files} - set(next_offsets)
         if strays:
             raise ValueError(f"commit: files of {sorted(strays)} without a next offset")
+        return self._commit(files, next_offsets, expected)
+
+    def append(self, files: Sequence[StagedFile]) -> int:
+        """Commit ``files`` without any txn and without a check (at-least-once and at-most-once, where the
+        Kafka group holds the offsets). Returns the table version committed."""
+        return self._commit(files, {}, {})
+
+    def _commit(
+        self,
+        files: Sequence[StagedFile],
+        next_offsets: Mapping[TopicPartition, int],
+        expected: Mapping[TopicPartition, int | None],
+    ) -> int:
         commit_id = uuid.uuid4().hex  # one id for every attempt: whichever lands is found in the log
         files = list(files)
         reason = ""
@@ -551,7 +575,13 @@ class DeltaTableStore:
                     "Nothing of this flush is committed; check the store and run again.",
                 ) from None
             self._commits += 1
-            return self._landed_version(read_version, commit_id)
+            version = self._landed_version(read_version, commit_id)
+            if version == read_version + 1 and next_offsets:
+                # The check held at read_version and this commit changed only these txns: known at ``version``.
+                known_before = self._known_at == (str(dt.metadata().id), read_version)
+                self._known = {**(self._known if known_before else {}), **next_offsets}
+                self._known_at = (str(dt.metadata().id), version)
+            return version
         raise DeltaContention(
             f"commit to the Delta table at {self.display()} lost {COMMIT_ATTEMPTS} times in a row ({reason}); "
             "nothing of it is committed",
@@ -561,7 +591,12 @@ class DeltaTableStore:
     def _taken(
         self, dt: DeltaTable, expected: Mapping[TopicPartition, int | None]
     ) -> dict[TopicPartition, tuple[int | None, int | None]]:
-        found = {tp: dt.transaction_version(self.app_id(tp)) for tp in expected}
+        # delta-rs re-reads the log from the last checkpoint for each call (no bulk call): skip it when the table
+        # is still at this writer's own last commit, whose txns it knows.
+        if self._known_at == (str(dt.metadata().id), dt.version()) and all(tp in self._known for tp in expected):
+            found = {tp: self._known[tp] for tp in expected}
+        else:
+            found = {tp: dt.transaction_version(self.app_id(tp)) for tp in expected}
         return {tp: (expected[tp], found[tp]) for tp in expected if found[tp] != expected[tp]}
 
     def _evolve(self, files: Sequence[StagedFile]) -> DeltaTable:
@@ -627,7 +662,8 @@ class DeltaTableStore:
         version after the latest it conflict-checked. If it is not among the versions read now, either that
         version is taken (it never lands) or it is the next one, and then it carries our appIds: our retry
         conflicts with it and this check finds it. So staged files are deleted only when a partition was taken:
-        then no attempt of ours can land any more (it would have conflicted with the commit that took it)."""
+        then no attempt of ours can land any more (it would have conflicted with the commit that took it), and
+        only the taken partitions' files: the others' may go in the caller's next commit."""
         self._dt = None
         try:
             dt = self._load()
@@ -652,13 +688,15 @@ class DeltaTableStore:
             return landed[0]
         taken = self._taken(dt, expected)
         if taken:
-            self.discard(files)
+            self.discard(f for f in files if f.tp in taken)
             raise DeltaConflict(self.display(), taken)
         return None
 
     def _landed_version(self, read_version: int, commit_id: str) -> int:
         dt = self._table()  # create_write_transaction leaves dt at the old version: without this, our next
         # commit on it would conflict with this one (same appIds after its snapshot)
+        if dt.version() == read_version + 1:
+            return dt.version()  # the one commit after the snapshot: this one, which succeeded
         for c in dt.history(max(dt.version() - read_version, 1)):
             if c.get("kingest.commit") == commit_id and "version" in c:
                 return int(c["version"])

@@ -473,3 +473,49 @@ def test_compact_keeps_the_rows_and_the_txns(table):
     assert store.positions([TP0]) == {TP0: 20} and offsets(store, TP0) == list(range(20))
     with pytest.raises(ValueError):
         store.vacuum(0)
+
+
+def test_a_partition_without_files_moves_its_txn_alone(table):
+    store = new_store(table)
+    write(store, TP0, 0, 5, None)
+    store.commit([], {TP0: 9}, {TP0: 5})  # offsets 5..8 were transaction markers
+    assert store.positions([TP0]) == {TP0: 9} and offsets(store, TP0) == list(range(5))
+
+
+def test_after_losing_one_partition_the_others_files_go_in_the_next_commit(table):
+    a, b = new_store(table), new_store(table)
+    write(a, TP0, 0, 5, None)
+    write(b, TP1, 0, 5, None)
+    staged = b.stage(TP0, batch(TP0, 0, 5)) + b.stage(TP1, batch(TP1, 5, 5))
+    with pytest.raises(DeltaConflict) as err:
+        b.commit(staged, {TP0: 5, TP1: 10}, {TP0: None, TP1: 5})
+    assert set(err.value.taken) == {TP0}
+    kept = [f for f in staged if f.tp not in err.value.taken]
+    assert not (table / staged[0].path).exists() and (table / kept[0].path).exists()
+    b.commit(kept, {TP1: 10}, {TP1: 5})
+    assert offsets(b, TP0) == list(range(5)) and offsets(b, TP1) == list(range(10))
+
+
+def test_append_commits_without_txns(table):
+    store = new_store(table)
+    store.append(store.stage(TP0, batch(TP0, 0, 3)))
+    assert store.positions([TP0]) == {TP0: None} and offsets(store, TP0) == [0, 1, 2]
+
+
+def test_a_lone_writer_checks_its_txns_without_reading_the_log_again(table, monkeypatch):
+    """At the version of its own last commit a writer knows the txns; after anyone else's commit it reads them."""
+    store, other = new_store(table), new_store(table)
+    write(store, TP0, 0, 5, None)
+    reads = []
+    original = DeltaTable.transaction_version
+    monkeypatch.setattr(DeltaTable, "transaction_version", lambda dt, app: reads.append(app) or original(dt, app))
+    write(store, TP0, 5, 5, 5)
+    write(store, TP0, 10, 5, 10)
+    assert reads == []
+    write(other, TP1, 0, 5, None)
+    reads.clear()
+    write(store, TP0, 15, 5, 15)
+    assert reads == ["kingest-pipe-orders-0"]
+    with pytest.raises(DeltaConflict):  # and a stale expectation is still caught at the known version
+        write(store, TP0, 15, 5, 15)
+    assert offsets(store, TP0) == list(range(20))
