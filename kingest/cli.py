@@ -19,7 +19,7 @@ from typer.exceptions import TyperException
 
 from . import __version__, use_jemalloc
 from .config import Semantics
-from .errors import KingestError
+from .errors import KingestError, SetupError
 from .output import SCRUB, install_scrubbing, report_error, report_unexpected, setup_logging
 
 app = typer.Typer(
@@ -91,6 +91,16 @@ def errors_handled() -> Iterator[None]:
     except Exception as error:  # a bug: a scrubbed traceback (no secret can ride on an exception's text)
         report_unexpected(error)
         raise typer.Exit(1) from None
+
+
+def not_for_delta(config: Any, command: str) -> None:
+    """Commands not built for lake.format: delta yet: a clear refusal, never the Parquet lake's actions on a table."""
+    if config.lake.format == "delta":
+        raise SetupError(
+            f"`kingest {command}` does not support lake.format: delta yet",
+            "For a Delta table, use deltalake's own DeltaTable.optimize / vacuum meanwhile; `kingest status` and "
+            "`kingest verify` work.",
+        )
 
 
 def load_config(path: Path | None, semantics: Semantics | None = None) -> Any:
@@ -265,6 +275,7 @@ def rewind(
     setup_logging("text", False)
     with errors_handled():
         config = load_config(config_path, semantics)
+        not_for_delta(config, "rewind")
         from .rewind import Target, apply_rewind, plan_rewind
 
         target = Target.parse(to_offset, to_timestamp, to_earliest, to_latest)
@@ -326,6 +337,7 @@ def compact(
     setup_logging("text", False)
     with errors_handled():
         config = load_config(config_path)
+        not_for_delta(config, "compact")
         from .compact import compact as run_compact
         from .config import parse_size
         from .errors import ConfigError
@@ -385,6 +397,7 @@ def gc(
     setup_logging("text", False)
     with errors_handled():
         config = load_config(config_path)
+        not_for_delta(config, "gc")
         from .config import parse_duration
         from .gc import collect, plan
         from .lake import Lake

@@ -59,6 +59,13 @@ class Compression(StrEnum):
     none = "none"
 
 
+class LakeFormat(StrEnum):
+    """How the lake holds its data: a folder of Parquet files, or a Delta Lake table."""
+
+    parquet = "parquet"
+    delta = "delta"
+
+
 class PartitionBy(StrEnum):
     date = "date"
     hour = "hour"
@@ -542,6 +549,13 @@ class LakeConfig:
         default={},
         secret=True,
     )
+    format: LakeFormat = setting(
+        "`parquet` (a folder of Parquet files; exactly-once keeps its offsets manifest under `_kingest/`) or "
+        "`delta` (a Delta Lake table at lake.path: exactly-once keeps the offsets in the table's own commits). "
+        "`delta` needs `pip install 'kingest[delta]'`.",
+        LakeFormat,
+        default="parquet",
+    )
     compression: Compression = setting(
         "Parquet compression: `zstd`, `snappy`, `gzip`, `lz4`, `brotli` or `none`.", Compression, default="zstd"
     )
@@ -950,6 +964,20 @@ def parse(text: str, source: str = "<config>") -> Config:
         raise ConfigError(f"{source}: `lake` is required (lake.path: ./lake/NAME or s3://bucket/prefix)")
     lake = _section(doc, top.data.get("lake"), "lake", LakeConfig)
     lake_config = LakeConfig(**_read(lake, LakeConfig))
+    if lake_config.format == LakeFormat.delta:
+        if lake_config.partition_by:
+            raise ConfigError(
+                f"{doc.where('lake.partition_by')}: `lake.partition_by` is not supported with `lake.format: delta` "
+                "yet: a Delta table of kingest is partitioned by kafka_topic and kafka_partition",
+                "Remove lake.partition_by (readers filter on the kafka_timestamp column, whose statistics skip "
+                "files), or use lake.format: parquet.",
+            )
+        if records_config.on_error == "dead-letter":
+            raise ConfigError(
+                f"{doc.where('records.on_error')}: `records.on_error: dead-letter` is not supported with "
+                "`lake.format: delta` yet",
+                "Use `records.on_error: fail` or `skip`, or lake.format: parquet.",
+            )
 
     batch = _section(doc, top.data.get("batch"), "batch", BatchConfig)
     batch_config = BatchConfig(**_read(batch, BatchConfig))

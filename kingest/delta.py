@@ -38,6 +38,7 @@ Not thread-safe: one ``DeltaTableStore`` per committing thread. Only spawn or fo
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import itertools
 import json
@@ -45,9 +46,10 @@ import logging
 import math
 import os
 import re
+import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -259,7 +261,9 @@ class DeltaTableStore:
         self.stage_max_age = stage_max_age
         self._tag = self.writer.rsplit("-", 1)[-1]
         self._serial = itertools.count()
+        self._serial_lock = threading.Lock()
         self._dt: DeltaTable | None = None
+        self._pinned = False
         self._commits = 0
         # The txns this writer knows at one table version (table id, version): those of its own last commit
         # when it directly followed its check. At that version the check needs no read of the log.
@@ -311,8 +315,19 @@ class DeltaTableStore:
             "Restore its _delta_log from a backup; kingest will not guess the table's state.",
         ) from None
 
+    @contextlib.contextmanager
+    def pinned(self) -> Iterator[None]:
+        """Reads in this block see the version the last read saw (verify: the rows of the txns it read)."""
+        self._pinned = True
+        try:
+            yield
+        finally:
+            self._pinned = False
+
     def _table(self) -> DeltaTable:
         """The writer's DeltaTable at the latest version: one object, loaded again every RELOAD_EVERY commits."""
+        if self._pinned and self._dt is not None:
+            return self._dt
         if self._dt is None or self._commits >= RELOAD_EVERY:
             self._dt, self._commits = self._load(), 0
         else:
@@ -336,15 +351,18 @@ class DeltaTableStore:
 
     # ------------------------------------------------------------------------------------------ creating
 
-    def ensure_table(self, schema: pa.Schema, partition_by: Sequence[str] = DEFAULT_PARTITION_BY) -> None:
+    def ensure_table(self, schema: pa.Schema | None, partition_by: Sequence[str] = DEFAULT_PARTITION_BY) -> None:
         """Create the table when missing, in a commit of its own: schema and partitioning, no data, no txn, and
         no retry (``max_commit_retries=0``): of writers creating it at once, one CREATE lands and the others
         fail and load it. An existing table must have the kafka columns and be partitioned by ``partition_by``."""
-        missing = [c for c in METADATA_COLUMNS if c not in schema.names]
-        unknown = [c for c in partition_by if c not in schema.names]
-        if missing or unknown:
-            raise ValueError(f"schema lacks {missing + unknown}")
+        if schema is not None:
+            missing = [c for c in METADATA_COLUMNS if c not in schema.names]
+            unknown = [c for c in partition_by if c not in schema.names]
+            if missing or unknown:
+                raise ValueError(f"schema lacks {missing + unknown}")
         if not self.exists():
+            if schema is None:
+                raise ValueError("ensure_table: no table yet, and no schema to create it with")
             # All-null columns would become Delta's `void`, which other engines read badly: added when typed.
             fields = [f for f in schema if not pa.types.is_null(f.type)]
             try:
@@ -397,11 +415,12 @@ class DeltaTableStore:
 
     # ------------------------------------------------------------------------------------------ staging
 
-    def conform(self, table: pa.Table) -> pa.Table:
+    def conform(self, table: pa.Table, current: pa.Schema | None = None) -> pa.Table:
         """``table`` with the table's types for the table's columns, new columns as Delta will store them, and
         all-null new columns left out. Raises DeltaTypeConflict for a value that would change: only widening
-        casts (int32 to int64, an int to a double when exact, ms to us) and null columns are allowed."""
-        current = self.schema()
+        casts (int32 to int64, an int to a double when exact, ms to us) and null columns are allowed.
+        ``current``: the table's schema, read before (``schema()``), when called off the committing thread."""
+        current = self.schema() if current is None else current
         by_lower = {name.lower(): name for name in current.names}
         arrays, fields = [], []
         for column in table.schema:
@@ -437,15 +456,25 @@ class DeltaTableStore:
                 self.display(), column.name, str(column.type), str(target.type), _first_line(exc)
             ) from None
 
-    def stage(self, tp: TopicPartition, table: pa.Table) -> list[StagedFile]:
+    def stage(
+        self,
+        tp: TopicPartition,
+        table: pa.Table,
+        *,
+        schema: pa.Schema | None = None,
+        partition_by: Sequence[str] | None = None,
+        put: Callable[[str, bytes], None] | None = None,
+    ) -> list[StagedFile]:
         """Write the records of one topic-partition as Parquet files under the table root, one per table
         partition (partition columns only in the folder names), not yet committed: readers do not see them.
-        The table must exist (``ensure_table``)."""
+        The table must exist (``ensure_table``). Off the committing thread (side by side), pass the table's
+        ``schema`` and ``partition_by`` as read before on it: then nothing here touches the DeltaTable object.
+        ``put``: how a file is written (default: the store's Lake.put)."""
         if table.num_rows == 0:
             return []
         _check_partition(table, tp)
-        table = self.conform(table)
-        partition_by = self.partition_by
+        table = self.conform(table, schema)
+        partition_by = self.partition_by if partition_by is None else list(partition_by)
         if partition_by:
             groups = table.group_by(partition_by).aggregate([]).to_pylist()
         else:
@@ -456,19 +485,27 @@ class DeltaTableStore:
             for column, value in values.items():
                 part = part.filter(pc.equal(part.column(column), pa.scalar(value, part.schema.field(column).type)))
             partition_values = {c: _partition_value(c, v) for c, v in values.items()}
-            staged.append(self._write(tp, part.drop_columns(partition_by), partition_values))
+            staged.append(self._write(tp, part.drop_columns(partition_by), partition_values, put))
         return staged
 
-    def _write(self, tp: TopicPartition, table: pa.Table, partition_values: dict[str, str | None]) -> StagedFile:
+    def _write(
+        self,
+        tp: TopicPartition,
+        table: pa.Table,
+        partition_values: dict[str, str | None],
+        put: Callable[[str, bytes], None] | None = None,
+    ) -> StagedFile:
         offsets = table.column("kafka_offset")
         first, last = pc.min(offsets).as_py(), pc.max(offsets).as_py()
         folder = "/".join(f"{c}={v}" for c, v in partition_values.items())
-        name = file_name(tp[0], tp[1], first, last, f"{self._tag}-{next(self._serial)}")
+        with self._serial_lock:
+            serial = next(self._serial)
+        name = file_name(tp[0], tp[1], first, last, f"{self._tag}-{serial}")
         path = f"{folder}/{name}" if folder else name
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink, compression=self.compression)
         data = sink.getvalue().to_pybytes()
-        self.lake.put(path, data)
+        (put or self.lake.put)(path, data)
         add = AddAction(
             path=path,
             size=len(data),
@@ -841,6 +878,28 @@ class DeltaTableStore:
             )
             offsets = table.column("kafka_offset").filter(mask).combine_chunks()
             out[(key["kafka_topic"], int(key["kafka_partition"]))] = offsets.cast(pa.int64())
+        return out
+
+    def files_by_partition(self) -> dict[TopicPartition, dict[str, dict[str, Any]]]:
+        """The table's live data files per topic-partition, each as the offsets manifest names a file (path,
+        first and last offset from the file's statistics, rows, bytes): for status and verify."""
+        actions = pa.table(self._table().get_add_actions(flatten=True))
+        out: dict[TopicPartition, dict[str, dict[str, Any]]] = {}
+        names = actions.column_names
+        if "partition.kafka_topic" not in names or "partition.kafka_partition" not in names:
+            return out
+        for row in actions.select(
+            [c for c in ("path", "size_bytes", "num_records", "min.kafka_offset", "max.kafka_offset") if c in names]
+            + ["partition.kafka_topic", "partition.kafka_partition"]
+        ).to_pylist():
+            tp = (str(row["partition.kafka_topic"]), int(row["partition.kafka_partition"]))
+            out.setdefault(tp, {})[row["path"]] = {
+                "path": row["path"],
+                "first_offset": row.get("min.kafka_offset"),
+                "last_offset": row.get("max.kafka_offset"),
+                "rows": row.get("num_records") or 0,
+                "bytes": row.get("size_bytes") or 0,
+            }
         return out
 
     def committed_files(self) -> list[str]:

@@ -65,8 +65,10 @@ class Encoder:
         lineage: Mapping[str, str] | None = None,
         file_tag: str | None = None,
         on_error: str = "fail",
+        tables: bool = False,
     ) -> None:
         self.on_error = on_error
+        self.tables = tables  # lake.format: delta: hand the decoded tables on (see ParquetFiles.table_file)
         self.decoder = Decoder(record_format, declared_schema(schema) if schema else None)
         self.files = ParquetFiles(
             compression=compression, partition_by=partition_by, lineage=lineage, file_tag=file_tag
@@ -107,6 +109,8 @@ class Encoder:
         dead-letter file stays one, its footer included)."""
         if kind == DEAD_LETTER_KIND:
             return [self.files.dead_letter_file(topic, partition, table)] if table.num_rows else []
+        if self.tables:
+            return self.files.table_file(topic, partition, table)
         return self.files.data_files(topic, partition, table)
 
     def dead_letter_file(self, batch: Batch, rejected: Sequence[Rejected]) -> EncodedFile:

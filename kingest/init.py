@@ -56,6 +56,7 @@ lake:
   #   endpoint_url: http://127.0.0.1:8333
   #   key: ${{AWS_ACCESS_KEY_ID}}
   #   secret: ${{AWS_SECRET_ACCESS_KEY}}
+  # format: parquet              # parquet | delta (a Delta Lake table: pip install 'kingest[delta]')
   # compression: zstd            # zstd | snappy | gzip | lz4 | brotli | none
   # partition_by: [date]         # [date] or [date, hour] folders, from the record timestamp (UTC)
   # max_concurrency: 16          # partitions of a flush saved side by side (wide topics, S3)

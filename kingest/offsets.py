@@ -1,8 +1,8 @@
 """Where a pipeline's position lives: one protocol, one implementation per store.
 
     GroupOffsets      the consumer group's committed offsets          at-most-once, at-least-once
-    ManifestOffsets   the offsets manifest in the lake (manifest.py)   exactly-once
-    (next: a Delta table's txn versions, committed with the data)
+    ManifestOffsets   the offsets manifest in the lake (manifest.py)   exactly-once, lake.format: parquet
+    TableOffsets      a Delta table's txn versions (delta.py)          exactly-once, lake.format: delta
 
 ``offset_store(config, lake)`` is the one place that decides which store a pipeline uses. The pipeline
 (pipeline.py) keeps the order of "write the data" and "save the offsets"; status, verify, rewind and check ask
@@ -17,12 +17,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .config import Config
+from .errors import SetupError
 from .lake import Lake
 from .manifest import ManifestStore, PartitionState
 from .types import TopicPartition
+
+if TYPE_CHECKING:
+    from .delta import DeltaTableStore
 
 
 @dataclass(frozen=True)
@@ -103,8 +107,62 @@ class ManifestOffsets:
         return len(partitions)
 
 
-def offset_store(config: Config, lake: Lake) -> GroupOffsets | ManifestOffsets:
-    """The store that holds this pipeline's position: the manifest under exactly-once, else the group."""
+class TableOffsets:
+    """exactly-once into a Delta table: each partition's next offset is its txn version, committed in the same log
+    entry as the data (kafka-delta-ingest's way). The table names its files; its add actions say which."""
+
+    name = "Delta table"
+    offset_name = "table offset"
+    column = "table"
+    names_files = True
+
+    def __init__(self, table: DeltaTableStore) -> None:
+        self.table = table
+
+    def positions(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, Position]:
+        tps = list(tps)
+        offsets = self.table.positions(tps)
+        files = self.table.files_by_partition() if self.table.exists() else {}
+        return {tp: Position(offsets[tp], files.get(tp, {})) for tp in tps}
+
+    def uncommitted(self, position: Position) -> list[str]:
+        return []  # staged files no commit names are untracked: vacuum (kingest gc) removes them
+
+    def readable(self, topics: Iterable[str]) -> int:
+        if not self.table.exists():
+            return 0
+        self.table.schema()  # raises DeltaTableDamaged when the log cannot be read
+        wanted = set(topics)
+        return len([tp for tp in self.table.files_by_partition() if tp[0] in wanted])
+
+
+def open_table(config: Config, writer: str | None = None) -> DeltaTableStore:
+    """The pipeline's Delta table (lake.format: delta). A clear error when the deltalake package is missing."""
+    try:
+        from .delta import DeltaTableStore
+    except ImportError as exc:
+        if "deltalake" not in str(exc):
+            raise
+        raise SetupError(
+            "lake.format: delta needs the deltalake package, which is not installed",
+            "Install it with: pip install 'kingest[delta]'",
+        ) from None
+    return DeltaTableStore(
+        config.lake.path,
+        config.lake.storage_options,
+        config.pipeline,
+        writer=writer,
+        compression=str(config.lake.compression),
+    )
+
+
+def offset_store(
+    config: Config, lake: Lake, writer: str | None = None
+) -> GroupOffsets | ManifestOffsets | TableOffsets:
+    """The store that holds this pipeline's position: under exactly-once the manifest (parquet) or the Delta
+    table's txns (delta), else the consumer group."""
     if config.semantics == "exactly-once":
+        if config.lake.format == "delta":
+            return TableOffsets(open_table(config, writer))
         return ManifestOffsets(lake, config.pipeline)
     return GroupOffsets(config)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -35,6 +35,8 @@ class EncodedFile:
     last_offset: int
     rows: int
     kind: str = "data"  # or DEAD_LETTER_KIND
+    # lake.format: delta: the decoded records, staged at save time against the table's schema (``data`` is empty)
+    table: pa.Table | None = field(default=None, repr=False, compare=False)
 
     def entry(self) -> dict[str, Any]:
         """How the offsets manifest names this file."""
@@ -90,6 +92,15 @@ class ParquetFiles:
             date, _, hour = key.partition("/")
             files.append(self._file(time_folder(topic, date, hour or None), topic, partition, part))
         return files
+
+    def table_file(self, topic: str, partition: int, table: pa.Table) -> list[EncodedFile]:
+        """lake.format: delta: the records as they are, to be staged by the table store when saved (its types
+        and file names are the table's, known only then)."""
+        if table.num_rows == 0:
+            return []
+        offsets = table.column("kafka_offset")
+        first, last = pc.min(offsets).as_py(), pc.max(offsets).as_py()
+        return [EncodedFile("", b"", topic, partition, first, last, table.num_rows, table=table)]
 
     def dead_letter_file(self, topic: str, partition: int, table: pa.Table) -> EncodedFile:
         """A table of bad records (see decode.dead_letter_table) as a file under ``_dead_letters/``."""

@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import crash
 from .batcher import Batch, Batcher
@@ -29,11 +29,14 @@ from .errors import BadRecord, CommitFailed, KingestError, ManifestConflict, Set
 from .lake import Lake
 from .lanes import Lanes
 from .manifest import PartitionState, new_writer_id
-from .offsets import ManifestOffsets, offset_store
+from .offsets import ManifestOffsets, TableOffsets, offset_store, open_table
 from .output import human_size
 from .reader import lake_schemas
 from .sources import Source, make_source
 from .types import TopicPartition
+
+if TYPE_CHECKING:
+    from .delta import DeltaTableStore, StagedFile
 
 log = logging.getLogger("kingest.pipeline")
 
@@ -146,13 +149,22 @@ class Pipeline:
         self.source: Source = source or make_source(config.kafka)
         self.until_caught_up = until_caught_up
         self.on_progress = on_progress
-        self.offsets = offset_store(config, self.lake)  # where the position lives (see offsets.py)
+        self.writer = new_writer_id()
+        self.offsets = offset_store(config, self.lake, self.writer)  # where the position lives (see offsets.py)
+        # lake.format: delta: the table the data goes to (and, under exactly-once, where the offsets live too)
+        self.table: DeltaTableStore | None
+        if isinstance(self.offsets, TableOffsets):
+            self.table = self.offsets.table
+        else:
+            self.table = open_table(config, self.writer) if config.lake.format == "delta" else None
+        self._table_ready = False
+        # exactly-once into a table: each partition's txn as this writer last read or committed it (None: none yet)
+        self.expected: dict[TopicPartition, int | None] = {}
         batch = config.batch
         # Half of max_bytes triggers a flush: while that half is being encoded the next half fills, and the loop
         # waits for the encoder only when the two together reach max_bytes (see run).
         self.max_bytes = batch.max_bytes
         self.batcher = Batcher(batch.max_records, max(1, batch.max_bytes // 2), batch.max_age)
-        self.writer = new_writer_id()
         self.encoder = Encoder(
             config.records.format,
             schema=config.records.schema,
@@ -162,6 +174,7 @@ class Pipeline:
             # A store that names its files commits them by name: names carry the writer's tag (never reused).
             file_tag=self.writer.rsplit("-", 1)[-1] if self.offsets.names_files else None,
             on_error=config.records.on_error,
+            tables=self.table is not None,
         )
         self.manifests = self.offsets.manifests if isinstance(self.offsets, ManifestOffsets) else None
         self.loaded: dict[TopicPartition, PartitionState] = {}  # exactly-once: manifest state at assignment
@@ -201,10 +214,16 @@ class Pipeline:
                 "exactly-once would be unsafe there",
                 "Use a store that honours If-None-Match: * (AWS S3, SeaweedFS, local disk), or another semantics.",
             )
+        if self.table is not None and self.table.exists():
+            self._ensure_table(None)  # a table kingest cannot write to (partitioning, columns) fails here
         if self.encoder.infers_schema:
             # Each topic starts from the columns the lake has: a record whose field changed type since an earlier
             # run is a bad record, as it would be within one run (and the lake stays readable as one dataset).
-            self.encoder.learn(lake_schemas(self.lake, self.config.kafka.topics, self.manifests))
+            if self.table is not None:
+                schema = self.table.schema() if self._table_ready else None
+                self.encoder.learn({t: schema for t in self.config.kafka.topics} if schema is not None else {})
+            else:
+                self.encoder.learn(lake_schemas(self.lake, self.config.kafka.topics, self.manifests))
         self.source.open(self._on_assigned, self._on_revoked, self._on_lost)
         lag_updated = 0.0
         switch_interval = sys.getswitchinterval()
@@ -373,6 +392,10 @@ class Pipeline:
             crash.point("after-write")
             self._commit_kafka(offsets, resume=offsets)
 
+        elif self.table is not None:
+            # exactly-once into a Delta table: the flush's files and every partition's next offset in one commit.
+            self._save_in_table(encoded)
+
         else:
             # exactly-once, per partition, in ManifestStore.save's order: announce the files, write them, then
             # commit the manifest version that names them and the next offset, by exclusive create. Until that
@@ -446,10 +469,144 @@ class Pipeline:
         return saved
 
     def _write(self, encoded: list[tuple[Batch, list[EncodedFile]]]) -> None:
-        """at-most-once and at-least-once: every file of the flush, the partitions side by side."""
+        """at-most-once and at-least-once: every file of the flush, the partitions side by side (into a Delta
+        table: staged side by side, then appended in one commit without txn: the group holds the offsets)."""
+        if self.table is not None:
+            files = self._stage(encoded)
+            if files:
+                self._commit_table(files, {}, {})
+            return
         self._lanes.map(
             self._put, [[f for _, files in batches for f in files] for batches in _by_partition(encoded).values()]
         )
+
+    # ------------------------------------------------------------------------------------------ Delta table
+
+    def _ensure_table(self, schema: Any) -> None:
+        """The table exists and kingest can write it: created from the first flush's columns (``schema``) when
+        missing, in a commit of its own (of two writers creating it at once, one wins; the other loads it)."""
+        from .delta import DEFAULT_PARTITION_BY
+
+        assert self.table is not None
+        if self._table_ready:
+            return
+        self.table.ensure_table(schema, DEFAULT_PARTITION_BY)
+        self._table_ready = True
+
+    def _stage(self, encoded: list[tuple[Batch, list[EncodedFile]]]) -> list[StagedFile]:
+        """Write the flush's records as Parquet files under the table root, the partitions side by side, cast to
+        the table's types (a type conflict stops the run before anything is committed). No reader sees them
+        until a commit names them; a crash leaves them untracked, for gc."""
+        assert self.table is not None
+        tables = [f.table for _, files in encoded for f in files if f.table is not None]
+        if not tables:
+            return []
+        self._ensure_table(tables[0].schema)
+        table = self.table
+        schema, partition_by = table.schema(), table.partition_by  # read here: the lanes do not touch the table
+
+        def put(path: str, data: bytes) -> None:
+            self.lake.put(path, data, crash_midway=True)
+
+        def stage(batches: list[tuple[Batch, list[EncodedFile]]]) -> list[StagedFile]:
+            staged = []
+            for batch, files in batches:
+                for f in files:
+                    if f.table is not None:
+                        staged += table.stage(batch.tp, f.table, schema=schema, partition_by=partition_by, put=put)
+            return staged
+
+        staged = [f for part in self._lanes.map(stage, list(_by_partition(encoded).values())) for f in part]
+        with self._stats_lock:
+            self.stats.files += len(staged)
+            self.stats.bytes += sum(f.add.size for f in staged)
+            self.stats.written += sum(f.rows for f in staged)
+        return staged
+
+    def _commit_table(
+        self,
+        files: list[StagedFile],
+        next_offsets: dict[TopicPartition, int],
+        expected: dict[TopicPartition, int | None],
+    ) -> int:
+        """One commit of the table (``next_offsets``: the txns, exactly-once; none: an append), waiting out an
+        unreachable store as the lake does (lake retries): each attempt is settled by the store before the next
+        (see DeltaTableStore.commit), so a retry never commits the files twice."""
+        from .delta import DeltaContention, DeltaUnavailable
+
+        assert self.table is not None
+        deadline = time.monotonic() + self.lake.retry_seconds
+        wait = 0.5
+        while True:
+            try:
+                if next_offsets:
+                    return self.table.commit(files, next_offsets, expected)
+                return self.table.append(files)
+            except (DeltaUnavailable, DeltaContention) as exc:  # DeltaOutcomeUnknown is a DeltaUnavailable
+                self.stats.errors[type(exc).__name__] += 1
+                if time.monotonic() + wait > deadline:
+                    raise
+                log.warning("%s; trying again in %.1fs", exc.message, wait)
+                time.sleep(wait)
+                wait = min(wait * 2, 10.0)
+
+    def _save_in_table(self, encoded: list[tuple[Batch, list[EncodedFile]]]) -> None:
+        """exactly-once into a Delta table: stage the flush's files, then one commit that adds them and moves each
+        partition's txn to the offset after its last batch, if every txn is still the one this writer last read
+        or committed. The commit is the save: before it nothing is in the table (a crash leaves untracked files,
+        and the restart resumes from the txns); after it, the txns say where to resume.
+
+        A partition whose txn moved (another writer committed it: a rebalance, a zombie that resumed, a rewind)
+        is not ours at that offset: its records are dropped and the consumer resumes from the table's txn. The
+        other partitions' files go in the next commit attempt."""
+        from .delta import DeltaConflict
+
+        by_tp = _by_partition(encoded)
+        for tp, batches in list(by_tp.items()):
+            have = self.expected.get(tp)
+            if tp not in self.expected or (have is not None and batches[0][0].first_offset < have):
+                # Not assigned any more, or below the table's offset (only a bug could get here): never commit it.
+                log.error("%s[%d]: batch at %d not saved (table offset %s)", *tp, batches[0][0].first_offset, have)
+                del by_tp[tp]
+                self.batcher.drop([tp])
+                if tp in self.expected:
+                    self._seek_offset(tp, have)
+        if not by_tp:
+            return
+        files = self._stage([item for batches in by_tp.values() for item in batches])
+        crash.point("after-write")
+        next_offsets = {tp: batches[-1][0].next_offset for tp, batches in by_tp.items()}
+        while next_offsets:
+            expected = {tp: self.expected[tp] for tp in next_offsets}
+            try:
+                self._commit_table(files, next_offsets, expected)
+            except DeltaConflict as conflict:
+                for tp, (_, found) in conflict.taken.items():
+                    self.stats.fenced += 1
+                    log.warning(
+                        "%s[%d]: the Delta table's offset moved to %s (another writer or a rewind); dropping what is "
+                        "buffered and resuming from there",
+                        *tp,
+                        found,
+                    )
+                    self.expected[tp] = found
+                    self.batcher.drop([tp])
+                    self._seek_offset(tp, found)
+                    next_offsets.pop(tp, None)
+                files = [f for f in files if f.tp in next_offsets]
+                continue
+            self.stats.commits += 1
+            self.expected.update(next_offsets)
+            break
+        self._commit_lag(next_offsets)
+
+    def _seek_offset(self, tp: TopicPartition, offset: int | None) -> None:
+        if offset is not None:
+            self.source.seek(tp, offset)
+        elif self.config.kafka.auto_offset_reset == "earliest":
+            self.source.seek_to_beginning(tp)
+        else:
+            self.source.seek_to_end(tp)
 
     def _put(self, files: Sequence[EncodedFile]) -> None:
         """Write files one after another (on a lane: never hands work to the lanes itself)."""
@@ -521,9 +678,15 @@ class Pipeline:
             # kafka-python 3 keeps a partition's state (paused flag, position) when a rebalance hands it back to
             # the same member: a partition paused by _fence must fetch again now that it is ours.
             self.source.resume(tps)
-            if self.manifests is None and tps:
+            if not self.offsets.names_files and tps:
                 # The group's committed offsets say where to resume (see Source.seek_to_committed).
                 self.source.seek_to_committed(tps)
+            if isinstance(self.offsets, TableOffsets) and tps:
+                # The table's txns, not the consumer group, say where to resume.
+                assert self.table is not None
+                for tp, offset in self.table.positions(tps).items():
+                    self.expected[tp] = offset
+                    self._seek_offset(tp, offset)
             wanted = tps and (self.manifests is not None or self.until_caught_up)
             ends = self.source.end_offsets(tps) if wanted else {}
             if self.manifests is not None:
@@ -647,6 +810,7 @@ class Pipeline:
             for tp in tps:
                 self.owned.pop(tp, None)
                 self.loaded.pop(tp, None)
+                self.expected.pop(tp, None)
 
     def _on_lost(self, tps: list[TopicPartition]) -> None:
         """The group moved on without us (we were too slow or frozen): another member already owns these
@@ -662,6 +826,7 @@ class Pipeline:
         for tp in tps:
             self.owned.pop(tp, None)
             self.loaded.pop(tp, None)
+            self.expected.pop(tp, None)
 
     def _raise_callback_error(self) -> None:
         if self._callback_error is not None:

@@ -30,7 +30,7 @@ from .config import Config, parse_duration
 from .deadletter import count_dead_letters, dead_letters_in_state, is_dead_letter
 from .kafka_admin import GroupInfo
 from .lake import Lake
-from .offsets import offset_store
+from .offsets import Position, offset_store, open_table
 from .output import human_size
 from .types import TopicPartition
 
@@ -166,14 +166,20 @@ def collect_status(config: Config, lake: Lake | None = None) -> StatusReport:
 
     partitions = []
     store = offset_store(config, lake)
-    if store.names_files:
-        positions = store.positions(tps)
+    if store.names_files or config.lake.format == "delta":
+        if store.names_files:
+            positions = store.positions(tps)
+        else:  # a Delta table under the group's offsets: the table names the files, the group holds the position
+            table = open_table(config)
+            named = table.files_by_partition() if table.exists() else {}
+            positions = {tp: Position(committed.get(tp), named.get(tp, {})) for tp in tps}
         for tp in tps:
             position = positions[tp]
             entries = (position.files or {}).values()
             data = [e for e in entries if not is_dead_letter(e)]
+            own = position.next_offset if store.names_files else None
             partitions.append(
-                _row(tp, bounds[tp], committed.get(tp), position.next_offset, position.next_offset, holders.get(tp))
+                _row(tp, bounds[tp], committed.get(tp), own, position.next_offset, holders.get(tp))
                 | {"files": len(data), "rows": sum(int(e.get("rows", 0)) for e in data)}
                 | {"bytes": sum(int(e.get("bytes", 0)) for e in data), "dead_letters": dead_letters_in_state(position)}
                 | {"last_commit_at": position.committed_at}
@@ -192,14 +198,15 @@ def collect_status(config: Config, lake: Lake | None = None) -> StatusReport:
                 | {"files": len(files), "rows": sum(f.rows or 0 for f in files), "bytes": sum(f.bytes for f in files)}
                 | {"dead_letters": dead.get(tp, 0), "last_commit_at": None}
             )
-    garbage = gc.plan(config, lake, parse_duration(gc.DEFAULT_RETAIN))
+    # gc of a Delta table (vacuum) is not built yet: nothing to show
+    garbage = None if config.lake.format == "delta" else gc.plan(config, lake, parse_duration(gc.DEFAULT_RETAIN))
     return StatusReport(
         pipeline=config.pipeline,
         semantics=config.semantics,
         group=group,
         lake=lake.display(),
         partitions=[PartitionStatus(**row) for row in partitions],
-        gc=garbage.summary(),
+        gc=garbage.summary() if garbage is not None else None,
         store_column=store.column if store.names_files else None,
     )
 

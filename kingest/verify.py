@@ -46,7 +46,7 @@ from .config import Config
 from .deadletter import dead_letter_files, is_dead_letter
 from .errors import KingestError, StateError
 from .lake import Lake
-from .offsets import offset_store
+from .offsets import TableOffsets, offset_store, open_table
 from .types import TopicPartition
 
 log = logging.getLogger("kingest.verify")
@@ -108,7 +108,7 @@ class Report:
     semantics: str
     lake: str
     isolation_level: str
-    source: str  # "manifest" (exactly-once) or "folder"
+    source: str  # "manifest" (exactly-once), "Delta table" (lake.format: delta) or "folder"
     partitions: list[PartitionAudit]
     files_read: int
     missing_files: list[str]  # exactly-once: named by the manifest, absent from the lake
@@ -258,7 +258,15 @@ def audit(config: Config, *, lake: Lake | None = None) -> Report:
             orphans: list[str] = []
             positions = store.positions(tps)
             committed = {tp: position.next_offset for tp, position in positions.items()}
-            if store.names_files:
+            if config.lake.format == "delta":
+                # 2. The table's live rows, at the version the positions were read from (exactly-once).
+                table = store.table if isinstance(store, TableOffsets) else open_table(config)
+                paths, letter_paths = [], []
+                with table.pinned():
+                    present = {tp: o for tp, o in table.live_offsets().items() if tp[0] in config.kafka.topics}
+                    files_read = len(table.committed_files()) if table.exists() else 0
+                dead_letters = {}
+            elif store.names_files:
                 entries = {path: entry for p in positions.values() for path, entry in (p.files or {}).items()}
                 named = [p for p, entry in entries.items() if not is_dead_letter(entry)]
                 named_letters = [p for p, entry in entries.items() if is_dead_letter(entry)]
@@ -274,8 +282,10 @@ def audit(config: Config, *, lake: Lake | None = None) -> Report:
             else:
                 paths = sorted(_visible(lake, config.kafka.topics))
                 letter_paths = sorted(_dead_letters(lake, config.kafka.topics))
-            present = _read_offsets(lake, paths)
-            dead_letters = _read_offsets(lake, letter_paths)
+            if config.lake.format != "delta":
+                present = _read_offsets(lake, paths)
+                dead_letters = _read_offsets(lake, letter_paths)
+                files_read = len(paths) + len(letter_paths)
             # 3. What Kafka holds, now (its log end is at or past every committed offset read above).
             bounds = kafka_admin.log_offsets(consumer, tps)
             expected = kafka_admin.scan_offsets(consumer, bounds)
@@ -307,9 +317,9 @@ def audit(config: Config, *, lake: Lake | None = None) -> Report:
         semantics=config.semantics,
         lake=lake.display(),
         isolation_level=config.kafka.isolation_level,
-        source="manifest" if store.names_files else "folder",
+        source="Delta table" if config.lake.format == "delta" else "manifest" if store.names_files else "folder",
         partitions=audits,
-        files_read=len(paths) + len(letter_paths),
+        files_read=files_read,
         missing_files=missing_files,
         orphan_files=orphans,
         skip_bad_records=config.records.on_error == "skip",
@@ -431,7 +441,9 @@ def render(report: Report) -> Any:
     from rich.table import Table
     from rich.text import Text
 
-    where = "files named by the offsets manifest" if report.source == "manifest" else "the dataset folder"
+    where = {"manifest": "files named by the offsets manifest", "Delta table": "the Delta table's live rows"}.get(
+        report.source, "the dataset folder"
+    )
     table = Table(
         title=f"kingest verify: {report.pipeline} ({report.semantics}), {report.lake}, {where}",
         title_justify="left",

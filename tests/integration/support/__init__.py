@@ -2,6 +2,7 @@
 lake, and the Kafka-side helpers. Import from here: `from .support import kingest, write_config, LakeView`."""
 
 from .config import crash_config, default_config, merge, read_config, scale_config, write_config
+from .delta import DeltaLog, DeltaView
 from .kafka import (
     PARTITIONS,
     committed,
@@ -28,6 +29,8 @@ from .process import Instance, kingest, process_env, run_until_caught_up, start_
 
 __all__ = [
     "PARTITIONS",
+    "DeltaLog",
+    "DeltaView",
     "Instance",
     "LakeView",
     "by_partition",
