@@ -109,23 +109,35 @@ def _lake_checks(config: Config) -> Iterator[Check]:
     except KingestError as error:
         yield Check("lake", False, error.message, error.hint)
         return
-    store = offset_store(config, lake)
-    exactly_once = store.names_files  # the store commits the files it names: it needs exclusive create
+    try:
+        store = offset_store(config, lake)
+    except KingestError as error:  # lake.format: delta without the deltalake package
+        yield Check("lake", False, error.message, error.hint)
+        return
+    delta = config.lake.format == "delta"
+    # A store that commits the files it names needs exclusive create; a Delta table always does: each log entry
+    # is a create of the next version, whatever the semantics.
+    needed = store.names_files or delta
     yield Check("lake", True, f"{lake.display()} is writable (a probe object was written, read and removed)")
     if exclusive:
         yield Check(
-            "exclusive create", True, "the store refuses a second create of the same name: exactly-once is safe"
+            "exclusive create",
+            True,
+            "the store refuses a second create of the same name (If-None-Match: *): "
+            + ("Delta commits are safe" if delta else "exactly-once is safe"),
         )
     else:
         yield Check(
             "exclusive create",
-            not exactly_once,
-            f"the store at {lake.display()} does not enforce exclusive create: exactly-once would be unsafe there"
-            + ("" if exactly_once else f" (fine for {config.semantics})"),
-            "Use a store that honours If-None-Match: * (AWS S3, SeaweedFS, local disk), or another semantics."
-            if exactly_once
+            not needed,
+            f"the store at {lake.display()} does not enforce exclusive create: "
+            + ("two Delta commits could overwrite each other" if delta else "exactly-once would be unsafe there")
+            + ("" if needed else f" (fine for {config.semantics})"),
+            "Use a store that honours If-None-Match: * (AWS S3, SeaweedFS, local disk)"
+            + ("." if delta else ", or another semantics.")
+            if needed
             else None,
-            note=not exactly_once,
+            note=not needed,
         )
     if not store.names_files:
         return

@@ -19,7 +19,7 @@ from typer.exceptions import TyperException
 
 from . import __version__, use_jemalloc
 from .config import Semantics
-from .errors import KingestError, SetupError
+from .errors import KingestError
 from .output import SCRUB, install_scrubbing, report_error, report_unexpected, setup_logging
 
 app = typer.Typer(
@@ -91,16 +91,6 @@ def errors_handled() -> Iterator[None]:
     except Exception as error:  # a bug: a scrubbed traceback (no secret can ride on an exception's text)
         report_unexpected(error)
         raise typer.Exit(1) from None
-
-
-def not_for_delta(config: Any, command: str) -> None:
-    """Commands not built for lake.format: delta yet: a clear refusal, never the Parquet lake's actions on a table."""
-    if config.lake.format == "delta":
-        raise SetupError(
-            f"`kingest {command}` does not support lake.format: delta yet",
-            "For a Delta table, use deltalake's own DeltaTable.optimize / vacuum meanwhile; `kingest status` and "
-            "`kingest verify` work.",
-        )
 
 
 def load_config(path: Path | None, semantics: Semantics | None = None) -> Any:
@@ -275,7 +265,6 @@ def rewind(
     setup_logging("text", False)
     with errors_handled():
         config = load_config(config_path, semantics)
-        not_for_delta(config, "rewind")
         from .rewind import Target, apply_rewind, plan_rewind
 
         target = Target.parse(to_offset, to_timestamp, to_earliest, to_latest)
@@ -293,6 +282,13 @@ def rewind(
         result = apply_rewind(config, plan)
     for warning in result.warnings:
         typer.echo(SCRUB(f"Warning: {warning}"), err=True)
+    if config.lake.format == "delta":
+        typer.echo(
+            f"rewound {len(result.rewound)} partition(s) in one table commit each; {len(result.deleted)} file(s) "
+            f"taken out of the table ({len(result.written)} of them replaced by the rows below the target); they "
+            "stay in storage for older table versions until `kingest gc`."
+        )
+        return
     typer.echo(
         f"rewound {len(result.rewound)} partition(s); {len(result.written)} file(s) rewritten, "
         f"{len(result.deleted)} file(s) deleted from the lake."
@@ -337,7 +333,6 @@ def compact(
     setup_logging("text", False)
     with errors_handled():
         config = load_config(config_path)
-        not_for_delta(config, "compact")
         from .compact import compact as run_compact
         from .config import parse_size
         from .errors import ConfigError
@@ -350,10 +345,15 @@ def compact(
                 f"--topic {topic!r} is not one of the pipeline's topics ({', '.join(config.kafka.topics)})",
                 "Name one of kafka.topics, or leave --topic out.",
             )
-        lake = Lake(config.lake.path, config.lake.storage_options)
-        results = run_compact(
-            config, lake, target, topic=topic, partition=partition, dry_run=dry_run, keep_inputs=keep_inputs
-        )
+        if config.lake.format == "delta":
+            from .tableops import compact as compact_table
+
+            results = compact_table(config, target, topic=topic, partition=partition, dry_run=dry_run)
+        else:
+            lake = Lake(config.lake.path, config.lake.storage_options)
+            results = run_compact(
+                config, lake, target, topic=topic, partition=partition, dry_run=dry_run, keep_inputs=keep_inputs
+            )
     if as_json:
         import json
 
@@ -369,7 +369,8 @@ def compact(
         else:
             typer.echo(
                 f"{name}: {len(r.inputs)} files ({human_size(r.bytes_in)}) -> {len(r.outputs)} "
-                f"({human_size(r.bytes_out)}), manifest version {r.version}"
+                f"({human_size(r.bytes_out)}), {'table' if config.lake.format == 'delta' else 'manifest'} version "
+                f"{r.version}"
             )
     if not results:
         typer.echo("nothing to compact.")
@@ -397,7 +398,6 @@ def gc(
     setup_logging("text", False)
     with errors_handled():
         config = load_config(config_path)
-        not_for_delta(config, "gc")
         from .config import parse_duration
         from .gc import collect, plan
         from .lake import Lake
@@ -405,8 +405,14 @@ def gc(
 
         seconds = _option(parse_duration, "--retain", retain, "a duration", "7d, 24h or 30m")
         lake = Lake(config.lake.path, config.lake.storage_options)
-        found = plan(config, lake, seconds)
-        removed = 0 if dry_run else collect(config, lake, found)
+        if config.lake.format == "delta":
+            from .tableops import gc_collect, gc_plan
+
+            found = gc_plan(config, lake, seconds)
+            removed = 0 if dry_run else gc_collect(config, lake, found)
+        else:
+            found = plan(config, lake, seconds)
+            removed = 0 if dry_run else collect(config, lake, found)
     if as_json:
         import json
 

@@ -338,6 +338,10 @@ class DeltaTableStore:
                 self._raise_load_error(exc)
         return self._dt
 
+    def version(self) -> int:
+        """The table's latest version."""
+        return int(self._table().version())
+
     @property
     def partition_by(self) -> list[str]:
         return list(self._table_loaded().metadata().partition_columns)

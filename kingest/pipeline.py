@@ -208,6 +208,12 @@ class Pipeline:
     def run(self) -> Stats:
         crash.arm()
         exclusive = self.lake.probe()  # a clear error before anything is consumed
+        if self.table is not None and not exclusive:
+            raise SetupError(
+                f"the store at {self.lake.display()} does not enforce exclusive create; two commits to the Delta "
+                "table could overwrite each other there",
+                "Use a store that honours If-None-Match: * (AWS S3, SeaweedFS, local disk).",
+            )
         if self.offsets.names_files and not exclusive:
             raise SetupError(
                 f"the store at {self.lake.display()} does not enforce exclusive create; "

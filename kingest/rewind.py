@@ -28,7 +28,7 @@ from .errors import BadTarget, GroupActive, KingestError, ManifestConflict, Rewi
 from .kafka_admin import GroupInfo
 from .lake import Lake
 from .manifest import ManifestStore, PartitionState, new_writer_id
-from .offsets import offset_store
+from .offsets import offset_store, open_table
 from .status import LakeFile, lake_files
 from .types import TopicPartition
 
@@ -102,6 +102,7 @@ class PartitionPlan:
     leftovers: list[str] = field(default_factory=list)  # exactly-once: uncommitted files recovery will delete
     replayed: list[LakeFile] = field(default_factory=list)  # otherwise: files holding records written again
     state: PartitionState | None = None  # exactly-once: the manifest state the rewind commits on top of
+    retracts: bool = False  # exactly-once: the rewind takes the data at and after the target out of the lake
 
     @property
     def tp(self) -> TopicPartition:
@@ -109,7 +110,7 @@ class PartitionPlan:
 
     @property
     def changes(self) -> bool:
-        if self.state is not None:
+        if self.state is not None or self.retracts:
             return self.after != self.before or bool(self.drop or self.rewrite or self.leftovers)
         return self.after != self.committed_offset
 
@@ -279,10 +280,16 @@ def plan_rewind(
                     rewrite=sorted((f for f in files if f.first_offset < after <= f.last_offset), key=_order),
                     leftovers=store.uncommitted(position),
                     state=position.state,
+                    retracts=True,
                 )
             )
     else:
-        files_by_tp = lake_files(lake, topics)
+        if config.lake.format == "delta":
+            table = open_table(config)
+            named = table.files_by_partition() if table.exists() else {}
+            files_by_tp = {tp: [_lake_file(tp, e) for e in entries.values()] for tp, entries in named.items()}
+        else:
+            files_by_tp = lake_files(lake, topics)
         for tp in tps:
             after, note = afters[tp]
             replayed = [f for f in files_by_tp.get(tp, []) if f.last_offset >= after]
@@ -338,7 +345,26 @@ def apply_rewind(config: Config, plan: RewindPlan, lake: Lake | None = None) -> 
         return result
     lake = lake or Lake(config.lake.path, config.lake.storage_options)
 
-    if plan.names_files:
+    if plan.names_files and config.lake.format == "delta":
+        # One commit per partition: its rows at and after the target deleted (delta-rs rewrites a file straddling
+        # it) and its txn set to the target, if the txn is still the one the plan read (else RewindConflict).
+        table = open_table(config)
+        for p in changed:
+            try:
+                table.rewind(p.tp, p.after, expected=p.before)
+            except RewindConflict as exc:
+                rewound = ", ".join(f"{t}[{n}]" for t, n in result.rewound) or "none"
+                raise RewindConflict(f"{exc.message}. Partitions rewound: {rewound}", exc.hint) from None
+            result.rewound.append(p.tp)
+            # Taken out of the table (a file straddling the target is replaced by one holding the rows below it);
+            # they stay in storage for readers of older versions until `kingest gc`.
+            result.deleted += [f.path for f in p.drop + p.rewrite]
+            result.written += [f.path for f in p.rewrite]
+        try:
+            kafka_admin.set_group_offsets(config, {p.tp: p.after for p in changed})
+        except KingestError as exc:
+            result.warnings.append(f"the table is rewound, but the group's committed offsets are not: {exc}")
+    elif plan.names_files:
         store = ManifestStore(lake, config.pipeline)
         owner = f"rewind-{new_writer_id()}"
         for p in changed:

@@ -198,15 +198,19 @@ def collect_status(config: Config, lake: Lake | None = None) -> StatusReport:
                 | {"files": len(files), "rows": sum(f.rows or 0 for f in files), "bytes": sum(f.bytes for f in files)}
                 | {"dead_letters": dead.get(tp, 0), "last_commit_at": None}
             )
-    # gc of a Delta table (vacuum) is not built yet: nothing to show
-    garbage = None if config.lake.format == "delta" else gc.plan(config, lake, parse_duration(gc.DEFAULT_RETAIN))
+    if config.lake.format == "delta":
+        from .tableops import gc_plan
+
+        garbage = gc_plan(config, lake, parse_duration(gc.DEFAULT_RETAIN))
+    else:
+        garbage = gc.plan(config, lake, parse_duration(gc.DEFAULT_RETAIN))
     return StatusReport(
         pipeline=config.pipeline,
         semantics=config.semantics,
         group=group,
         lake=lake.display(),
         partitions=[PartitionStatus(**row) for row in partitions],
-        gc=garbage.summary() if garbage is not None else None,
+        gc=garbage.summary(),
         store_column=store.column if store.names_files else None,
     )
 

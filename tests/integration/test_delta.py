@@ -247,16 +247,99 @@ def test_a_writer_frozen_between_staging_and_commit_keeps_every_offset_once(
     assert code == 0 and report["totals"]["duplicated"] == 0 and report["totals"]["missing"] == 0
 
 
-def test_commands_not_built_for_delta_refuse_clearly(tmp_path):
+def exactly_once_table(tmp_path: Path, bootstrap: str, topic: str, lake: str, options: dict | None, **over) -> Path:
+    return delta_config(
+        tmp_path / "kingest.yaml",
+        topic=topic,
+        lake={"path": lake, "format": "delta", **({"storage_options": options} if options else {})},
+        semantics="exactly-once",
+        bootstrap=bootstrap,
+        **over,
+    )
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_rewind_of_a_delta_table_takes_the_rows_out_and_the_replay_lands_each_offset_once(
+    where, tmp_path, kafka_bootstrap, topic_factory, produce, s3_prefix, s3_storage_options
+):
+    topic = topic_factory(partitions=PARTITIONS)
+    lake, options = (str(tmp_path / "table"), None) if where == "local" else (s3_prefix, s3_storage_options)
+    # No static membership (crash_config's): a rewind waits for the group to be empty, as Kafka's own reset does.
     config = write_config(
         tmp_path / "kingest.yaml",
-        bootstrap="127.0.0.1:1",
-        topic="t",
-        lake={"path": str(tmp_path / "table"), "format": "delta"},
+        topic=topic,
+        lake={"path": lake, "format": "delta", **({"storage_options": options} if options else {})},
         semantics="exactly-once",
+        bootstrap=kafka_bootstrap,
+        batch={"max_records": 200, "max_bytes": "8MiB", "max_age": "30s"},
     )
-    for command in (["rewind", "--to-offset", "0", "--yes"], ["compact"], ["gc"]):
-        done = kingest(command[0], "-c", str(config), *command[1:], cwd=tmp_path)
-        assert done.returncode == 2, (command, done.stdout, done.stderr)
-        assert "does not support lake.format: delta yet" in done.stdout + done.stderr
-        assert "Traceback" not in done.stderr
+    produce_evenly(produce, topic, PER_PARTITION)
+    assert run_until_caught_up(config).returncode == 0
+    target = 250  # inside a file of 200-record batches: that file is cut at the target
+    done = kingest("rewind", "-c", str(config), "--to-offset", str(target), "--yes", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "taken out of the table" in done.stdout
+    view = DeltaView(lake, options)
+    log = view.log()
+    assert view.offsets(log) == {p: list(range(target)) for p in range(PARTITIONS)}
+    assert {p: log.txns[app_id(config, topic, p)] for p in range(PARTITIONS)} == dict.fromkeys(
+        range(PARTITIONS), target
+    )
+    assert run_until_caught_up(config).returncode == 0
+    check_table("exactly-once", config, lake, options, PER_PARTITION)
+
+
+def test_compact_merges_small_files_and_keeps_every_offset_and_txn(tmp_path, kafka_bootstrap, topic_factory, produce):
+    topic = topic_factory(partitions=PARTITIONS)
+    lake = str(tmp_path / "table")
+    config = exactly_once_table(
+        tmp_path, kafka_bootstrap, topic, lake, None, batch={"max_records": 50, "max_bytes": "8MiB", "max_age": "30s"}
+    )
+    produce_evenly(produce, topic, PER_PARTITION)
+    assert run_until_caught_up(config).returncode == 0
+    view = DeltaView(lake)
+    before = view.log()
+    assert len(before.files) >= PARTITIONS * (PER_PARTITION // 50)
+    done = kingest("compact", "-c", str(config), "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    after = view.log()
+    assert len(after.files) == PARTITIONS, "each partition's small files become one"
+    assert after.txns == before.txns
+    assert after.operations[-1] == "OPTIMIZE"
+    check_table("exactly-once", config, lake, None, PER_PARTITION)
+    # The replaced files stay in storage for older versions: a reader at the version before sees the same rows.
+    produce_evenly(produce, topic, 100, start=PER_PARTITION)
+    assert run_until_caught_up(config).returncode == 0
+    check_table("exactly-once", config, lake, None, PER_PARTITION + 100)
+
+
+def test_gc_removes_the_untracked_files_of_a_crashed_writer_once_older_than_the_retention(
+    tmp_path, kafka_bootstrap, topic_factory, produce
+):
+    topic = topic_factory(partitions=PARTITIONS)
+    lake = str(tmp_path / "table")
+    config = exactly_once_table(tmp_path, kafka_bootstrap, topic, lake, None)
+    produce_evenly(produce, topic, PER_PARTITION)
+    assert run_until_caught_up(config, crash="after-write:2").returncode == -signal.SIGKILL
+    assert run_until_caught_up(config).returncode == 0
+    view = DeltaView(lake)
+    untracked = view.untracked()
+    assert untracked, "the killed writer's staged files are in storage, named by no commit"
+
+    def gc(*args: str) -> dict[str, Any]:
+        done = kingest("gc", "-c", str(config), "--json", *args, cwd=tmp_path)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return json.loads(done.stdout)
+
+    assert gc("--retain", "1h")["removed"] == 0, "younger than the retention: kept"
+    old = __import__("time").time() - 2 * 3600
+    for rel in untracked:
+        __import__("os").utime(f"{lake}/{rel}", (old, old))
+    planned = gc("--retain", "1h", "--dry-run")
+    assert sorted(g["path"] for g in planned["collect"]) == untracked
+    assert gc("--retain", "1h")["removed"] == len(untracked)
+    assert view.untracked() == []
+    check_table("exactly-once", config, lake, None, PER_PARTITION)
+    short = kingest("gc", "-c", str(config), "--retain", "30m", cwd=tmp_path)
+    assert short.returncode == 2 and "below 1h" in short.stdout + short.stderr
+    assert "Traceback" not in short.stderr
