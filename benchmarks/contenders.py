@@ -167,9 +167,26 @@ CONTENDERS = [
     wide("wide-eo-32-seq", "exactly-once", 32, "wide-eo-1", ", max_concurrency 1", 1, max_concurrency=1),
     wide("wide-alo-1", "at-least-once", 1),
     wide("wide-alo-32", "at-least-once", 32, "wide-alo-1"),
+    # Delta Lake tables (lake.format: delta): exactly-once on local disk and S3 beside the Parquet lake's, and the
+    # wide topic (one table commit a flush, whatever the partitions; the manifest commits one version each).
+    Contender(
+        "eo-delta",
+        "kingest exactly-once, local, Delta table",
+        "kingest",
+        semantics="exactly-once",
+        lake_settings={"format": "delta"},
+    ),
+    Contender(
+        "eo-delta-s3",
+        "kingest exactly-once, S3, Delta table",
+        "kingest",
+        semantics="exactly-once",
+        lake="s3",
+        lake_settings={"format": "delta"},
+    ),
+    wide("wide-eo-delta-1", "exactly-once", 1, "", ", Delta table", format="delta"),
+    wide("wide-eo-delta-32", "exactly-once", 32, "wide-eo-delta-1", ", Delta table", format="delta"),
     # Contenders to come, each an entry here plus the one thing it needs that is not declared yet:
-    # - Delta Lake exactly-once: a lake format (a field, say `table: "delta"`, that kingest_config writes
-    #   under `lake:`) once kingest writes Delta tables; summary.py needs nothing new.
     # - Avro: `records.format: avro` (a field for it in kingest_config) and an Avro topic: a `topic` role of
     #   its own, produced in bench.py's Bench.produce by dataset.py.
     # Each then gets its tiny-topic startup twin (STARTUPS) and its row in the table and chart for free; a goal
@@ -210,5 +227,10 @@ TARGETS = [
     Target("at-most-once within 5% of at-least-once", "amo", "alo", 0.95, upper=1.05),
     Target("exactly-once S3 >= 0.8x exactly-once local", "eo-s3", "eo", 0.8),
     Target("exactly-once, S3 +20 ms: 32 partitions >= 0.6x 1 partition", "wide-eo-32", "wide-eo-1", 0.6),
+    Target("exactly-once local: Delta table >= 0.8x Parquet lake", "eo-delta", "eo", 0.8),
+    Target("exactly-once S3: Delta table >= 0.8x Parquet lake", "eo-delta-s3", "eo-s3", 0.8),
+    Target(
+        "exactly-once, S3 +20 ms, Delta: 32 partitions >= 0.6x 1 partition", "wide-eo-delta-32", "wide-eo-delta-1", 0.6
+    ),
     Target("at-least-once, S3 +20 ms: 32 partitions >= 0.7x 1 partition", "wide-alo-32", "wide-alo-1", 0.7),
 ]

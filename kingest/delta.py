@@ -57,7 +57,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from deltalake import CommitProperties, DeltaTable, Transaction
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from deltalake.transaction import AddAction
@@ -165,6 +165,18 @@ class StagedFile:
     staged_at: float = field(default_factory=time.monotonic)
 
 
+@dataclass
+class CommitAttempt:
+    """One commit of a caller's, across its calls to ``commit``/``append``: a call that raised DeltaUnavailable or
+    DeltaOutcomeUnknown may still land later (a timed-out PUT), so the caller's retry passes the same attempt. Its
+    id is in every log entry it writes, and the log is searched from the snapshot its first try read (``since``):
+    an entry that landed late is then found as this commit's, never taken for another writer's (which would
+    discard the files it names)."""
+
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    since: int | None = None
+
+
 @dataclass(frozen=True)
 class RewindResult:
     topic: str
@@ -269,6 +281,7 @@ class DeltaTableStore:
         # when it directly followed its check. At that version the check needs no read of the log.
         self._known_at: tuple[str, int] | None = None
         self._known: dict[TopicPartition, int | None] = {}
+        self._has_txn: set[TopicPartition] = set()  # partitions seen with a txn in the table (never None again)
 
     def __repr__(self) -> str:
         return f"DeltaTableStore({self.lake.display()!r})"
@@ -365,8 +378,10 @@ class DeltaTableStore:
             if missing or unknown:
                 raise ValueError(f"schema lacks {missing + unknown}")
         if not self.exists():
-            if schema is None:
-                raise ValueError("ensure_table: no table yet, and no schema to create it with")
+            if schema is None:  # no record to take the columns from (a first flush of skipped records): kafka's
+                from .decode import METADATA_FIELDS
+
+                schema = pa.schema(METADATA_FIELDS)
             # All-null columns would become Delta's `void`, which other engines read badly: added when typed.
             fields = [f for f in schema if not pa.types.is_null(f.type)]
             try:
@@ -375,6 +390,8 @@ class DeltaTableStore:
                     pa.schema(fields),
                     partition_by=list(partition_by) or None,
                     mode="error",
+                    name=self.pipeline,
+                    description=f"written by kingest pipeline {self.pipeline}",
                     storage_options=self.options,
                     commit_properties=CommitProperties(
                         max_commit_retries=0,
@@ -398,6 +415,14 @@ class DeltaTableStore:
             raise DeltaSetupError(
                 f"the Delta table at {self.display()} is not a kingest table (no {', '.join(METADATA_COLUMNS)})",
                 "Point lake.path at a new folder, or at a table kingest wrote.",
+            )
+        owner = dt.metadata().name
+        if owner and owner != self.pipeline:
+            # The txn appIds kingest-<pipeline>-<topic>-<partition> of two pipelines could read alike (pipeline a,
+            # topic b-c and pipeline a-b, topic c): one table, one pipeline.
+            raise DeltaSetupError(
+                f"the Delta table at {self.display()} belongs to kingest pipeline {owner!r}, not {self.pipeline!r}",
+                "Give each pipeline a table of its own (lake.path); one pipeline can ingest several topics.",
             )
         have = list(dt.metadata().partition_columns)
         if have != list(partition_by):
@@ -439,7 +464,10 @@ class DeltaTableStore:
                     continue
                 target = _delta_field(column, self.display())
             else:
-                target = current.field(name)
+                have = current.field(name)
+                # A struct whose records carry new subfields: the table's struct with them added (nullable)
+                merged = _merged(have.type, column.type, self.display(), column.name)
+                target = have if merged is None else have.with_type(merged)
             arrays.append(self._cast(values, column, target))
             fields.append(target)
         return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
@@ -535,6 +563,7 @@ class DeltaTableStore:
         files: Sequence[StagedFile],
         next_offsets: Mapping[TopicPartition, int],
         expected: Mapping[TopicPartition, int | None],
+        attempt: CommitAttempt | None = None,
     ) -> int:
         """Commit ``files`` and each partition's txn (``next_offsets``: the next offset to consume, from the
         consumer's position, never ``last + 1``) in one log entry, if every partition's txn is still
@@ -547,29 +576,37 @@ class DeltaTableStore:
         others' can go in a new commit: no attempt of this one can land any more), DeltaTypeConflict (a column
         another writer added with another type; nothing committed), DeltaContention or DeltaUnavailable (nothing
         committed), DeltaOutcomeUnknown (the log could not be read to tell). After any of them the caller must
-        re-read ``positions``."""
+        re-read ``positions``, or retry with the same ``attempt`` (see CommitAttempt)."""
         if set(expected) != set(next_offsets) or not next_offsets:
             raise ValueError("commit: next_offsets and expected must name the same, non-empty, partitions")
         strays = {f.tp for f in files} - set(next_offsets)
         if strays:
             raise ValueError(f"commit: files of {sorted(strays)} without a next offset")
-        return self._commit(files, next_offsets, expected)
+        return self._commit(files, next_offsets, expected, attempt or CommitAttempt())
 
-    def append(self, files: Sequence[StagedFile]) -> int:
-        """Commit ``files`` without any txn and without a check (at-least-once and at-most-once, where the
-        Kafka group holds the offsets). Returns the table version committed."""
-        return self._commit(files, {}, {})
+    def append(
+        self,
+        files: Sequence[StagedFile],
+        next_offsets: Mapping[TopicPartition, int] | None = None,
+        attempt: CommitAttempt | None = None,
+    ) -> int:
+        """Commit ``files`` without a check (at-least-once and at-most-once, where the Kafka group holds the
+        offsets). Each partition's txn is set to ``next_offsets`` all the same: the offset after the rows the
+        table holds (what exactly-once would resume from), and what makes a writer frozen past gc's fence fail
+        its commit instead of naming a file gc deleted. Returns the table version committed."""
+        return self._commit(files, dict(next_offsets or {}), {}, attempt or CommitAttempt())
 
     def _commit(
         self,
         files: Sequence[StagedFile],
         next_offsets: Mapping[TopicPartition, int],
         expected: Mapping[TopicPartition, int | None],
+        attempt: CommitAttempt,
     ) -> int:
-        commit_id = uuid.uuid4().hex  # one id for every attempt: whichever lands is found in the log
+        commit_id = attempt.id  # one id for every try: whichever lands is found in the log
         files = list(files)
         reason = ""
-        since: int | None = None  # the snapshot the first attempt read from: a landed attempt is after it
+        since = attempt.since  # the snapshot the first try read from: a landed try is after it
         for _ in range(COMMIT_ATTEMPTS):
             dt = self._evolve(files)
             files = self._fresh(files)
@@ -583,9 +620,14 @@ class DeltaTableStore:
             # snapshot the commit reads from, and delta-rs fails it if any later commit carries one of its appIds.
             read_version = dt.version()
             since = read_version if since is None else since
-            assert since is not None
+            attempt.since = since
+            txns = [Transaction(self.app_id(tp), int(n)) for tp, n in sorted(next_offsets.items())]
+            if self._first_commit_of(dt, next_offsets, expected):
+                # No txn of that partition yet, so gc's fence cannot carry it: carry gc's own appId instead (its
+                # value unchanged), so that a fence after this snapshot fails this commit too (see gc_fence).
+                txns.append(Transaction(self.gc_app_id(), int(dt.transaction_version(self.gc_app_id()) or 0)))
             properties = CommitProperties(
-                app_transactions=[Transaction(self.app_id(tp), int(n)) for tp, n in sorted(next_offsets.items())],
+                app_transactions=txns,
                 custom_metadata={"kingest.commit": commit_id, "kingest.writer": self.writer, "kingest.op": "write"},
             )
             try:
@@ -616,6 +658,7 @@ class DeltaTableStore:
                     "Nothing of this flush is committed; check the store and run again.",
                 ) from None
             self._commits += 1
+            self._has_txn.update(next_offsets)
             version = self._landed_version(read_version, commit_id)
             if version == read_version + 1 and next_offsets:
                 # The check held at read_version and this commit changed only these txns: known at ``version``.
@@ -627,6 +670,65 @@ class DeltaTableStore:
             f"commit to the Delta table at {self.display()} lost {COMMIT_ATTEMPTS} times in a row ({reason}); "
             "nothing of it is committed",
             "Other commits (schema changes, compactions, many writers) kept moving the table; run again.",
+        )
+
+    def _first_commit_of(
+        self, dt: DeltaTable, next_offsets: Mapping[TopicPartition, int], expected: Mapping[TopicPartition, int | None]
+    ) -> bool:
+        """Whether a partition of this commit has no txn in the table at ``dt`` (exactly-once: the check just
+        held, so the expected value is the table's)."""
+        unknown = [tp for tp in next_offsets if tp not in self._has_txn]
+        current = {tp: expected[tp] if tp in expected else dt.transaction_version(self.app_id(tp)) for tp in unknown}
+        self._has_txn.update(tp for tp, value in current.items() if value is not None)
+        return any(value is None for value in current.values())
+
+    def gc_app_id(self) -> str:
+        """The appId of gc's fences (ends in "-gc": no partition's appId, which ends in its number, can)."""
+        return f"{APP_PREFIX}-{self.pipeline}-gc"
+
+    def gc_fence(self, tps: Iterable[TopicPartition]) -> float:
+        """A commit without files that sets every partition's txn to the value it has (nothing moves) and gc's
+        own appId one further. Every writer's commit carries the appId of each partition it writes, or gc's
+        (a partition's first commit): one whose snapshot precedes the fence fails, reloads, and writes again
+        the files it staged more than ``stage_max_age`` ago (see ``_fresh``). So a file that is older than the
+        retention when the fence lands is never committed after it, however long its writer was frozen: gc may
+        delete it. Returns the time (seconds since the epoch) read before the fence's snapshot."""
+        tps = sorted(set(tps))
+        reason = ""
+        for _ in range(COMMIT_ATTEMPTS):
+            before = time.time()
+            self._dt = None
+            dt = self._table()
+            txns = [
+                Transaction(self.app_id(tp), int(value))
+                for tp in tps
+                if (value := dt.transaction_version(self.app_id(tp))) is not None
+            ]
+            epoch = int(dt.transaction_version(self.gc_app_id()) or 0) + 1
+            txns.append(Transaction(self.gc_app_id(), epoch))
+            try:
+                dt.create_write_transaction(
+                    [],
+                    "append",
+                    dt.schema(),
+                    partition_by=self.partition_by or None,
+                    commit_properties=CommitProperties(
+                        app_transactions=txns,
+                        max_commit_retries=0,
+                        custom_metadata={"kingest.op": "gc-fence", "kingest.writer": self.writer},
+                    ),
+                )
+            except CommitFailedError as exc:  # a writer committed meanwhile: read the txns again
+                reason = _first_line(exc)
+                continue
+            except Exception as exc:  # noqa: BLE001
+                self._dt = None
+                self._raise_load_error(exc)
+            self._dt = None
+            return before
+        raise DeltaContention(
+            f"gc's fence on the Delta table at {self.display()} lost {COMMIT_ATTEMPTS} times to writers ({reason})",
+            "Nothing was deleted; run gc again.",
         )
 
     def _taken(
@@ -648,24 +750,35 @@ class DeltaTableStore:
             dt = self._table()
             current = _arrow_schema(dt)
             new: dict[str, pa.Field] = {}
+            wider: dict[str, pa.Field] = {}  # existing columns whose struct gains subfields
             for staged in files:
                 for column in staged.columns:
                     if column.name in current.names:
-                        have = current.field(column.name).type
-                        if not _same_type(column.type, have):
-                            raise DeltaTypeConflict(self.display(), column.name, str(column.type), str(have))
+                        have = current.field(column.name)
+                        seen = wider.get(column.name, have)
+                        if _same_type(column.type, seen.type):
+                            continue
+                        merged = _merged(seen.type, column.type, self.display(), column.name)
+                        if merged is None:
+                            raise DeltaTypeConflict(self.display(), column.name, str(column.type), str(have.type))
+                        wider[column.name] = seen.with_type(merged)
                     elif column.name not in new:
                         new[column.name] = column.with_nullable(True)
-            if not new:
+            if not new and not wider:
                 return dt
+            # One commit without data or txn: the table's schema with the new columns and wider structs.
+            evolved = pa.schema([wider.get(f.name, f) for f in current] + list(new.values()))
             try:
-                dt.alter.add_columns(
-                    list(DeltaSchema.from_arrow(pa.schema(list(new.values()))).fields),
+                write_deltalake(
+                    dt,
+                    evolved.empty_table(),
+                    mode="append",
+                    schema_mode="merge",
                     commit_properties=CommitProperties(
-                        custom_metadata={"kingest.op": "add-columns", "kingest.writer": self.writer}
+                        custom_metadata={"kingest.op": "evolve-schema", "kingest.writer": self.writer}
                     ),
                 )
-                log.info("%s: added column(s) %s", self.display(), ", ".join(new))
+                log.info("%s: schema evolved: %s", self.display(), ", ".join([*new, *wider]))
             except CommitFailedError:
                 continue  # another writer changed the schema meanwhile: look again
             except Exception as exc:  # noqa: BLE001
@@ -682,7 +795,8 @@ class DeltaTableStore:
                 out.append(staged)
                 continue
             again = self._write(staged.tp, staged.table, staged.partition_values)
-            self.discard([staged])
+            # The old file is left to gc, never deleted here: a try of this commit whose outcome was unknown may
+            # still land naming it (see CommitAttempt).
             out.append(again)
         files[:] = out
         return out
@@ -906,6 +1020,23 @@ class DeltaTableStore:
             }
         return out
 
+    def offsets_in_files(self, files: Mapping[TopicPartition, Iterable[str]]) -> dict[TopicPartition, pa.Array]:
+        """The ``kafka_offset`` values of these table files (paths relative to the root), per topic-partition:
+        verify's read, file by file, so that a file the log names but storage lacks is reported, not fatal."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def read(path: str) -> pa.Array:
+            with self.lake.fs.open(self.lake.full(path), "rb") as f:
+                return pq.read_table(f, columns=["kafka_offset"]).column("kafka_offset").combine_chunks()
+
+        out: dict[TopicPartition, pa.Array] = {}
+        with ThreadPoolExecutor(8) as pool:
+            for tp, paths in files.items():
+                arrays = list(pool.map(read, list(paths)))
+                if arrays:
+                    out[tp] = pa.concat_arrays([a.cast(pa.int64()) for a in arrays])
+        return out
+
     def committed_files(self) -> list[str]:
         """The table's live data files, relative to its root."""
         return [str(p) for p in self._table().get_add_actions(flatten=False).column("path").to_pylist()]
@@ -1012,6 +1143,37 @@ def _widens(source: pa.DataType, target: pa.DataType) -> bool:
     return False
 
 
+def _merged(have: pa.DataType, new: pa.DataType, table: str, column: str) -> pa.DataType | None:
+    """The table's type ``have`` grown to hold ``new``: a struct gains the subfields it lacks (nullable, as Delta
+    stores them), recursively, also inside lists. None when nothing needs to grow (``new`` widens into ``have``,
+    or does not: the cast then says so)."""
+    t = pa.types
+    if t.is_struct(have) and t.is_struct(new):
+        grown = False
+        fields = []
+        for i in range(have.num_fields):
+            f = have.field(i)
+            j = new.get_field_index(f.name)
+            inner = _merged(f.type, new.field(j).type, table, f"{column}.{f.name}") if j >= 0 else None
+            grown = grown or inner is not None
+            fields.append(f if inner is None else f.with_type(inner))
+        for i in range(new.num_fields):
+            f = new.field(i)
+            if have.get_field_index(f.name) < 0:
+                if t.is_null(f.type):
+                    continue
+                fields.append(_delta_field(f, table).with_name(f.name))
+                grown = True
+        return pa.struct(fields) if grown else None
+    lists = (t.is_list, t.is_large_list)
+    if any(f(have) for f in lists) and any(f(new) for f in lists):
+        inner = _merged(have.value_type, new.value_type, table, f"{column}[]")
+        if inner is None:
+            return None
+        return pa.list_(have.value_field.with_type(inner)) if t.is_list(have) else pa.large_list(inner)
+    return None
+
+
 def _same_type(a: pa.DataType, b: pa.DataType) -> bool:
     """The same Delta type: equal after Delta's own mapping (list item names, string widths, time units)."""
     return _widens(a, b) and _widens(b, a)
@@ -1110,6 +1272,7 @@ def _is_refused(text: str) -> bool:
 
 __all__ = [
     "DEFAULT_PARTITION_BY",
+    "CommitAttempt",
     "DeltaConflict",
     "DeltaContention",
     "DeltaError",

@@ -122,7 +122,8 @@ class TableOffsets:
     def positions(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, Position]:
         tps = list(tps)
         offsets = self.table.positions(tps)
-        files = self.table.files_by_partition() if self.table.exists() else {}
+        with self.table.pinned():  # the files of the version the offsets were read at
+            files = self.table.files_by_partition() if self.table.exists() else {}
         return {tp: Position(offsets[tp], files.get(tp, {})) for tp in tps}
 
     def uncommitted(self, position: Position) -> list[str]:

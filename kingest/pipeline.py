@@ -25,7 +25,7 @@ from . import crash
 from .batcher import Batch, Batcher
 from .config import Config
 from .encoder import EncodedBatch, EncodedFile, Encoder, Rejected
-from .errors import BadRecord, CommitFailed, KingestError, ManifestConflict, SetupError
+from .errors import BadRecord, CommitFailed, KingestError, ManifestConflict, SetupError, StateError
 from .lake import Lake
 from .lanes import Lanes
 from .manifest import PartitionState, new_writer_id
@@ -480,7 +480,7 @@ class Pipeline:
         if self.table is not None:
             files = self._stage(encoded)
             if files:
-                self._commit_table(files, {}, {})
+                self._commit_table(files, {b.tp: b.next_offset for b, _ in encoded}, {}, append=True)
             return
         self._lanes.map(
             self._put, [[f for _, files in batches for f in files] for batches in _by_partition(encoded).values()]
@@ -505,9 +505,9 @@ class Pipeline:
         until a commit names them; a crash leaves them untracked, for gc."""
         assert self.table is not None
         tables = [f.table for _, files in encoded for f in files if f.table is not None]
+        self._ensure_table(tables[0].schema if tables else None)  # a txn-only commit needs a table too
         if not tables:
             return []
-        self._ensure_table(tables[0].schema)
         table = self.table
         schema, partition_by = table.schema(), table.partition_by  # read here: the lanes do not touch the table
 
@@ -534,21 +534,25 @@ class Pipeline:
         files: list[StagedFile],
         next_offsets: dict[TopicPartition, int],
         expected: dict[TopicPartition, int | None],
+        append: bool = False,
     ) -> int:
-        """One commit of the table (``next_offsets``: the txns, exactly-once; none: an append), waiting out an
+        """One commit of the table (checked against ``expected``: exactly-once; ``append``: unchecked), waiting out an
         unreachable store as the lake does (lake retries): each attempt is settled by the store before the next
         (see DeltaTableStore.commit), so a retry never commits the files twice."""
-        from .delta import DeltaContention, DeltaUnavailable
+        from .delta import CommitAttempt, DeltaContention, DeltaOutcomeUnknown, DeltaUnavailable
 
         assert self.table is not None
         deadline = time.monotonic() + self.lake.retry_seconds
         wait = 0.5
+        attempt = CommitAttempt()  # every retry of this commit carries its id (see CommitAttempt)
         while True:
             try:
-                if next_offsets:
-                    return self.table.commit(files, next_offsets, expected)
-                return self.table.append(files)
-            except (DeltaUnavailable, DeltaContention) as exc:  # DeltaOutcomeUnknown is a DeltaUnavailable
+                if append:
+                    return self.table.append(files, next_offsets, attempt)
+                return self.table.commit(files, next_offsets, expected, attempt)
+            except (DeltaUnavailable, DeltaOutcomeUnknown, DeltaContention) as exc:
+                # Nothing of it landed (as far as the log showed), or it is unknown. The retry is the same attempt:
+                # an entry of it that landed late is found by its id, and then is the commit.
                 self.stats.errors[type(exc).__name__] += 1
                 if time.monotonic() + wait > deadline:
                     raise
@@ -567,6 +571,7 @@ class Pipeline:
         other partitions' files go in the next commit attempt."""
         from .delta import DeltaConflict
 
+        assert self.table is not None
         by_tp = _by_partition(encoded)
         for tp, batches in list(by_tp.items()):
             have = self.expected.get(tp)
@@ -587,6 +592,15 @@ class Pipeline:
             try:
                 self._commit_table(files, next_offsets, expected)
             except DeltaConflict as conflict:
+                gone = [tp for tp, (_, found) in conflict.taken.items() if found is None]
+                if gone:
+                    raise StateError(
+                        f"the Delta table at {self.table.display()} no longer holds an offset for "
+                        + ", ".join(f"{t}[{p}]" for t, p in gone)
+                        + " that this run committed or read: the table was replaced or its txns removed",
+                        "Nothing after that was committed. Check the table (its history: DeltaTable.history()); "
+                        "a run resumes per kafka.auto_offset_reset from a table without offsets.",
+                    ) from None
                 for tp, (_, found) in conflict.taken.items():
                     self.stats.fenced += 1
                     log.warning(

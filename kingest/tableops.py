@@ -8,9 +8,11 @@ kingest/delta.py, reported as the Parquet lake's are (compact.Compacted, gc.Plan
   The old files stay in storage for readers at older versions until gc.
 - gc: VACUUM in full mode: files no version of the table references (untracked: staged by a crashed or fenced
   writer, never committed) and files removed (by a compaction, a rewind's delete) longer than ``--retain`` ago,
-  plus the hidden ``.tmp`` files of interrupted local writes (vacuum skips hidden files). The retention cannot
-  go below delta.VACUUM_FLOOR_HOURS: a writer commits a file it staged within delta.STAGE_MAX_AGE, or writes it
-  again, so a vacuum never deletes a file that a running writer is about to commit.
+  plus the hidden ``.tmp`` files of interrupted local writes (vacuum skips hidden files). First a fence commit
+  (DeltaTableStore.gc_fence) fails the commit of any writer that read the table before it; such a writer writes
+  again the files it staged more than delta.STAGE_MAX_AGE ago, so a file older than the retention (at least
+  delta.VACUUM_FLOOR_HOURS, twice that age) at the fence is never committed after it, however long its writer
+  was frozen: gc deletes only those.
 """
 
 from __future__ import annotations
@@ -85,12 +87,29 @@ def gc_plan(config: Config, lake: Lake, retain: float) -> Plan:
     return out
 
 
+FENCE_MARGIN = 600.0  # seconds: the clocks of gc's host and of the store's may differ this much
+
+
 def gc_collect(config: Config, lake: Lake, found: Plan) -> int:
-    """Vacuum the table for real (it decides again, with the same retention) and delete the interrupted writes."""
+    """Fence every writer (DeltaTableStore.gc_fence), then delete what vacuum finds unreferenced that was last
+    written before the fence minus the retention, and the interrupted writes. Not vacuum's own deletion: its
+    cutoff is the time of the call, which a pause of gc after the fence would move past the fence (a file staged
+    after the fence by a writer still to commit could then go)."""
+    from . import kafka_admin
+
     table = open_table(config)
     if not table.exists():
         return 0
-    removed = len(table.vacuum(math.ceil(found.retain / 3600), dry_run=False))
+    with kafka_admin.inspection_consumer(config) as consumer:  # every partition, also those without rows left
+        tps = set(
+            kafka_admin.topic_partitions(consumer, config.kafka.topics, ", ".join(config.kafka.bootstrap_servers))
+        )
+    tps |= set(table.files_by_partition())
+    fenced_at = table.gc_fence(tps)
+    cutoff = fenced_at - found.retain - FENCE_MARGIN
+    dated = lake.find_dated("")
+    unreferenced = table.vacuum(math.ceil(found.retain / 3600), dry_run=True)
+    doomed = [rel for rel in unreferenced if rel in dated and dated[rel][1] < cutoff]
     tmp = [g.path for g in found.collect if g.kind == "interrupted write"]
-    lake.delete(tmp)
-    return removed + len(tmp)
+    lake.delete(doomed + tmp)
+    return len(doomed) + len(tmp)

@@ -33,6 +33,7 @@ boundaries), never a Python loop per offset: classifying a million offsets takes
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -256,17 +257,26 @@ def audit(config: Config, *, lake: Lake | None = None) -> Report:
             # 1. How far the pipeline saved its progress, read before the lake (see the module docstring).
             missing_files: list[str] = []
             orphans: list[str] = []
-            positions = store.positions(tps)
-            committed = {tp: position.next_offset for tp, position in positions.items()}
+            table = None
             if config.lake.format == "delta":
-                # 2. The table's live rows, at the version the positions were read from (exactly-once).
                 table = store.table if isinstance(store, TableOffsets) else open_table(config)
-                paths, letter_paths = [], []
-                with table.pinned():
-                    present = {tp: o for tp, o in table.live_offsets().items() if tp[0] in config.kafka.topics}
-                    files_read = len(table.committed_files()) if table.exists() else 0
-                dead_letters = {}
-            elif store.names_files:
+            with table.pinned() if table is not None else contextlib.nullcontext():
+                # (a Delta table: its txns, files and rows read at one version, the one the positions come from)
+                positions = store.positions(tps)
+                committed = {tp: position.next_offset for tp, position in positions.items()}
+                if table is not None:
+                    # 2. The table's live rows; a file its log names that storage lacks is a missing file.
+                    paths, letter_paths = [], []
+                    in_table = table.files_by_partition() if table.exists() else {}
+                    in_table = {tp: files for tp, files in in_table.items() if tp[0] in config.kafka.topics}
+                    stored = set(lake.find("")) if in_table else set()
+                    missing_files = sorted(p for files in in_table.values() for p in files if p not in stored)
+                    present = table.offsets_in_files(
+                        {tp: [p for p in files if p in stored] for tp, files in in_table.items()}
+                    )
+                    files_read = sum(len(files) for files in in_table.values()) - len(missing_files)
+                    dead_letters = {}
+            if table is None and store.names_files:
                 entries = {path: entry for p in positions.values() for path, entry in (p.files or {}).items()}
                 named = [p for p, entry in entries.items() if not is_dead_letter(entry)]
                 named_letters = [p for p, entry in entries.items() if is_dead_letter(entry)]
@@ -279,10 +289,10 @@ def audit(config: Config, *, lake: Lake | None = None) -> Report:
                 paths = [p for p in named if p in visible]
                 letter_paths = [p for p in named_letters if p in letters]
                 orphans = sorted(set(visible) - set(named))
-            else:
+            elif table is None:
                 paths = sorted(_visible(lake, config.kafka.topics))
                 letter_paths = sorted(_dead_letters(lake, config.kafka.topics))
-            if config.lake.format != "delta":
+            if table is None:
                 present = _read_offsets(lake, paths)
                 dead_letters = _read_offsets(lake, letter_paths)
                 files_read = len(paths) + len(letter_paths)

@@ -64,8 +64,8 @@ def check_table(semantics: str, config: Path, lake: str, options: dict | None, p
         assert {p: log.txns.get(app_id(config, topic, p)) for p in range(PARTITIONS)} == dict.fromkeys(
             range(PARTITIONS), per_partition
         )
-    else:
-        assert log.txns == {}, "only exactly-once commits txns"
+    else:  # appends set the txns too, unchecked (what gc's fence needs), never past what the topic holds
+        assert all(v <= per_partition for v in log.txns.values())
     code, report = verify(config)
     assert code == 0, report["violations"]
     assert report["source"] == "Delta table"

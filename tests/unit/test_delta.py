@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from deltalake import DeltaTable
+from deltalake import CommitProperties, DeltaTable, Transaction
 from deltalake.exceptions import CommitFailedError
 
 from kingest import delta
 from kingest.delta import (
+    CommitAttempt,
     DeltaConflict,
     DeltaSetupError,
     DeltaTableDamaged,
@@ -287,7 +288,9 @@ def test_a_new_field_becomes_a_nullable_column_without_data_of_its_own(table):
     store = new_store(table)
     write(store, TP0, 0, 3, None)
     write(store, TP0, 3, 2, 3, coupon=pa.array(["A", None]), empty=pa.nulls(2))
-    assert operations(table) == ["CREATE TABLE", "WRITE", "ADD COLUMN", "WRITE"]
+    assert operations(table) == ["CREATE TABLE", "WRITE", "WRITE", "WRITE"]
+    evolve = [json.loads(line) for line in (table / "_delta_log" / f"{2:020d}.json").read_text().splitlines()]
+    assert any("metaData" in a for a in evolve) and not any("add" in a or "txn" in a for a in evolve)
     schema = store.schema()
     assert schema.field("coupon").type == pa.string() and schema.field("coupon").nullable
     assert "empty" not in schema.names  # all null: no `void` column
@@ -416,6 +419,38 @@ def test_an_error_before_the_entry_landed_commits_nothing_and_keeps_the_files(ta
     assert offsets(store, TP0) == list(range(5))
 
 
+def test_an_entry_landing_after_the_call_said_it_did_not_is_found_by_the_retry_of_the_same_attempt(table, monkeypatch):
+    """The pipeline retries a commit that raised DeltaUnavailable. If the first try's PUT lands late (after the
+    log was read), the retry must find it as its own: with a new id it would take it for another writer's, raise
+    DeltaConflict and delete the staged files that the landed entry names (a loss)."""
+    store = new_store(table)
+    staged = store.stage(TP0, batch(TP0, 0, 5))
+    attempt = CommitAttempt()
+    _raising(monkeypatch, OSError("connection refused"), after=False)
+    with pytest.raises(DeltaUnavailable):
+        store.commit(staged, {TP0: 5}, {TP0: None}, attempt)
+    monkeypatch.undo()
+    assert attempt.since is not None
+    # The first try's entry lands now: the same files, txn and commit id.
+    late = DeltaTable(str(table))
+    late.create_write_transaction(
+        [f.add for f in staged],
+        "append",
+        late.schema(),
+        partition_by=late.metadata().partition_columns,
+        commit_properties=CommitProperties(
+            app_transactions=[Transaction(store.app_id(TP0), 5)], custom_metadata={"kingest.commit": attempt.id}
+        ),
+    )
+    version = store.commit(staged, {TP0: 5}, {TP0: None}, attempt)
+    assert version == DeltaTable(str(table)).version()
+    assert all((table / f.path).exists() for f in staged), "the files the landed entry names are kept"
+    assert offsets(store, TP0) == list(range(5)) and store.positions([TP0]) == {TP0: 5}
+    # A new attempt cannot tell the late entry from another writer's: it is a conflict.
+    with pytest.raises(DeltaConflict):
+        store.commit(staged, {TP0: 5}, {TP0: None})
+
+
 def test_a_lost_commit_without_a_taken_partition_is_retried_with_the_same_files(table, monkeypatch):
     store = new_store(table)
     staged = store.stage(TP0, batch(TP0, 0, 5))
@@ -437,8 +472,58 @@ def test_a_file_staged_too_long_ago_is_written_again_before_its_commit(table):
     store = new_store(table, stage_max_age=0.0)
     staged = store.stage(TP0, batch(TP0, 0, 5))
     store.commit(staged, {TP0: 5}, {TP0: None})
-    assert not (table / staged[0].path).exists()
-    assert store.committed_files() != [staged[0].path] and offsets(store, TP0) == list(range(5))
+    # The old file is not committed, and not deleted either: a try whose outcome was unknown may still land
+    # naming it (CommitAttempt). Untracked, it is gc's.
+    assert (table / staged[0].path).exists()
+    assert staged[0].path not in store.committed_files() and offsets(store, TP0) == list(range(5))
+
+
+def test_a_writer_that_read_the_table_before_a_gc_fence_fails_and_writes_its_old_files_again(table, monkeypatch):
+    """The writer stages, reads the table, and freezes before its commit; gc fences and deletes the staged file
+    (older than the retention, untracked). The writer's commit must not name the deleted file."""
+    store = new_store(table, stage_max_age=0.0)
+    write(store, TP0, 0, 5, None)
+    staged = store.stage(TP0, batch(TP0, 5, 5))
+    store.stage_max_age = 3600.0  # fresh when the writer checks, then it freezes
+    gc = DeltaTableStore(str(table), None, "pipe")
+    original = DeltaTable.create_write_transaction
+    fenced = []
+
+    def frozen_then_commit(self, *args, **kwargs):
+        if not fenced:  # the writer's first try: gc runs during its pause
+            fenced.append(True)
+            gc.gc_fence([TP0, TP1])
+            store.stage_max_age = 0.0  # and the staged file is now older than any retention
+            for f in staged:
+                os.remove(table / f.path)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(DeltaTable, "create_write_transaction", frozen_then_commit)
+    store.commit(staged, {TP0: 10}, {TP0: 5})
+    monkeypatch.undo()
+    live = DeltaTable(str(table)).get_add_actions(flatten=False).column("path").to_pylist()
+    assert all((table / str(p)).exists() for p in live), "the table names a file gc deleted"
+    assert offsets(store, TP0) == list(range(10))
+
+
+def test_a_first_commit_of_a_partition_carries_gcs_appid_and_fails_after_a_fence_too(table, monkeypatch):
+    store = new_store(table)
+    staged = store.stage(TP1, batch(TP1, 0, 3))
+    gc = DeltaTableStore(str(table), None, "pipe")
+    original = DeltaTable.create_write_transaction
+    calls = []
+
+    def fence_first(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            gc.gc_fence([TP0, TP1])  # TP1 has no txn: only gc's appId can fence this commit
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(DeltaTable, "create_write_transaction", fence_first)
+    store.commit(staged, {TP1: 3}, {TP1: None})
+    monkeypatch.undo()
+    assert len(calls) >= 3, "the commit after the fence failed once and was tried again"
+    assert store.positions([TP1]) == {TP1: 3} and offsets(store, TP1) == [0, 1, 2]
 
 
 # ---------------------------------------------------------------------------------------------- the table
@@ -519,3 +604,35 @@ def test_a_lone_writer_checks_its_txns_without_reading_the_log_again(table, monk
     with pytest.raises(DeltaConflict):  # and a stale expectation is still caught at the known version
         write(store, TP0, 15, 5, 15)
     assert offsets(store, TP0) == list(range(20))
+
+
+def test_a_struct_gaining_subfields_evolves_the_table_and_a_subfield_type_change_is_refused(table):
+    """JSON objects grow fields over time, nested ones too (the bench's `customer` gained `lifetime_orders`)."""
+    store = new_store(table)
+    small = pa.array([{"id": "a"}] * 2, pa.struct([("id", pa.string())]))
+    write(store, TP0, 0, 2, None, customer=small)
+    wide = pa.array(
+        [{"id": "b", "orders": 3, "tags": [{"k": "x", "n": 1}]}] * 2,
+        pa.struct(
+            [
+                ("id", pa.string()),
+                ("orders", pa.int64()),
+                ("tags", pa.list_(pa.struct([("k", pa.string()), ("n", pa.int64())]))),
+            ]
+        ),
+    )
+    write(store, TP0, 2, 2, 2, customer=wide)
+    deeper = pa.array(
+        [{"id": "c", "tags": [{"k": "y", "extra": True}]}],
+        pa.struct([("id", pa.string()), ("tags", pa.list_(pa.struct([("k", pa.string()), ("extra", pa.bool_())])))]),
+    )
+    write(store, TP0, 4, 1, 4, customer=deeper)
+    rows = DeltaTable(str(table)).to_pyarrow_table().sort_by("kafka_offset").column("customer").to_pylist()
+    assert [r["id"] for r in rows] == ["a", "a", "b", "b", "c"]
+    assert rows[0]["orders"] is None and rows[2]["orders"] == 3
+    assert rows[2]["tags"] == [{"k": "x", "n": 1, "extra": None}]
+    assert rows[4]["tags"] == [{"k": "y", "n": None, "extra": True}]
+    retyped = pa.array([{"id": 5}], pa.struct([("id", pa.int64())]))
+    with pytest.raises(DeltaTypeConflict, match="customer"):
+        write(store, TP0, 5, 1, 5, customer=retyped)
+    assert store.positions([TP0]) == {TP0: 5}
