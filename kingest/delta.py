@@ -756,7 +756,7 @@ class DeltaTableStore:
                     if column.name in current.names:
                         have = current.field(column.name)
                         seen = wider.get(column.name, have)
-                        if _same_type(column.type, seen.type):
+                        if _fits(column.type, seen.type):
                             continue
                         merged = _merged(seen.type, column.type, self.display(), column.name)
                         if merged is None:
@@ -1172,6 +1172,24 @@ def _merged(have: pa.DataType, new: pa.DataType, table: str, column: str) -> pa.
             return None
         return pa.list_(have.value_field.with_type(inner)) if t.is_list(have) else pa.large_list(inner)
     return None
+
+
+def _fits(file: pa.DataType, table: pa.DataType) -> bool:
+    """Whether a file's column of type ``file`` is readable as the table's ``table`` as it is: the same type, or
+    a struct lacking some of the table's subfields (written before they were added: readers give nulls)."""
+    t = pa.types
+    if _same_type(file, table):
+        return True
+    if t.is_struct(file) and t.is_struct(table):
+        return all(
+            table.get_field_index(file.field(i).name) >= 0
+            and _fits(file.field(i).type, table.field(table.get_field_index(file.field(i).name)).type)
+            for i in range(file.num_fields)
+        )
+    lists = (t.is_list, t.is_large_list)
+    if any(f(file) for f in lists) and any(f(table) for f in lists):
+        return _fits(file.value_type, table.value_type)
+    return False
 
 
 def _same_type(a: pa.DataType, b: pa.DataType) -> bool:

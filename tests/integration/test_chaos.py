@@ -34,6 +34,7 @@ from services.latency_proxy import LatencyProxy
 
 from .private_services import PrivateService
 from .support import (
+    DeltaView,
     Instance,
     LakeView,
     end_offsets,
@@ -169,6 +170,33 @@ def promise_broken(
     return problems
 
 
+def table_promise_broken(
+    semantics: str, config: Path, table: DeltaView, pipeline: str, topic: str, ends: dict[int, int], cwd: Path
+) -> list[str]:
+    """promise_broken for a Delta table (lake.format: delta): verify, and the table's log replayed with plain JSON
+    (rows of its live files, each partition's txn)."""
+    problems: list[str] = []
+    report = verify_report(config, cwd)
+    totals = report["totals"]
+    log = table.log()
+    missing, duplicated = missing_and_duplicated(table.offsets(log), ends)
+    no_missing = semantics in ("exactly-once", "at-least-once")
+    no_duplicates = semantics in ("exactly-once", "at-most-once")
+    if not report["holds"]:
+        problems.append(f"verify: the guarantee does not hold: {json.dumps(report['violations'])[:1500]}")
+    if report["missing_files"]:
+        problems.append(f"verify: files the table names are gone: {report['missing_files'][:10]}")
+    if no_missing and (totals["missing"] or sum(missing.values())):
+        problems.append(f"missing: verify {totals['missing']}, the table's live rows per partition {missing}")
+    if no_duplicates and (totals["duplicated"] or sum(duplicated.values())):
+        problems.append(f"duplicated: verify {totals['duplicated']}, the table's live rows per partition {duplicated}")
+    if semantics == "exactly-once":
+        txns = {p: log.txns.get(f"kingest-{pipeline}-{topic}-{p}") for p in ends}
+        if txns != ends:
+            problems.append(f"the table's txns {txns}, the log ends {ends}")
+    return problems
+
+
 @pytest.fixture
 def lake_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """(lake URL prefix, storage options) for the parametrized `lake`: local disk, or a fresh prefix on the
@@ -189,9 +217,10 @@ FREEZES = 4
 FREEZE_SECONDS = 8.0
 
 
+@pytest.mark.parametrize("lake_format", ["parquet", "delta"])
 @pytest.mark.parametrize("lake_url", ["local", "s3"], indirect=True)
 def test_broker_frozen_during_runs(
-    private_kafka: PrivateService, lake_url: tuple[str, dict[str, Any]], tmp_path: Path
+    private_kafka: PrivateService, lake_url: tuple[str, dict[str, Any]], lake_format: str, tmp_path: Path
 ) -> None:
     """Three runs at once (one per semantics, 4 partitions, short batches so that commits are frequent) while
     the broker is frozen 4 times for 8 s and records keep arriving; then each run is stopped (SIGTERM), a final
@@ -214,7 +243,7 @@ def test_broker_frozen_during_runs(
         scale_config(
             configs[semantics],
             topic=topic,
-            lake=lakes[semantics],
+            lake={"path": lakes[semantics], "format": lake_format},
             semantics=semantics,
             bootstrap=bootstrap,
             storage_options=options,
@@ -274,15 +303,9 @@ def test_broker_frozen_during_runs(
 
     problems: dict[str, list[str]] = {}
     for semantics in SEMANTICS:
-        found = promise_broken(
-            semantics,
-            configs[semantics],
-            LakeView(lakes[semantics], options),
-            pipelines[semantics],
-            topic,
-            ends,
-            tmp_path,
-        )
+        check = promise_broken if lake_format == "parquet" else table_promise_broken
+        view = LakeView(lakes[semantics], options) if lake_format == "parquet" else DeltaView(lakes[semantics], options)
+        found = check(semantics, configs[semantics], view, pipelines[semantics], topic, ends, tmp_path)  # type: ignore[arg-type]
         if finals[semantics].returncode != 0:
             found.append(f"the final catch-up run exited {finals[semantics].returncode}: {finals[semantics].stderr}")
         if codes[semantics] != 0:

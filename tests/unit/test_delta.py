@@ -632,7 +632,19 @@ def test_a_struct_gaining_subfields_evolves_the_table_and_a_subfield_type_change
     assert rows[0]["orders"] is None and rows[2]["orders"] == 3
     assert rows[2]["tags"] == [{"k": "x", "n": 1, "extra": None}]
     assert rows[4]["tags"] == [{"k": "y", "n": None, "extra": True}]
+    # One flush: a partition's records with the old struct, another's with a new subfield (the bench's case).
+    files = store.stage(TP0, batch(TP0, 5, 1, customer=small.slice(0, 1))) + store.stage(
+        TP1,
+        batch(
+            TP1,
+            0,
+            1,
+            customer=pa.array([{"id": "d", "vip": True}], pa.struct([("id", pa.string()), ("vip", pa.bool_())])),
+        ),
+    )
+    store.commit(files, {TP0: 6, TP1: 1}, {TP0: 5, TP1: None})
+    assert offsets(store, TP0) == list(range(6)) and offsets(store, TP1) == [0]
     retyped = pa.array([{"id": 5}], pa.struct([("id", pa.int64())]))
     with pytest.raises(DeltaTypeConflict, match="customer"):
-        write(store, TP0, 5, 1, 5, customer=retyped)
-    assert store.positions([TP0]) == {TP0: 5}
+        write(store, TP0, 6, 1, 6, customer=retyped)
+    assert store.positions([TP0]) == {TP0: 6}
