@@ -19,7 +19,7 @@ RUNS ?= 1
 CLIENT ?= kafka-python
 
 .DEFAULT_GOAL := help
-.PHONY: help venv up down status clean lint test chaos demo bench docs simulate
+.PHONY: help venv up down status clean lint test chaos demo bench docs simulate spark-read
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -149,6 +149,13 @@ demo: venv ## Kafka + sample orders, kingest run into ./lake/orders, what landed
 # pytest run checks 10,000 seeds (tests/sim/test_simulation.py); this runs as many as you like, on every core.
 simulate: venv ## the exactly-once simulation for SEEDS=N | A-B | a,b,c (default 1000); prints how to replay each failure
 	$(VENV_PY) -m tests.sim.simulate $(SEEDS) $(SIM_ARGS)
+
+# Spark reads a kingest Delta table (make demo writes lake/orders-delta): pyspark from PyPI, delta-spark's jars from
+# Maven Central (Spark's --packages), Java 17. Not in `make test`: pyspark is a 300 MB download.
+SPARK_TABLE ?= lake/orders-delta
+spark-read: venv ## read a Delta table (SPARK_TABLE=..., default lake/orders-delta) with Spark + delta-spark; checks it agrees with delta-rs
+	@$(VENV_PY) -c 'import pyspark' 2>/dev/null || $(VENV_PY) -m pip install -q 'pyspark==3.5.3'
+	$(VENV_PY) services/spark_read.py $(SPARK_TABLE)
 
 bench: venv ## run benchmarks/bench.py (BENCH_ARGS=...), with the bench and fast extras
 	@if [ -f benchmarks/bench.py ]; then \
