@@ -127,7 +127,7 @@ chaos: venv ## chaos tests + kill/freeze tests under a CPU hog, RUNS=N times (de
 	[ $$rc -ne 0 ] || echo "== make chaos: $(RUNS) run(s) passed (kafka.client: $(CLIENT))"; \
 	exit $$rc
 
-demo: venv ## Kafka + sample orders, kingest run into ./lake/orders, what landed, then the three semantics under a crash
+demo: venv ## Kafka + sample orders, kingest run into ./lake/orders, what landed, the three semantics under a crash, then a Delta table
 	@$(DEVSERVICES) up kafka
 	@eval "$$($(DEVSERVICES) env)"; set -e; \
 	$(VENV_PY) services/produce_sample.py --topic orders --records 20000 --skip-if-present; \
@@ -137,12 +137,12 @@ demo: venv ## Kafka + sample orders, kingest run into ./lake/orders, what landed
 	$(VENV)/bin/kingest status -c configs/orders.yaml; \
 	echo; echo "== read back with DuckDB"; \
 	$(VENV_PY) -c "import duckdb; duckdb.sql(\"select kafka_partition, count(*) as records, min(kafka_offset) as first, max(kafka_offset) as last, round(sum(amount), 2) as amount from read_parquet('lake/orders/**/*.parquet', hive_partitioning = true) group by 1 order by 1\").show()"; \
-	echo "== the same topic into a Delta Lake table: kingest run -c configs/orders-delta.yaml --until-caught-up"; \
+	echo "== the three semantics against the same topic, each killed between its two steps"; \
+	$(VENV_PY) -m kingest.demo --bootstrap "$$KINGEST_KAFKA_BOOTSTRAP" --topic orders; \
+	echo; echo "== the same topic into a Delta Lake table: kingest run -c configs/orders-delta.yaml --until-caught-up"; \
 	$(VENV)/bin/kingest run -c configs/orders-delta.yaml --until-caught-up; \
 	echo; echo "== read back with deltalake and DuckDB: each partition's rows, and the offsets the table's commits hold"; \
-	$(VENV_PY) -c "import duckdb; from deltalake import DeltaTable; t = DeltaTable('lake/orders-delta'); print('table version', t.version(), '| txn', {a: t.transaction_version(a) for a in sorted(f'kingest-orders-delta-orders-{p}' for p in range(3))}); duckdb.sql(f\"select kafka_partition, count(*) as records, min(kafka_offset) as first, max(kafka_offset) as last from read_parquet({t.file_uris()}, hive_partitioning = true) group by 1 order by 1\").show()"; \
-	echo "== the three semantics against the same topic, each killed between its two steps"; \
-	$(VENV_PY) -m kingest.demo --bootstrap "$$KINGEST_KAFKA_BOOTSTRAP" --topic orders
+	$(VENV_PY) -c "import duckdb; from deltalake import DeltaTable; t = DeltaTable('lake/orders-delta'); print('table version', t.version(), '| txn', {a: t.transaction_version(a) for a in sorted(f'kingest-orders-delta-orders-{p}' for p in range(3))}); duckdb.sql(f\"select kafka_partition, count(*) as records, min(kafka_offset) as first, max(kafka_offset) as last from read_parquet({t.file_uris()}, hive_partitioning = true) group by 1 order by 1\").show()"
 
 # tests/sim: kingest's own exactly-once code (Pipeline, ManifestStore, Lake) driven by simulated writers on an in-memory
 # lake, every lake operation interleaved by a seeded scheduler with pauses, crashes, rebalances and rewinds. The

@@ -561,7 +561,7 @@ class LakeConfig:
     )
     partition_by: tuple[PartitionBy, ...] = setting(
         "`[date]` or `[date, hour]`: folders `date=YYYY-MM-DD[/hour=HH]` from the record timestamp (UTC), in place "
-        "of `partition=<p>`.",
+        "of `partition=<p>` (a Delta table: partition columns `date`, `hour` after kafka_topic, kafka_partition).",
         _partition_by,
         default=[],
         expected="[date] or [date, hour] (from the record timestamp)",
@@ -965,13 +965,6 @@ def parse(text: str, source: str = "<config>") -> Config:
     lake = _section(doc, top.data.get("lake"), "lake", LakeConfig)
     lake_config = LakeConfig(**_read(lake, LakeConfig))
     if lake_config.format == LakeFormat.delta:
-        if lake_config.partition_by:
-            raise ConfigError(
-                f"{doc.where('lake.partition_by')}: `lake.partition_by` is not supported with `lake.format: delta` "
-                "yet: a Delta table of kingest is partitioned by kafka_topic and kafka_partition",
-                "Remove lake.partition_by (readers filter on the kafka_timestamp column, whose statistics skip "
-                "files), or use lake.format: parquet.",
-            )
         if records_config.on_error == "dead-letter":
             raise ConfigError(
                 f"{doc.where('records.on_error')}: `records.on_error: dead-letter` is not supported with "

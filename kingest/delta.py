@@ -374,7 +374,7 @@ class DeltaTableStore:
         fail and load it. An existing table must have the kafka columns and be partitioned by ``partition_by``."""
         if schema is not None:
             missing = [c for c in METADATA_COLUMNS if c not in schema.names]
-            unknown = [c for c in partition_by if c not in schema.names]
+            unknown = [c for c in partition_by if c not in schema.names and c not in ("date", "hour")]
             if missing or unknown:
                 raise ValueError(f"schema lacks {missing + unknown}")
         if not self.exists():
@@ -382,6 +382,9 @@ class DeltaTableStore:
                 from .decode import METADATA_FIELDS
 
                 schema = pa.schema(METADATA_FIELDS)
+            for column in ("date", "hour"):  # lake.partition_by's, computed at staging (_with_time_columns)
+                if column in partition_by and column not in schema.names:
+                    schema = schema.append(pa.field(column, pa.string(), nullable=False))
             # All-null columns would become Delta's `void`, which other engines read badly: added when typed.
             fields = [f for f in schema if not pa.types.is_null(f.type)]
             try:
@@ -505,8 +508,8 @@ class DeltaTableStore:
         if table.num_rows == 0:
             return []
         _check_partition(table, tp)
-        table = self.conform(table, schema)
         partition_by = self.partition_by if partition_by is None else list(partition_by)
+        table = self.conform(self._with_time_columns(table, partition_by), schema)
         if partition_by:
             groups = table.group_by(partition_by).aggregate([]).to_pylist()
         else:
@@ -519,6 +522,27 @@ class DeltaTableStore:
             partition_values = {c: _partition_value(c, v) for c, v in values.items()}
             staged.append(self._write(tp, part.drop_columns(partition_by), partition_values, put))
         return staged
+
+    def _with_time_columns(self, table: pa.Table, partition_by: Sequence[str]) -> pa.Table:
+        """The ``date`` (YYYY-MM-DD) and ``hour`` (HH) partition columns (lake.partition_by), from each record's
+        kafka_timestamp in UTC, as the Parquet lake's folders are; "unknown" for a record without a timestamp."""
+        for column, fmt in (("date", "%Y-%m-%d"), ("hour", "%H")):
+            if column not in partition_by:
+                continue
+            if column in table.column_names:
+                raise DeltaTypeConflict(
+                    self.display(),
+                    column,
+                    "a field of the records",
+                    f"the partition column lake.partition_by computes from kafka_timestamp ({fmt})",
+                    "rename the field upstream, or drop it with records.schema",
+                )
+            stamps = table.column("kafka_timestamp")
+            if pa.types.is_timestamp(stamps.type) and stamps.type.tz is None:
+                stamps = stamps.cast(pa.timestamp(stamps.type.unit, tz="UTC"))
+            values = pc.fill_null(pc.strftime(stamps, format=fmt), "unknown")
+            table = table.append_column(pa.field(column, pa.string(), nullable=False), values)
+        return table
 
     def _write(
         self,

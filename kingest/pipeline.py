@@ -496,7 +496,8 @@ class Pipeline:
         assert self.table is not None
         if self._table_ready:
             return
-        self.table.ensure_table(schema, DEFAULT_PARTITION_BY)
+        # kafka_topic, kafka_partition, then lake.partition_by's date (and hour) from the record timestamps
+        self.table.ensure_table(schema, [*DEFAULT_PARTITION_BY, *map(str, self.config.lake.partition_by)])
         self._table_ready = True
 
     def _stage(self, encoded: list[tuple[Batch, list[EncodedFile]]]) -> list[StagedFile]:

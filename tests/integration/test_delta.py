@@ -343,3 +343,35 @@ def test_gc_removes_the_untracked_files_of_a_crashed_writer_once_older_than_the_
     short = kingest("gc", "-c", str(config), "--retain", "30m", cwd=tmp_path)
     assert short.returncode == 2 and "below 1h" in short.stdout + short.stderr
     assert "Traceback" not in short.stderr
+
+
+def test_partition_by_date_and_hour_become_partition_columns_of_the_table(
+    tmp_path, kafka_bootstrap, topic_factory, produce
+):
+    topic = topic_factory(partitions=PARTITIONS)
+    lake = str(tmp_path / "table")
+    config = exactly_once_table(tmp_path, kafka_bootstrap, topic, lake, None)
+    data = read_config(config)
+    data["lake"]["partition_by"] = ["date", "hour"]
+    config.write_text(__import__("yaml").safe_dump(data))
+    produce_evenly(produce, topic, PER_PARTITION)
+    assert run_until_caught_up(config).returncode == 0
+    view = DeltaView(lake)
+    log = view.log()
+    import datetime
+
+    import pyarrow.parquet as pq
+
+    for path, add in log.files.items():
+        values = add["partitionValues"]
+        assert set(values) == {"kafka_topic", "kafka_partition", "date", "hour"}
+        assert path.startswith(
+            f"kafka_topic={topic}/kafka_partition={values['kafka_partition']}/date={values['date']}/"
+        )
+        with view.fs.open(f"{view.root}/{path}", "rb") as f:
+            stamps = pq.read_table(f, columns=["kafka_timestamp"]).column("kafka_timestamp").to_pylist()
+        utc = {
+            (s.astimezone(datetime.UTC).strftime("%Y-%m-%d"), s.astimezone(datetime.UTC).strftime("%H")) for s in stamps
+        }
+        assert utc == {(values["date"], values["hour"])}, path
+    check_table("exactly-once", config, lake, None, PER_PARTITION)

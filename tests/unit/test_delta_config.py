@@ -33,10 +33,8 @@ def test_an_unknown_format_names_the_valid_ones():
     assert "parquet" in str(error.value) and "delta" in str(error.value)
 
 
-def test_partition_by_with_delta_is_refused_with_what_to_do():
-    with pytest.raises(ConfigError) as error:
-        parse(lake=", partition_by: [date]")
-    assert "lake.partition_by" in error.value.message and "kafka_timestamp" in (error.value.hint or "")
+def test_partition_by_with_delta_is_taken():
+    assert [str(p) for p in parse(lake=", partition_by: [date, hour]").lake.partition_by] == ["date", "hour"]
 
 
 def test_dead_letters_with_delta_are_refused_with_what_to_do():
