@@ -75,6 +75,7 @@ METADATA_COLUMNS = ("kafka_topic", "kafka_partition", "kafka_offset")  # every k
 DEFAULT_PARTITION_BY = ("kafka_topic", "kafka_partition")
 RELOAD_EVERY = 100  # commits through one DeltaTable object before a fresh load (its commits slow down with age)
 COMMIT_ATTEMPTS = 5  # commits lost to a metadata change or contention, retried with the same files
+FENCE_PROPERTY = "kingest.gc.fence"  # table property: how many gc fences (see DeltaTableStore.gc_fence)
 STAGE_MAX_AGE = 30 * 60.0  # seconds; a staged file older than this is written again before its commit.
 VACUUM_FLOOR_HOURS = 1  # never vacuum untracked files younger than this: at least 2x STAGE_MAX_AGE
 _STAT_STRING_MAX = 32  # longer strings get no min/max stats (Delta truncates them; a wrong max skips files)
@@ -163,6 +164,7 @@ class StagedFile:
     add: AddAction
     table: pa.Table = field(repr=False)  # kept to write the file again if it is too old to commit
     staged_at: float = field(default_factory=time.monotonic)
+    epoch: int = 0  # the table's gc fence epoch known before the file was written (see gc_fence)
 
 
 @dataclass
@@ -281,7 +283,6 @@ class DeltaTableStore:
         # when it directly followed its check. At that version the check needs no read of the log.
         self._known_at: tuple[str, int] | None = None
         self._known: dict[TopicPartition, int | None] = {}
-        self._has_txn: set[TopicPartition] = set()  # partitions seen with a txn in the table (never None again)
 
     def __repr__(self) -> str:
         return f"DeltaTableStore({self.lake.display()!r})"
@@ -331,11 +332,11 @@ class DeltaTableStore:
     @contextlib.contextmanager
     def pinned(self) -> Iterator[None]:
         """Reads in this block see the version the last read saw (verify: the rows of the txns it read)."""
-        self._pinned = True
+        was, self._pinned = self._pinned, True
         try:
             yield
         finally:
-            self._pinned = False
+            self._pinned = was
 
     def _table(self) -> DeltaTable:
         """The writer's DeltaTable at the latest version: one object, loaded again every RELOAD_EVERY commits."""
@@ -383,7 +384,9 @@ class DeltaTableStore:
 
                 schema = pa.schema(METADATA_FIELDS)
             for column in ("date", "hour"):  # lake.partition_by's, computed at staging (_with_time_columns)
-                if column in partition_by and column not in schema.names:
+                if column in partition_by:  # a string, whatever a record field of that name held
+                    if column in schema.names:
+                        schema = schema.remove(schema.get_field_index(column))
                     schema = schema.append(pa.field(column, pa.string(), nullable=False))
             # All-null columns would become Delta's `void`, which other engines read badly: added when typed.
             fields = [f for f in schema if not pa.types.is_null(f.type)]
@@ -499,14 +502,17 @@ class DeltaTableStore:
         schema: pa.Schema | None = None,
         partition_by: Sequence[str] | None = None,
         put: Callable[[str, bytes], None] | None = None,
+        epoch: int | None = None,
     ) -> list[StagedFile]:
         """Write the records of one topic-partition as Parquet files under the table root, one per table
         partition (partition columns only in the folder names), not yet committed: readers do not see them.
         The table must exist (``ensure_table``). Off the committing thread (side by side), pass the table's
         ``schema`` and ``partition_by`` as read before on it: then nothing here touches the DeltaTable object.
-        ``put``: how a file is written (default: the store's Lake.put)."""
+        ``put``: how a file is written (default: the store's Lake.put). ``epoch``: the fence epoch read before
+        (``fence_epoch()``), off the committing thread."""
         if table.num_rows == 0:
             return []
+        epoch = self.fence_epoch() if epoch is None else epoch  # read before the files are written
         _check_partition(table, tp)
         partition_by = self.partition_by if partition_by is None else list(partition_by)
         table = self.conform(self._with_time_columns(table, partition_by), schema)
@@ -520,7 +526,7 @@ class DeltaTableStore:
             for column, value in values.items():
                 part = part.filter(pc.equal(part.column(column), pa.scalar(value, part.schema.field(column).type)))
             partition_values = {c: _partition_value(c, v) for c, v in values.items()}
-            staged.append(self._write(tp, part.drop_columns(partition_by), partition_values, put))
+            staged.append(self._write(tp, part.drop_columns(partition_by), partition_values, put, epoch))
         return staged
 
     def _with_time_columns(self, table: pa.Table, partition_by: Sequence[str]) -> pa.Table:
@@ -550,6 +556,7 @@ class DeltaTableStore:
         table: pa.Table,
         partition_values: dict[str, str | None],
         put: Callable[[str, bytes], None] | None = None,
+        epoch: int = 0,
     ) -> StagedFile:
         offsets = table.column("kafka_offset")
         first, last = pc.min(offsets).as_py(), pc.max(offsets).as_py()
@@ -570,7 +577,9 @@ class DeltaTableStore:
             data_change=True,
             stats=json.dumps(_stats(table)),
         )
-        return StagedFile(tp, path, table.num_rows, first, last, partition_values, table.schema, add, table)
+        return StagedFile(
+            tp, path, table.num_rows, first, last, partition_values, table.schema, add, table, epoch=epoch
+        )
 
     def discard(self, files: Iterable[StagedFile]) -> None:
         """Delete staged files that can never be committed (after a DeltaConflict). Best effort: gc finds the
@@ -608,17 +617,10 @@ class DeltaTableStore:
             raise ValueError(f"commit: files of {sorted(strays)} without a next offset")
         return self._commit(files, next_offsets, expected, attempt or CommitAttempt())
 
-    def append(
-        self,
-        files: Sequence[StagedFile],
-        next_offsets: Mapping[TopicPartition, int] | None = None,
-        attempt: CommitAttempt | None = None,
-    ) -> int:
-        """Commit ``files`` without a check (at-least-once and at-most-once, where the Kafka group holds the
-        offsets). Each partition's txn is set to ``next_offsets`` all the same: the offset after the rows the
-        table holds (what exactly-once would resume from), and what makes a writer frozen past gc's fence fail
-        its commit instead of naming a file gc deleted. Returns the table version committed."""
-        return self._commit(files, dict(next_offsets or {}), {}, attempt or CommitAttempt())
+    def append(self, files: Sequence[StagedFile], attempt: CommitAttempt | None = None) -> int:
+        """Commit ``files`` without any txn and without a check (at-least-once and at-most-once, where the
+        Kafka group holds the offsets). Returns the table version committed."""
+        return self._commit(files, {}, {}, attempt or CommitAttempt())
 
     def _commit(
         self,
@@ -633,7 +635,7 @@ class DeltaTableStore:
         since = attempt.since  # the snapshot the first try read from: a landed try is after it
         for _ in range(COMMIT_ATTEMPTS):
             dt = self._evolve(files)
-            files = self._fresh(files)
+            files = self._fresh(files, dt)
             if self._taken(dt, expected):
                 # An earlier attempt's entry may have landed late (its PUT timed out): then the txns are ours.
                 version = self._settle(dt.version() if since is None else since, commit_id, expected, files)
@@ -646,10 +648,6 @@ class DeltaTableStore:
             since = read_version if since is None else since
             attempt.since = since
             txns = [Transaction(self.app_id(tp), int(n)) for tp, n in sorted(next_offsets.items())]
-            if self._first_commit_of(dt, next_offsets, expected):
-                # No txn of that partition yet, so gc's fence cannot carry it: carry gc's own appId instead (its
-                # value unchanged), so that a fence after this snapshot fails this commit too (see gc_fence).
-                txns.append(Transaction(self.gc_app_id(), int(dt.transaction_version(self.gc_app_id()) or 0)))
             properties = CommitProperties(
                 app_transactions=txns,
                 custom_metadata={"kingest.commit": commit_id, "kingest.writer": self.writer, "kingest.op": "write"},
@@ -682,7 +680,6 @@ class DeltaTableStore:
                     "Nothing of this flush is committed; check the store and run again.",
                 ) from None
             self._commits += 1
-            self._has_txn.update(next_offsets)
             version = self._landed_version(read_version, commit_id)
             if version == read_version + 1 and next_offsets:
                 # The check held at read_version and this commit changed only these txns: known at ``version``.
@@ -696,53 +693,32 @@ class DeltaTableStore:
             "Other commits (schema changes, compactions, many writers) kept moving the table; run again.",
         )
 
-    def _first_commit_of(
-        self, dt: DeltaTable, next_offsets: Mapping[TopicPartition, int], expected: Mapping[TopicPartition, int | None]
-    ) -> bool:
-        """Whether a partition of this commit has no txn in the table at ``dt`` (exactly-once: the check just
-        held, so the expected value is the table's)."""
-        unknown = [tp for tp in next_offsets if tp not in self._has_txn]
-        current = {tp: expected[tp] if tp in expected else dt.transaction_version(self.app_id(tp)) for tp in unknown}
-        self._has_txn.update(tp for tp, value in current.items() if value is not None)
-        return any(value is None for value in current.values())
+    def fence_epoch(self, dt: DeltaTable | None = None) -> int:
+        """How many gc fences the table has seen (its FENCE_PROPERTY), at ``dt`` or the version last read."""
+        dt = dt if dt is not None else self._table_loaded()
+        return int(dt.metadata().configuration.get(FENCE_PROPERTY) or 0)
 
-    def gc_app_id(self) -> str:
-        """The appId of gc's fences (ends in "-gc": no partition's appId, which ends in its number, can)."""
-        return f"{APP_PREFIX}-{self.pipeline}-gc"
-
-    def gc_fence(self, tps: Iterable[TopicPartition]) -> float:
-        """A commit without files that sets every partition's txn to the value it has (nothing moves) and gc's
-        own appId one further. Every writer's commit carries the appId of each partition it writes, or gc's
-        (a partition's first commit): one whose snapshot precedes the fence fails, reloads, and writes again
-        the files it staged more than ``stage_max_age`` ago (see ``_fresh``). So a file that is older than the
-        retention when the fence lands is never committed after it, however long its writer was frozen: gc may
-        delete it. Returns the time (seconds since the epoch) read before the fence's snapshot."""
-        tps = sorted(set(tps))
+    def gc_fence(self) -> float:
+        """A commit that changes only the table's metadata (FENCE_PROPERTY, one further). Delta fails every commit
+        whose snapshot precedes a metadata change (a writer's, a compaction's, a rewind's: "Metadata changed since
+        last commit"); the writer then reloads, and writes again each file it staged before the fence (its
+        StagedFile.epoch is lower: see ``_fresh``). So no file written before the fence is named by a commit
+        that lands after it, however long its writer was frozen, whatever the clocks say: gc may delete such
+        files once unreferenced. Returns the time (seconds since the epoch) read before the fence's snapshot."""
         reason = ""
         for _ in range(COMMIT_ATTEMPTS):
             before = time.time()
             self._dt = None
             dt = self._table()
-            txns = [
-                Transaction(self.app_id(tp), int(value))
-                for tp in tps
-                if (value := dt.transaction_version(self.app_id(tp))) is not None
-            ]
-            epoch = int(dt.transaction_version(self.gc_app_id()) or 0) + 1
-            txns.append(Transaction(self.gc_app_id(), epoch))
             try:
-                dt.create_write_transaction(
-                    [],
-                    "append",
-                    dt.schema(),
-                    partition_by=self.partition_by or None,
+                dt.alter.set_table_properties(
+                    {FENCE_PROPERTY: str(self.fence_epoch(dt) + 1)},
+                    raise_if_not_exists=False,
                     commit_properties=CommitProperties(
-                        app_transactions=txns,
-                        max_commit_retries=0,
-                        custom_metadata={"kingest.op": "gc-fence", "kingest.writer": self.writer},
+                        custom_metadata={"kingest.op": "gc-fence", "kingest.writer": self.writer}
                     ),
                 )
-            except CommitFailedError as exc:  # a writer committed meanwhile: read the txns again
+            except CommitFailedError as exc:  # another metadata change meanwhile: look again
                 reason = _first_line(exc)
                 continue
             except Exception as exc:  # noqa: BLE001
@@ -751,7 +727,7 @@ class DeltaTableStore:
             self._dt = None
             return before
         raise DeltaContention(
-            f"gc's fence on the Delta table at {self.display()} lost {COMMIT_ATTEMPTS} times to writers ({reason})",
+            f"gc's fence on the Delta table at {self.display()} lost {COMMIT_ATTEMPTS} times ({reason})",
             "Nothing was deleted; run gc again.",
         )
 
@@ -810,18 +786,18 @@ class DeltaTableStore:
                 self._raise_load_error(exc)
         raise DeltaContention(f"the Delta table at {self.display()}: adding columns lost {COMMIT_ATTEMPTS} times")
 
-    def _fresh(self, files: list[StagedFile]) -> list[StagedFile]:
-        """The files, those staged longer than ``stage_max_age`` ago written again under new names: a vacuum
-        (``gc``, retention at least twice that age) may be deleting the old ones as untracked."""
+    def _fresh(self, files: list[StagedFile], dt: DeltaTable) -> list[StagedFile]:
+        """The files, written again under new names when staged before a gc fence that ``dt`` (the snapshot the
+        commit reads) has seen, or more than ``stage_max_age`` ago (a vacuum by another tool, which fences
+        nothing, keeps files of its retention): gc may be deleting the old ones as unreferenced. The old ones are
+        left to gc, never deleted here: a try of this commit whose outcome was unknown may still land naming one."""
+        epoch = self.fence_epoch(dt)
         out = []
         for staged in files:
-            if time.monotonic() - staged.staged_at <= self.stage_max_age:
+            if staged.epoch >= epoch and time.monotonic() - staged.staged_at <= self.stage_max_age:
                 out.append(staged)
                 continue
-            again = self._write(staged.tp, staged.table, staged.partition_values)
-            # The old file is left to gc, never deleted here: a try of this commit whose outcome was unknown may
-            # still land naming it (see CommitAttempt).
-            out.append(again)
+            out.append(self._write(staged.tp, staged.table, staged.partition_values, epoch=epoch))
         files[:] = out
         return out
 

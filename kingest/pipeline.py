@@ -480,7 +480,7 @@ class Pipeline:
         if self.table is not None:
             files = self._stage(encoded)
             if files:
-                self._commit_table(files, {b.tp: b.next_offset for b, _ in encoded}, {}, append=True)
+                self._commit_table(files, {}, {}, append=True)
             return
         self._lanes.map(
             self._put, [[f for _, files in batches for f in files] for batches in _by_partition(encoded).values()]
@@ -510,7 +510,8 @@ class Pipeline:
         if not tables:
             return []
         table = self.table
-        schema, partition_by = table.schema(), table.partition_by  # read here: the lanes do not touch the table
+        # Read here (the lanes do not touch the table), before any file is written: the fence epoch too.
+        schema, partition_by, epoch = table.schema(), table.partition_by, table.fence_epoch()
 
         def put(path: str, data: bytes) -> None:
             self.lake.put(path, data, crash_midway=True)
@@ -520,7 +521,9 @@ class Pipeline:
             for batch, files in batches:
                 for f in files:
                     if f.table is not None:
-                        staged += table.stage(batch.tp, f.table, schema=schema, partition_by=partition_by, put=put)
+                        staged += table.stage(
+                            batch.tp, f.table, schema=schema, partition_by=partition_by, put=put, epoch=epoch
+                        )
             return staged
 
         staged = [f for part in self._lanes.map(stage, list(_by_partition(encoded).values())) for f in part]
@@ -549,7 +552,7 @@ class Pipeline:
         while True:
             try:
                 if append:
-                    return self.table.append(files, next_offsets, attempt)
+                    return self.table.append(files, attempt)
                 return self.table.commit(files, next_offsets, expected, attempt)
             except (DeltaUnavailable, DeltaOutcomeUnknown, DeltaContention) as exc:
                 # Nothing of it landed (as far as the log showed), or it is unknown. The retry is the same attempt:

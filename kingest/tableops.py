@@ -8,11 +8,11 @@ kingest/delta.py, reported as the Parquet lake's are (compact.Compacted, gc.Plan
   The old files stay in storage for readers at older versions until gc.
 - gc: VACUUM in full mode: files no version of the table references (untracked: staged by a crashed or fenced
   writer, never committed) and files removed (by a compaction, a rewind's delete) longer than ``--retain`` ago,
-  plus the hidden ``.tmp`` files of interrupted local writes (vacuum skips hidden files). First a fence commit
-  (DeltaTableStore.gc_fence) fails the commit of any writer that read the table before it; such a writer writes
-  again the files it staged more than delta.STAGE_MAX_AGE ago, so a file older than the retention (at least
-  delta.VACUUM_FLOOR_HOURS, twice that age) at the fence is never committed after it, however long its writer
-  was frozen: gc deletes only those.
+  plus the hidden ``.tmp`` files of interrupted local writes (vacuum skips hidden files). First a fence, a
+  metadata-only commit (DeltaTableStore.gc_fence), fails every commit that read the table before it (a
+  writer's, a compaction's, a rewind's); a writer then writes again each file it wrote before the fence, so no
+  file written before the fence is named by a commit after it, however long its writer was frozen: gc deletes
+  only those, once older than the retention (at least delta.VACUUM_FLOOR_HOURS).
 """
 
 from __future__ import annotations
@@ -92,20 +92,13 @@ FENCE_MARGIN = 600.0  # seconds: the clocks of gc's host and of the store's may 
 
 def gc_collect(config: Config, lake: Lake, found: Plan) -> int:
     """Fence every writer (DeltaTableStore.gc_fence), then delete what vacuum finds unreferenced that was last
-    written before the fence minus the retention, and the interrupted writes. Not vacuum's own deletion: its
-    cutoff is the time of the call, which a pause of gc after the fence would move past the fence (a file staged
-    after the fence by a writer still to commit could then go)."""
-    from . import kafka_admin
-
+    written before the fence minus the retention (and a margin for the clocks), and the interrupted writes. Not
+    vacuum's own deletion: its cutoff is the time of the call, which a pause of gc after the fence would move past
+    the fence (a file written after the fence by a writer still to commit could then go)."""
     table = open_table(config)
     if not table.exists():
         return 0
-    with kafka_admin.inspection_consumer(config) as consumer:  # every partition, also those without rows left
-        tps = set(
-            kafka_admin.topic_partitions(consumer, config.kafka.topics, ", ".join(config.kafka.bootstrap_servers))
-        )
-    tps |= set(table.files_by_partition())
-    fenced_at = table.gc_fence(tps)
+    fenced_at = table.gc_fence()
     cutoff = fenced_at - found.retain - FENCE_MARGIN
     dated = lake.find_dated("")
     unreferenced = table.vacuum(math.ceil(found.retain / 3600), dry_run=True)

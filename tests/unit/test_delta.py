@@ -478,52 +478,85 @@ def test_a_file_staged_too_long_ago_is_written_again_before_its_commit(table):
     assert staged[0].path not in store.committed_files() and offsets(store, TP0) == list(range(5))
 
 
-def test_a_writer_that_read_the_table_before_a_gc_fence_fails_and_writes_its_old_files_again(table, monkeypatch):
-    """The writer stages, reads the table, and freezes before its commit; gc fences and deletes the staged file
-    (older than the retention, untracked). The writer's commit must not name the deleted file."""
-    store = new_store(table, stage_max_age=0.0)
-    write(store, TP0, 0, 5, None)
-    staged = store.stage(TP0, batch(TP0, 5, 5))
-    store.stage_max_age = 3600.0  # fresh when the writer checks, then it freezes
-    gc = DeltaTableStore(str(table), None, "pipe")
+def _frozen_across_gc(table: Path, monkeypatch, staged: list, gc: DeltaTableStore) -> list:
+    """Patch the next commit: before its first try lands, gc fences and deletes ``staged`` (unreferenced)."""
     original = DeltaTable.create_write_transaction
-    fenced = []
+    fenced: list = []
 
     def frozen_then_commit(self, *args, **kwargs):
-        if not fenced:  # the writer's first try: gc runs during its pause
-            fenced.append(True)
-            gc.gc_fence([TP0, TP1])
-            store.stage_max_age = 0.0  # and the staged file is now older than any retention
+        if not fenced:
+            fenced.append(gc.gc_fence())
             for f in staged:
                 os.remove(table / f.path)
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(DeltaTable, "create_write_transaction", frozen_then_commit)
-    store.commit(staged, {TP0: 10}, {TP0: 5})
+    return fenced
+
+
+@pytest.mark.parametrize("mode", ["exactly-once", "append", "first-commit"])
+def test_a_writer_that_read_the_table_before_a_gc_fence_writes_its_files_again(table, monkeypatch, mode):
+    """The writer stages, reads the table and freezes before its commit; gc fences and deletes the staged files
+    (unreferenced, old). Whatever the commit (checked txns, an unchecked append, a partition's first commit), it
+    must not name a deleted file: no clock involved (stage_max_age is an hour)."""
+    store = new_store(table, stage_max_age=3600.0)
+    write(store, TP0, 0, 5, None)
+    tp, first = (TP1, 0) if mode == "first-commit" else (TP0, 5)
+    staged = store.stage(tp, batch(tp, first, 5))
+    fenced = _frozen_across_gc(table, monkeypatch, staged, DeltaTableStore(str(table), None, "pipe"))
+    if mode == "append":
+        store.append(staged)
+    else:
+        store.commit(staged, {tp: first + 5}, {tp: None if mode == "first-commit" else 5})
     monkeypatch.undo()
+    assert fenced, "gc ran during the pause"
     live = DeltaTable(str(table)).get_add_actions(flatten=False).column("path").to_pylist()
     assert all((table / str(p)).exists() for p in live), "the table names a file gc deleted"
-    assert offsets(store, TP0) == list(range(10))
+    assert offsets(store, tp) == list(range(first + 5)) if tp == TP0 else offsets(store, TP1) == list(range(5))
+    assert store.fence_epoch() == 1
 
 
-def test_a_first_commit_of_a_partition_carries_gcs_appid_and_fails_after_a_fence_too(table, monkeypatch):
+def test_a_compaction_that_read_the_table_before_a_gc_fence_fails(table):
     store = new_store(table)
-    staged = store.stage(TP1, batch(TP1, 0, 3))
-    gc = DeltaTableStore(str(table), None, "pipe")
-    original = DeltaTable.create_write_transaction
-    calls = []
+    write(store, TP0, 0, 5, None)
+    write(store, TP0, 5, 5, 5)
+    stale = DeltaTable(str(table))
+    DeltaTableStore(str(table), None, "pipe").gc_fence()
+    with pytest.raises(CommitFailedError):
+        stale.optimize.compact()
 
-    def fence_first(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 1:
-            gc.gc_fence([TP0, TP1])  # TP1 has no txn: only gc's appId can fence this commit
-        return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(DeltaTable, "create_write_transaction", fence_first)
-    store.commit(staged, {TP1: 3}, {TP1: None})
-    monkeypatch.undo()
-    assert len(calls) >= 3, "the commit after the fence failed once and was tried again"
-    assert store.positions([TP1]) == {TP1: 3} and offsets(store, TP1) == [0, 1, 2]
+def test_the_fence_epoch_survives_schema_evolution_compaction_and_rewind(table):
+    """A lost epoch would let files staged before a later fence pass as fresh."""
+    store = new_store(table)
+    write(store, TP0, 0, 5, None)
+    store.gc_fence()
+    store.gc_fence()
+    write(store, TP0, 5, 2, 5, coupon=pa.array(["A", "B"]))  # a new column: a metadata commit
+    write(store, TP0, 7, 1, 7, customer=pa.array([{"id": "a"}], pa.struct([("id", pa.string())])))
+    write(
+        store,
+        TP0,
+        8,
+        1,
+        8,
+        customer=pa.array([{"id": "b", "n": 1}], pa.struct([("id", pa.string()), ("n", pa.int64())])),
+    )
+    store.compact(TP0)
+    store.rewind(TP0, 6)
+    assert DeltaTableStore(str(table), None, "pipe").fence_epoch(DeltaTable(str(table))) == 2
+    assert DeltaTable(str(table)).metadata().name == "pipe"
+
+
+def test_pinned_reads_nest(table):
+    store = new_store(table)
+    write(store, TP0, 0, 5, None)
+    with store.pinned():
+        version = store.version()
+        with store.pinned():
+            pass
+        DeltaTableStore(str(table), None, "pipe").rewind(TP0, 2)
+        assert store.version() == version, "the outer pin still holds after an inner one ended"
 
 
 # ---------------------------------------------------------------------------------------------- the table
