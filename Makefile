@@ -58,7 +58,9 @@ docs: venv ## write docs/configuration.md's table of every key from the config m
 # Also left out of the confluent run: the simulation (no Kafka client in it), the S3 outage, the S3 crash points
 # and S3 setup errors (the lake's side, which the local crash points and the first run cover with each order of
 # commit and write), and verify, status and rewind, whose subject reads Kafka through kafka_admin (kafka-python) whatever the
-# client: their runs only fill a lake, which test_run and the others cover with confluent.
+# client: their runs only fill a lake, which test_run and the others cover with confluent. Of the Delta tests, the
+# confluent run keeps those whose consumer matters (each semantics, the exactly-once crash points, the writer
+# frozen across a rebalance); rewind, compact, gc and partitioning are the table's side.
 CONFLUENT_SKIP := --ignore=tests/unit --ignore=tests/sim --ignore=tests/integration/test_services.py \
 	--ignore=tests/integration/test_manifest_race.py --ignore=tests/integration/test_guarantees_demo.py \
 	--ignore=tests/integration/test_verify.py --ignore=tests/integration/test_status.py \
@@ -69,7 +71,14 @@ CONFLUENT_SKIP := --ignore=tests/unit --ignore=tests/sim --ignore=tests/integrat
 	--deselect "tests/integration/test_bad_inputs.py::test_bad_input_gets_a_clear_message_and_exit_2[wrong S3 credentials]" \
 	--deselect "tests/integration/test_bad_inputs.py::test_bad_input_gets_a_clear_message_and_exit_2[missing bucket]" \
 	--deselect tests/integration/test_guarantees.py::test_gc_removes_a_crashed_attempts_file_and_nothing_committed \
-	--deselect "tests/integration/test_guarantees.py::test_compact_while_a_run_writes_keeps_every_offset_once[s3]"
+	--deselect "tests/integration/test_guarantees.py::test_compact_while_a_run_writes_keeps_every_offset_once[s3]" \
+	--deselect tests/integration/test_delta.py::test_rewind_of_a_delta_table_takes_the_rows_out_and_the_replay_lands_each_offset_once \
+	--deselect tests/integration/test_delta.py::test_compact_merges_small_files_and_keeps_every_offset_and_txn \
+	--deselect tests/integration/test_delta.py::test_gc_removes_the_untracked_files_of_a_crashed_writer_once_older_than_the_retention \
+	--deselect tests/integration/test_delta.py::test_partition_by_date_and_hour_become_partition_columns_of_the_table \
+	--deselect tests/integration/test_delta.py::test_crash_point_delta_s3 \
+	--deselect "tests/integration/test_delta.py::test_crash_point_delta_local[at-least-once-after-write:2]" \
+	--deselect "tests/integration/test_delta.py::test_crash_point_delta_local[at-most-once-after-commit:2]"
 
 # The chaos tests (marker `chaos`, tests/integration/test_chaos.py) and the long soaks (marker `soak`: three
 # instances under kills and freezes, ten random kills) are `make chaos`'s, not `make test`'s.
