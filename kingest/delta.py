@@ -822,12 +822,7 @@ class DeltaTableStore:
         self._dt = None
         try:
             dt = self._load()
-            latest = dt.version()
-            landed = [
-                int(c["version"])
-                for c in dt.history(max(latest - read_version, 1))
-                if c.get("kingest.commit") == commit_id and "version" in c
-            ]
+            landed = _landed(dt, read_version, commit_id)
         except Exception as exc:  # noqa: BLE001
             raise DeltaOutcomeUnknown(
                 f"commit to the Delta table at {self.display()} failed ({_first_line(unknown or exc)}) and the "
@@ -835,12 +830,12 @@ class DeltaTableStore:
                 "Run again: the writer resumes from the offsets the table holds, whichever way it went.",
             ) from None
         self._dt, self._commits = dt, 0
-        if landed:
+        if landed is not None:
             if unknown is not None:
                 log.warning(
-                    "commit to %s raised %s, and landed as version %d", self.display(), _first_line(unknown), landed[0]
+                    "commit to %s raised %s, and landed as version %d", self.display(), _first_line(unknown), landed
                 )
-            return landed[0]
+            return landed
         taken = self._taken(dt, expected)
         if taken:
             self.discard(f for f in files if f.tp in taken)
@@ -852,10 +847,9 @@ class DeltaTableStore:
         # commit on it would conflict with this one (same appIds after its snapshot)
         if dt.version() == read_version + 1:
             return dt.version()  # the one commit after the snapshot: this one, which succeeded
-        for c in dt.history(max(dt.version() - read_version, 1)):
-            if c.get("kingest.commit") == commit_id and "version" in c:
-                return int(c["version"])
-        return dt.version()  # not in the history read (log clean-up): the version read is at or after it
+        landed = _landed(dt, read_version, commit_id)
+        # not in the history read (log clean-up): the version read is at or after it
+        return dt.version() if landed is None else landed
 
     # ------------------------------------------------------------------------------------------ rewind
 
@@ -945,11 +939,7 @@ class DeltaTableStore:
         self._dt = None
         try:
             dt = self._load()
-            found = [
-                int(c["version"])
-                for c in dt.history(max(dt.version() - read_version, 1))
-                if c.get("kingest.commit") == commit_id and "version" in c
-            ]
+            found = _landed(dt, read_version, commit_id)
         except Exception as exc:  # noqa: BLE001
             raise DeltaOutcomeUnknown(
                 f"rewind in {self.display()} failed ({_first_line(unknown or exc)}) and the table cannot be read "
@@ -957,7 +947,7 @@ class DeltaTableStore:
                 "Run `kingest status` once the store answers: it shows the partition's offset.",
             ) from None
         self._dt, self._commits = dt, 0
-        return found[0] if found else None
+        return found
 
     # ------------------------------------------------------------------------------------------ reading
 
@@ -1085,6 +1075,16 @@ class DeltaTableStore:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+
+
+def _landed(dt: DeltaTable, read_version: int, commit_id: str) -> int | None:
+    """The version of the commit carrying ``commit_id`` among those after ``read_version`` (the snapshot its
+    first try read), or None when it is not there. (delta-rs 1.6 may label the versions of commits that landed
+    during this call too low; the search covers them all.)"""
+    for c in dt.history(max(dt.version() - read_version, 1)):
+        if c.get("kingest.commit") == commit_id and "version" in c:
+            return int(c["version"])
+    return None
 
 
 def _arrow_schema(dt: DeltaTable) -> pa.Schema:
