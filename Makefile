@@ -32,16 +32,16 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed ## create .venv (python3.11, or PYTHON=...) and pip install -e '.[dev]' (again when pyproject.toml changes)
 
-up: ## start Kafka and S3 on 127.0.0.1 (SERVICE=kafka|s3|all), reusing running ones
+up: ## start Kafka, S3 and the schema registry on 127.0.0.1 (SERVICE=kafka|s3|registry|all), reusing running ones
 	@$(DEVSERVICES) up $(SERVICE)
 
-down: ## stop the dev services (SERVICE=kafka|s3|all)
+down: ## stop the dev services (SERVICE=kafka|s3|registry|all)
 	@$(DEVSERVICES) down $(SERVICE)
 
 status: ## show what runs where
 	@$(DEVSERVICES) status
 
-clean: ## stop the services and delete .kingest-dev/ (keeps the downloaded Kafka jars)
+clean: ## stop the services and delete .kingest-dev/ (keeps the downloaded Kafka jars and registry)
 	@$(DEVSERVICES) clean
 
 lint: venv ## ruff check, ruff format --check, mypy

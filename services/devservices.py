@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
-"""Local development services for kingest: a single-node Kafka broker (KRaft) and an S3 server (SeaweedFS).
+"""Local development services for kingest: a single-node Kafka broker (KRaft), an S3 server (SeaweedFS) and a
+schema registry (Apicurio Registry, with the Confluent Schema Registry API).
 
 Standard library only: this runs before the virtualenv exists (`make up` works on a fresh clone).
 
-    python services/devservices.py up [kafka|s3|all]      start (idempotent: a running service is reused)
-    python services/devservices.py down [kafka|s3|all]    stop (SIGTERM, SIGKILL after 30 s)
-    python services/devservices.py status                 what runs where
-    python services/devservices.py env                    `export` lines for a shell (eval "$(... env)")
-    python services/devservices.py kafka-tool NAME [ARGS] Kafka's own CLI tools (topics, consumer-groups, ...)
-    python services/devservices.py clean                  stop, then delete .kingest-dev/ except the jars
+    python services/devservices.py up [kafka|s3|registry|all]    start (idempotent: a running service is reused)
+    python services/devservices.py down [kafka|s3|registry|all]  stop (SIGTERM, SIGKILL after 30 s)
+    python services/devservices.py status                        what runs where
+    python services/devservices.py env                           `export` lines for a shell (eval "$(... env)")
+    python services/devservices.py kafka-tool NAME [ARGS]        Kafka's own CLI tools (topics, consumer-groups, ...)
+    python services/devservices.py clean                         stop, then delete .kingest-dev/ except the
+                                                                 downloads (Kafka's jars, the registry's app)
 
 Everything lives under .kingest-dev/ (or $KINGEST_DEV_DIR). Every server binds 127.0.0.1 only.
 Environment variables (defaults in brackets):
@@ -24,6 +26,8 @@ Environment variables (defaults in brackets):
   KINGEST_S3_HTTPS_PORT [8433]  (S3 over HTTPS, with the dev CA's certificate)
   KINGEST_S3_ACCESS_KEY [kingest]  KINGEST_S3_SECRET_KEY [kingest-dev-secret]  KINGEST_S3_BUCKET [kingest]
   KINGEST_S3_START_TIMEOUT [30]
+  KINGEST_REGISTRY_PORT [8081] (Apicurio Registry 3.0.9; the Confluent-compatible API under /apis/ccompat/v7)
+  KINGEST_REGISTRY_START_TIMEOUT [60]
 """
 
 from __future__ import annotations
@@ -42,10 +46,12 @@ import socket
 import struct
 import subprocess
 import sys
+import tarfile
 import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 POM = ROOT / "services" / "pom.xml"
@@ -406,12 +412,12 @@ def rotate(log: Path) -> None:
 # --------------------------------------------------------------------------------------------- java / jars
 
 JAVA_HINT = (
-    "The dev Kafka broker runs on a JDK 17 or newer: install one (Debian/Ubuntu: "
+    "The dev Kafka broker and schema registry run on a JDK 17 or newer: install one (Debian/Ubuntu: "
     "`apt-get install openjdk-17-jdk-headless`; macOS: `brew install openjdk@17`) and put `java` on PATH."
 )
 MVN_HINT = (
-    "Maven fetches the Kafka jars (from Maven Central, once, into .kingest-dev/jars): install it "
-    "(Debian/Ubuntu: `apt-get install maven`; macOS: `brew install maven`) and put `mvn` on PATH."
+    "Maven fetches the Kafka jars and the schema registry (from Maven Central, once, into .kingest-dev): install "
+    "it (Debian/Ubuntu: `apt-get install maven`; macOS: `brew install maven`) and put `mvn` on PATH."
 )
 
 
@@ -512,6 +518,86 @@ def tools_log4j() -> Path:
     if not path.exists() or path.read_text() != TOOLS_LOG4J:
         path.write_text(TOOLS_LOG4J)
     return path
+
+
+# --------------------------------------------------------------------------------------------- registry app
+
+# Apicurio Registry's app as released on Maven Central: a Quarkus legacy-jar (the runner jar, lib/, meta/).
+APICURIO_VERSION = "3.0.9"
+APICURIO_ARTIFACT = f"io.apicurio:apicurio-registry-app:{APICURIO_VERSION}:tar.gz:all"
+
+
+def registry_app_dir() -> Path:
+    """Kept by `clean`, like the Kafka jars."""
+    return dev_dir() / "apicurio"
+
+
+def registry_app_ready() -> bool:
+    marker = registry_app_dir() / ".complete"
+    return marker.exists() and marker.read_text().strip() == APICURIO_ARTIFACT
+
+
+def _untar(archive: Path, dest: Path) -> None:
+    try:
+        with tarfile.open(archive) as tar:
+            if hasattr(tarfile, "data_filter"):  # Python 3.11.4+
+                tar.extractall(dest, filter="data")
+                return
+            for m in tar.getmembers():  # older 3.11: refuse what the 'data' filter refuses
+                if m.name.startswith("/") or ".." in Path(m.name).parts or not (m.isfile() or m.isdir()):
+                    raise SetupError(f"registry: {archive} holds an unexpected entry {m.name!r}; not unpacking it.")
+            tar.extractall(dest)
+    except (tarfile.TarError, EOFError) as e:  # a damaged download; FilterError: an entry the filter refuses
+        raise SetupError(
+            f"registry: could not unpack {archive}: {e}. If Maven's copy is damaged, delete it from ~/.m2/repository "
+            "and start the registry again."
+        ) from None
+
+
+def ensure_registry_app() -> Path:
+    """Fetch Apicurio Registry's app with Maven and unpack it into <dev dir>/apicurio, once (again only when
+    APICURIO_ARTIFACT changes); returns its runner jar."""
+    app = registry_app_dir()
+    if not registry_app_ready():
+        mvn = need_tool("mvn", MVN_HINT)
+        dev_dir().mkdir(parents=True, exist_ok=True)
+        tmp = dev_dir() / "apicurio.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        log = dev_dir() / "mvn-registry.log"
+        say(f"registry: fetching Apicurio Registry {APICURIO_VERSION} with Maven into {app} (once; log: {log}) ...")
+        t0 = time.monotonic()
+        cmd = [
+            mvn, "-B", "-q", "-f", str(POM), "dependency:copy", f"-Dartifact={APICURIO_ARTIFACT}",
+            f"-DoutputDirectory={tmp / 'download'}",
+        ]  # fmt: skip
+        with open(log, "w") as f:
+            f.write("$ " + " ".join(cmd) + "\n")
+            f.flush()
+            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
+        archives = list((tmp / "download").glob("*.tar.gz"))
+        if rc != 0 or len(archives) != 1:
+            raise SetupError(
+                f"Maven could not fetch {APICURIO_ARTIFACT} (exit code {rc}); its output is in {log}:\n"
+                f"{tail(log, 15)}\nCheck that Maven Central (repo.maven.apache.org) is reachable, or a proxy/mirror "
+                "set in ~/.m2/settings.xml, then run the command again."
+            )
+        try:
+            _untar(archives[0], tmp / "app")
+        except SetupError:
+            shutil.rmtree(tmp, ignore_errors=True)  # 220 MB: the archive and what was unpacked of it
+            raise
+        shutil.rmtree(app, ignore_errors=True)
+        (tmp / "app").replace(app)
+        shutil.rmtree(tmp)
+        (app / ".complete").write_text(APICURIO_ARTIFACT + "\n")
+        say(f"registry: fetched and unpacked in {time.monotonic() - t0:.1f}s")
+    runners = sorted(app.glob("*-runner.jar"))
+    if len(runners) != 1:
+        raise SetupError(
+            f"registry: expected one *-runner.jar in {app}, found {[r.name for r in runners]}; delete {app} "
+            "and start it again (it is fetched anew)."
+        )
+    return runners[0]
 
 
 # --------------------------------------------------------------------------------------------- Kafka protocol
@@ -630,6 +716,33 @@ def s3_bucket_status(port: int, key: str, secret: str, bucket: str) -> int | Non
         return None
 
 
+# --------------------------------------------------------------------------------------------- registry (Confluent API)
+
+CCOMPAT = "/apis/ccompat/v7"  # Apicurio Registry's Confluent Schema Registry API
+CCOMPAT_JSON = "application/vnd.schemaregistry.v1+json"
+
+
+def registry_request(port: int, method: str, path: str, body: object = None, timeout: float = 5.0) -> tuple[int, Any]:
+    """One request to the registry's Confluent-compatible API (path under /apis/ccompat/v7): (HTTP status, the
+    JSON answer, None if the body is not JSON). OSError / http.client.HTTPException when nothing answers."""
+    headers = {"Accept": f"{CCOMPAT_JSON}, application/json"}
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = CCOMPAT_JSON
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        conn.request(method, CCOMPAT + path, body=data, headers=headers)
+        resp = conn.getresponse()
+        raw = resp.read()
+    finally:
+        conn.close()
+    try:
+        return resp.status, json.loads(raw) if raw else None
+    except ValueError:
+        return resp.status, None
+
+
 # --------------------------------------------------------------------------------------------- services
 
 
@@ -668,6 +781,11 @@ class Service:
 
     def describe(self) -> list[str]:
         raise NotImplementedError
+
+    def settle(self, detail: str) -> str:
+        """Once the server answers, at every `up` (a reused server too): set what the tests rely on at run time.
+        Returns the detail to print (check_ready's, by default)."""
+        return detail
 
     @property
     def log(self) -> Path:
@@ -737,7 +855,7 @@ class Service:
                 )
             # still starting (another `up` launched it a moment ago)? give it the rest of its start timeout
             age = time.time() - float(state.get("started", 0))
-            detail = self.wait_ready(pid, max(5.0, self.start_timeout() - age), ours=False)
+            detail = self.settle(self.wait_ready(pid, max(5.0, self.start_timeout() - age), ours=False))
             say(f"{self.name}: already up (pid {pid}, {detail}); reusing it")
             self.print_where()
             return False
@@ -755,7 +873,7 @@ class Service:
             json.dumps({"pid": pid, "ports": want, "settings": fingerprint, "started": time.time()}) + "\n"
         )
         try:
-            detail = self.wait_ready(pid, self.start_timeout())
+            detail = self.settle(self.wait_ready(pid, self.start_timeout()))
         except BaseException:
             if pid_alive(pid):
                 stop_pid(pid, self.name, timeout=10)
@@ -1161,7 +1279,104 @@ def find_weed() -> str:
     )
 
 
-SERVICES = {"kafka": Kafka, "s3": S3}
+class Registry(Service):
+    """Apicurio Registry with in-memory storage (H2): every start begins empty; the Confluent Schema Registry
+    API is under /apis/ccompat/v7, with global compatibility BACKWARD (set at every `up`; Apicurio's is NONE)."""
+
+    name = "registry"
+    start_timeout_env = "KINGEST_REGISTRY_START_TIMEOUT"
+    default_start_timeout = 60
+    compatibility = "BACKWARD"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.port = _env_port("KINGEST_REGISTRY_PORT", 8081)
+        # ~235 MB resident, ready in ~4 s: a small heap, the serial GC, C1 only (a dev server, short-lived)
+        self.jvm = ["-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true"]
+        self.java = ""
+        self.runner: Path | None = None
+
+    @property
+    def log(self) -> Path:
+        return self.dir / "registry.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def ports(self) -> list[Port]:
+        return [Port(self.port, "Apicurio Registry HTTP", "KINGEST_REGISTRY_PORT")]
+
+    def preflight(self) -> None:
+        if not shutil.which("java") and not registry_app_ready() and not shutil.which("mvn"):
+            raise SetupError(f"Neither `java` nor `mvn` is on PATH. {JAVA_HINT} {MVN_HINT}")
+        self.java = java_exe()
+        if not registry_app_ready():
+            need_tool("mvn", MVN_HINT)
+
+    def cmd_marker(self) -> str:
+        return str(registry_app_dir())
+
+    def quarkus_properties(self) -> dict[str, str]:
+        return {
+            "quarkus.http.host": HOST,
+            "quarkus.http.port": str(self.port),
+            # one line per request is far too much for a dev log
+            "quarkus.http.access-log.enabled": "false",
+            # the app's own format prints dates as 2026-12+00-06 (YYYY-MMx-dd)
+            "quarkus.log.console.format": "%d{yyyy-MM-dd HH:mm:ss,SSS} %p [%c{2.}] (%t) %m%n",
+        }
+
+    def settings(self) -> dict:
+        return {"version": APICURIO_VERSION, "jvm": self.jvm, "properties": self.quarkus_properties()}
+
+    def prepare(self) -> None:
+        self.runner = ensure_registry_app()
+        rotate(self.log)
+
+    def command(self) -> tuple[list[str], dict[str, str] | None]:
+        assert self.runner is not None, "prepare() first"
+        props = [f"-D{k}={v}" for k, v in self.quarkus_properties().items()]
+        return [self.java, *self.jvm, *props, "-jar", str(self.runner)], None
+
+    def _compatibility(self) -> str | None:
+        try:
+            status, body = registry_request(self.port, "GET", "/config", timeout=2.0)
+        except (OSError, http.client.HTTPException):
+            return None
+        return body.get("compatibilityLevel") if status == 200 and isinstance(body, dict) else None
+
+    def check_ready(self) -> tuple[bool, str]:
+        try:
+            status, body = registry_request(self.port, "GET", "/subjects", timeout=2.0)
+        except (OSError, http.client.HTTPException):
+            return False, f"no registry answer on {self.url}"
+        if status != 200 or not isinstance(body, list):
+            return False, f"GET {self.url}{CCOMPAT}/subjects answered HTTP {status}, not a JSON list"
+        return True, f"{len(body)} subjects, compatibility {self._compatibility()}"
+
+    def settle(self, detail: str) -> str:
+        if self._compatibility() != self.compatibility:
+            try:
+                status, body = registry_request(self.port, "PUT", "/config", {"compatibility": self.compatibility})
+            except (OSError, http.client.HTTPException) as e:
+                status, body = 0, str(e)
+            if self._compatibility() != self.compatibility:
+                raise SetupError(
+                    f"registry: could not set the global compatibility to {self.compatibility}: PUT "
+                    f"{self.url}{CCOMPAT}/config answered HTTP {status}: {body}"
+                )
+        return self.check_ready()[1]
+
+    def describe(self) -> list[str]:
+        return [
+            f"registry URL:    {self.url}   (Apicurio Registry {APICURIO_VERSION}, in memory: empty at each start)",
+            f"Confluent API:   {self.url}{CCOMPAT}   (global compatibility {self.compatibility})",
+            f"log:             {self.log}",
+        ]
+
+
+SERVICES: dict[str, type[Service]] = {"kafka": Kafka, "s3": S3, "registry": Registry}
 
 
 def selected(which: str) -> list[Service]:
@@ -1237,6 +1452,7 @@ def cmd_env(args: argparse.Namespace) -> int:
         ("KINGEST_S3_BUCKET", s.bucket),
         ("KINGEST_S3_ACCESS_KEY", s.access_key),
         ("KINGEST_S3_SECRET_KEY", s.secret_key),
+        ("KINGEST_REGISTRY_URL", Registry().url),
     ]:
         say(f"export {name}='{value}'")
     return 0
@@ -1246,15 +1462,16 @@ def cmd_clean(args: argparse.Namespace) -> int:
     for s in selected("all"):
         s.down()
     root = dev_dir()
+    keep = {jars_dir().name, registry_app_dir().name}  # the downloads
     if root.exists():
         for child in root.iterdir():
-            if child.name == "jars":
+            if child.name in keep:
                 continue
             if child.is_dir() and not child.is_symlink():
                 shutil.rmtree(child)
             else:
                 child.unlink()
-    say(f"cleaned {root} (kept {jars_dir()})")
+    say(f"cleaned {root} (kept the downloads: {', '.join(sorted(keep))})")
     return 0
 
 
@@ -1276,22 +1493,22 @@ def cmd_kafka_tool(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="devservices.py",
-        description="Local Kafka broker and S3 server for kingest development and tests.",
+        description="Local Kafka broker, S3 server and schema registry for kingest development and tests.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n\n", 2)[2] if __doc__ else None,
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("up", help="start services (reuses running ones)")
-    p.add_argument("service", nargs="?", default="all", choices=["kafka", "s3", "all"])
+    p.add_argument("service", nargs="?", default="all", choices=[*SERVICES, "all"])
     p.add_argument("--record", metavar="FILE", help="write the names of the services this call started")
     p.set_defaults(func=cmd_up)
     p = sub.add_parser("down", help="stop services")
-    p.add_argument("service", nargs="?", default="all", choices=["kafka", "s3", "all"])
+    p.add_argument("service", nargs="?", default="all", choices=[*SERVICES, "all"])
     p.add_argument("--started-by", metavar="FILE", help="stop only the services listed in FILE (see up --record)")
     p.set_defaults(func=cmd_down)
     sub.add_parser("status", help="show what runs where (exit 3 if something is down)").set_defaults(func=cmd_status)
     sub.add_parser("env", help="print export lines for a shell").set_defaults(func=cmd_env)
-    sub.add_parser("clean", help="stop everything and delete .kingest-dev/ except the jars").set_defaults(
+    sub.add_parser("clean", help="stop everything and delete .kingest-dev/ except the downloads").set_defaults(
         func=cmd_clean
     )
     p = sub.add_parser("kafka-tool", help="run a Kafka CLI tool: " + ", ".join(sorted(KAFKA_TOOLS)))

@@ -1,12 +1,13 @@
-"""Shared fixtures: the real Kafka broker and S3 server of services/devservices.py, used lazily.
+"""Shared fixtures: the real Kafka broker, S3 server and schema registry of services/devservices.py, used lazily.
 
-Only tests that ask for kafka_bootstrap / s3_* fixtures touch the services, so pure unit tests start nothing.
-A service that already answers (`make up`, or `make test`, which starts them before pytest) is used as is;
-otherwise the first test needing it starts it through devservices and it is stopped at the end of the session.
+Only tests that ask for kafka_bootstrap / s3_* / registry_url fixtures touch the services, so pure unit tests
+start nothing. A service that already answers (`make up`, or `make test`, which starts them before pytest) is used
+as is; otherwise the first test needing it starts it through devservices and it is stopped at the end of the session.
 
 Environment: KINGEST_KAFKA_BOOTSTRAP (default 127.0.0.1:$KINGEST_KAFKA_PORT or 9092), KINGEST_S3_ENDPOINT
-(default http://127.0.0.1:$KINGEST_S3_PORT or 8333), KINGEST_S3_ACCESS_KEY / _SECRET_KEY / _BUCKET, and the
-devservices variables. When KINGEST_KAFKA_BOOTSTRAP or KINGEST_S3_ENDPOINT is set, nothing is started.
+(default http://127.0.0.1:$KINGEST_S3_PORT or 8333), KINGEST_S3_ACCESS_KEY / _SECRET_KEY / _BUCKET,
+KINGEST_REGISTRY_URL (default http://127.0.0.1:$KINGEST_REGISTRY_PORT or 8081), and the devservices variables.
+When KINGEST_KAFKA_BOOTSTRAP, KINGEST_S3_ENDPOINT or KINGEST_REGISTRY_URL is set, that service is not started.
 """
 
 from __future__ import annotations
@@ -348,3 +349,33 @@ def s3_prefix(s3_bucket: str, s3_fs: Any) -> Iterator[str]:
         s3_fs.rm(url, recursive=True)
     except FileNotFoundError:
         pass
+
+
+# --------------------------------------------------------------------------------------------- schema registry
+
+
+@pytest.fixture(scope="session")
+def registry_url(devservices: ModuleType) -> Iterator[str]:
+    """http://host:port of a schema registry (Apicurio Registry) whose Confluent-compatible API is
+    <url>/apis/ccompat/v7, with global compatibility BACKWARD (started for the session if needed).
+
+    A reused registry keeps what earlier runs registered, and schema ids are global across subjects: use fresh
+    subject names (a uuid) and take ids from the answers, never assume 1."""
+    explicit = os.environ.get("KINGEST_REGISTRY_URL")
+    if explicit:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{explicit.rstrip('/')}/apis/ccompat/v7/subjects", timeout=5):
+                pass
+        except OSError as e:
+            pytest.fail(f"KINGEST_REGISTRY_URL={explicit} does not answer the Confluent API: {e}", pytrace=False)
+        yield explicit.rstrip("/")  # someone else's registry: trust it, the tests will tell
+        return
+    # also when it runs already: `up` reuses it and sets the global compatibility again
+    started = _start(devservices, "registry")
+    try:
+        yield devservices.Registry().url
+    finally:
+        if started:
+            devservices.down("registry")

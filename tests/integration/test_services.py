@@ -1,10 +1,12 @@
-"""The dev services themselves: the real Kafka broker and S3 server behave as kingest's tests assume.
+"""The dev services themselves: the real Kafka broker, S3 server and schema registry behave as kingest's tests
+assume.
 
 Also checks services/devservices.py's messages for a bad set-up (those tests start no service).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import socket
@@ -180,6 +182,69 @@ def test_s3_wrong_secret_refused(s3_storage_options: dict[str, Any], s3_bucket: 
         anon.ls(s3_bucket, refresh=True)
 
 
+# --------------------------------------------------------------------------------------------- schema registry
+
+
+def _ccompat(url: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    """One request to the registry's Confluent-compatible API: (HTTP status, JSON answer)."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"{url}/apis/ccompat/v7{path}",
+        method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Content-Type": "application/vnd.schemaregistry.v1+json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+@pytest.mark.integration
+def test_registry_register_fetch_and_backward_compatibility(registry_url: str) -> None:
+    """Confluent's API: an id per distinct schema, global across subjects; BACKWARD refuses a new field without
+    a default (409) and takes one with a default."""
+    assert _ccompat(registry_url, "GET", "/config") == (200, {"compatibilityLevel": "BACKWARD"})
+    subject, other = (f"test-{uuid.uuid4().hex}-value" for _ in range(2))
+    fields: list[dict[str, Any]] = [{"name": "a", "type": "long"}]
+    record = {"type": "record", "name": f"r{uuid.uuid4().hex}", "fields": fields}  # new content, a new id
+    schema = json.dumps(record)
+
+    status, body = _ccompat(registry_url, "POST", f"/subjects/{subject}/versions", {"schema": schema})
+    assert status == 200, body
+    schema_id = body["id"]
+    assert _ccompat(registry_url, "GET", f"/schemas/ids/{schema_id}") == (
+        200,
+        {"schema": schema, "schemaType": "AVRO", "references": []},
+    )
+    for again in (subject, other):  # the same schema again, and under another subject: the same id
+        assert _ccompat(registry_url, "POST", f"/subjects/{again}/versions", {"schema": schema}) == (
+            200,
+            {"id": schema_id},
+        )
+
+    no_default = json.dumps({**record, "fields": [*fields, {"name": "b", "type": "string"}]})
+    status, body = _ccompat(registry_url, "POST", f"/subjects/{subject}/versions", {"schema": no_default})
+    assert (status, body["error_code"]) == (409, 409), body
+    with_default = json.dumps({**record, "fields": [*fields, {"name": "b", "type": "string", "default": ""}]})
+    status, body = _ccompat(registry_url, "POST", f"/subjects/{subject}/versions", {"schema": with_default})
+    assert status == 200 and body["id"] != schema_id, body
+    assert _ccompat(registry_url, "GET", f"/subjects/{subject}/versions") == (200, [1, 2])
+
+
+@pytest.mark.integration
+def test_registry_in_status_and_env(registry_url: str) -> None:
+    if os.environ.get("KINGEST_REGISTRY_URL"):
+        pytest.skip("KINGEST_REGISTRY_URL is set: not the devservices registry")
+    status = _devservices(["status"], {})
+    assert "registry: up (pid " in status.stdout and "compatibility BACKWARD" in status.stdout, status.stdout
+    env = _devservices(["env"], {})
+    assert f"export KINGEST_REGISTRY_URL='{registry_url}'" in env.stdout.splitlines()
+
+
 # --------------------------------------------------------------------------------------------- bad set-up
 
 
@@ -216,6 +281,18 @@ def test_up_kafka_port_taken(tmp_path: Path) -> None:
     assert f"port {port}" in message and "KINGEST_KAFKA_PORT" in message
     assert "Traceback" not in message
     assert not (tmp_path / "kafka" / "kafka.pid").exists()
+
+
+def test_up_registry_port_taken(tmp_path: Path) -> None:
+    with _listen_on_free_port() as taken:
+        port = taken.getsockname()[1]
+        out = _devservices(["up", "registry"], {"KINGEST_DEV_DIR": str(tmp_path), "KINGEST_REGISTRY_PORT": str(port)})
+    assert out.returncode == 1
+    message = out.stdout + out.stderr
+    assert f"port {port}" in message and "KINGEST_REGISTRY_PORT" in message
+    assert "Traceback" not in message
+    assert not (tmp_path / "registry" / "registry.pid").exists()
+    assert not (tmp_path / "apicurio").exists()  # the port is checked before anything is fetched
 
 
 def test_up_s3_grpc_port_taken(tmp_path: Path) -> None:
