@@ -51,7 +51,46 @@ def run_checks(
         f"records {config.records.format}{schema}, on_error {config.records.on_error}",
     )
     yield from _kafka_checks(config)
+    yield from _registry_checks(config)
     yield from _lake_checks(config)
+
+
+def _registry_checks(config: Config) -> Iterator[Check]:
+    """records.schema_registry: the registry answers, and each topic's subject (``<topic>-value``, the
+    Confluent serializers' default TopicNameStrategy) holds a schema of the format's type."""
+    settings = config.records.schema_registry
+    if settings is None:
+        return
+    from .registry import Registry
+
+    registry = Registry(
+        settings.url, basic_auth=settings.basic_auth, ca_file=settings.ca_file, retry_seconds=0, timeout=5
+    )
+    kind = {"avro": "AVRO", "json-schema": "JSON"}[config.records.format]
+    for topic in config.kafka.topics:
+        subject = f"{topic}-value"
+        try:
+            latest = registry.latest(subject)
+        except KingestError as error:
+            yield Check(f"schema registry: {subject}", False, error.message, error.hint)
+            return
+        if latest is None:
+            yield Check(
+                f"schema registry: {subject}",
+                True,
+                f"{registry.shown} answers; no subject {subject} yet (records are decoded by the schema id each "
+                "one carries, whatever its subject)",
+                note=True,
+            )
+        elif latest.type != kind:
+            yield Check(
+                f"schema registry: {subject}",
+                False,
+                f"the latest schema of {subject} (id {latest.id}) is {latest.type}, not {kind}",
+                "Set records.format to the format the topic's records are written in (avro, json-schema).",
+            )
+        else:
+            yield Check(f"schema registry: {subject}", True, f"{registry.shown}: latest schema id {latest.id} ({kind})")
 
 
 def _kafka_checks(config: Config) -> Iterator[Check]:

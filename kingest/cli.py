@@ -452,7 +452,12 @@ def init(
             "--lake", help="A local folder or s3://bucket/prefix. Default: ./lake/<pipeline>.", show_default=False
         ),
     ] = None,
-    record_format: Annotated[str, typer.Option("--format", help="raw, string or json.")] = "json",
+    record_format: Annotated[
+        str, typer.Option("--format", help="raw, string, json, avro or json-schema (schemas from a registry).")
+    ] = "json",
+    schema_registry: Annotated[
+        str, typer.Option("--schema-registry", help="avro, json-schema: the schema registry's URL.")
+    ] = "http://localhost:8081/apis/ccompat/v7",
     semantics: Annotated[
         Semantics, typer.Option("--semantics", help="The delivery guarantee.")
     ] = Semantics.at_least_once,
@@ -469,6 +474,7 @@ def init(
             lake=lake,
             record_format=record_format,
             semantics=semantics.value,
+            schema_registry=schema_registry,
         )
         written = write_starter_config(path, text, force=force)
     typer.echo(f"wrote {written}: edit it, then try it with `kingest check -c {written}`")

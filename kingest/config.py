@@ -42,6 +42,12 @@ class RecordFormat(StrEnum):
     raw = "raw"
     string = "string"
     json = "json"
+    avro = "avro"
+    json_schema = "json-schema"
+
+
+# Formats whose records carry a schema id (the Confluent wire format): their schemas come from a registry.
+REGISTRY_FORMATS = (RecordFormat.avro, RecordFormat.json_schema)
 
 
 class OnError(StrEnum):
@@ -242,6 +248,45 @@ def _mapping(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError("a mapping (key: value lines)")
     return value
+
+
+@dataclass(frozen=True)
+class SchemaRegistryConfig:
+    """``records.schema_registry``: where the schemas of the records' ids are (the Confluent REST API)."""
+
+    url: str
+    basic_auth: str | None = field(default=None, repr=False)  # user:password: a secret
+    ca_file: str | None = None
+    retry_seconds: float = 300.0
+
+
+_REGISTRY_KEYS = ("url", "basic_auth", "ca_file", "retry_seconds")
+
+
+def _schema_registry(value: Any) -> SchemaRegistryConfig:
+    if isinstance(value, str):
+        value = {"url": value}
+    if not isinstance(value, dict):
+        raise ValueError("a mapping with url (and basic_auth, ca_file, retry_seconds)")
+    for key in value:
+        if key not in _REGISTRY_KEYS:
+            close = difflib.get_close_matches(str(key), _REGISTRY_KEYS, n=1)
+            raise ValueError(
+                f"unknown key `{key}`"
+                + (f": did you mean `{close[0]}`?" if close else "")
+                + f" (keys: {', '.join(_REGISTRY_KEYS)})"
+            )
+    url = value.get("url")
+    if not isinstance(url, str) or not re.match(r"https?://[^/]", url):
+        raise ValueError("`url` must be the registry's http:// or https:// URL (Apicurio: .../apis/ccompat/v7)")
+    auth = value.get("basic_auth")
+    if auth is not None and (not isinstance(auth, str) or ":" not in auth):
+        raise ValueError("`basic_auth` must be user:password (give it as ${VAR})")
+    ca_file = value.get("ca_file")
+    if ca_file is not None and not isinstance(ca_file, str):
+        raise ValueError("`ca_file` must be the path of a PEM file")
+    retry = parse_duration(value.get("retry_seconds", 300.0))
+    return SchemaRegistryConfig(url=url, basic_auth=auth, ca_file=ca_file, retry_seconds=retry)
 
 
 def _schema(value: Any) -> dict[str, Any]:
@@ -511,10 +556,26 @@ class RecordsConfig:
     """``records:`` how a record's value becomes a row."""
 
     format: RecordFormat = setting(
-        "`raw` (the value's bytes, a `binary` column), `string` (UTF-8 text, a `string` column) or `json` (a JSON "
-        "object per record, one column per field).",
+        "`raw` (the value's bytes, a `binary` column), `string` (UTF-8 text, a `string` column), `json` (a JSON "
+        "object per record, one column per field), `avro` (Avro in the Confluent wire format, schemas from "
+        "`schema_registry`; or plain Avro with `schema_file`) or `json-schema` (JSON in the Confluent wire format, "
+        "JSON Schemas from `schema_registry`). See [Avro and the schema registry](#avro-and-the-schema-registry).",
         RecordFormat,
         default="json",
+    )
+    schema_registry: SchemaRegistryConfig | None = setting(
+        "`avro`, `json-schema`: the schema registry (Confluent REST API): `url`, `basic_auth` (`user:password`, "
+        "as `${VAR}`; never printed), `ca_file` (PEM, for https), `retry_seconds` (how long to wait for a registry "
+        "that does not answer, default 300). A URL alone may be given as the value.",
+        _schema_registry,
+        default=None,
+        secret=True,
+    )
+    schema_file: str | None = setting(
+        "`avro` without a registry: the Avro schema (`.avsc`) every record was written with, values as plain Avro "
+        "binary (no wire-format header).",
+        _string,
+        default=None,
     )
     schema: Mapping[str, SchemaType] | None = setting(
         "`json` only: `field: type` for the columns to keep, values coerced to these types (below). Types: "
@@ -626,6 +687,9 @@ class Config:
         found = [self.kafka.sasl_plain_password, self.kafka.ssl_password]
         found += [v for k, v in _walk(self.lake.storage_options) if is_secret_key(k)]
         found += [v for k, v in _walk(self.kafka.consumer) if is_secret_key(k)]
+        registry = self.records.schema_registry
+        if registry is not None and registry.basic_auth:
+            found += [registry.basic_auth, registry.basic_auth.split(":", 1)[1]]
         return [str(v) for v in found if v not in (None, "")]
 
 
@@ -830,7 +894,7 @@ class _Section:
         full = self.key(name)
         from_env = any(p == full or p.startswith((f"{full}.", f"{full}[")) for p in self.doc.from_env)
         # storage_options and consumer hold credentials under free-form keys: never echo them back either.
-        if from_env or is_secret_key(name) or name in ("storage_options", "consumer"):
+        if from_env or is_secret_key(name) or name in ("storage_options", "consumer", "schema_registry"):
             return "(value hidden: it is a secret or comes from the environment)"
         return repr(value)
 
@@ -857,6 +921,40 @@ def _kind(value: Any) -> str:
     return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}.get(
         type(value), type(value).__name__
     )
+
+
+def _check_schemas(doc: _Doc, records: RecordsConfig) -> None:
+    """records.format, schema_registry and schema_file agree; a schema file is a readable Avro schema."""
+    fmt = records.format
+    if records.schema_registry is not None and fmt not in REGISTRY_FORMATS:
+        raise ConfigError(
+            f"{doc.where('records.schema_registry')}: `records.schema_registry` applies only to "
+            f"`records.format: avro` or `json-schema`, not {fmt}",
+            "Set records.format to the format the topic's records are written in.",
+        )
+    if records.schema_file is not None:
+        where = doc.where("records.schema_file")
+        if fmt != RecordFormat.avro:
+            raise ConfigError(f"{where}: `records.schema_file` applies only to `records.format: avro`")
+        if records.schema_registry is not None:
+            raise ConfigError(
+                f"{where}: give either `records.schema_file` (plain Avro values) or `records.schema_registry` "
+                "(values in the Confluent wire format, with a schema id), not both"
+            )
+        from .avro import AvroSchemaError, load_schema_file
+
+        try:
+            load_schema_file(records.schema_file)
+        except AvroSchemaError as exc:
+            raise ConfigError(
+                f"{where}: `records.schema_file`: {exc}", "Give the path of an Avro schema (.avsc, JSON)."
+            ) from None
+    elif fmt in REGISTRY_FORMATS and records.schema_registry is None:
+        more = " or `records.schema_file` (plain Avro values)" if fmt == RecordFormat.avro else ""
+        raise ConfigError(
+            f"{doc.where('records.format')}: `records.format: {fmt}` needs `records.schema_registry`{more}",
+            "For example:  schema_registry: {url: http://127.0.0.1:8081/apis/ccompat/v7}",
+        )
 
 
 def load(path: str | os.PathLike[str] | None = None) -> Config:
@@ -959,6 +1057,7 @@ def parse(text: str, source: str = "<config>") -> Config:
         if records_config.format != RecordFormat.json:
             raise ConfigError(f"{doc.where('records.schema')}: `records.schema` applies only to `records.format: json`")
         records_config = replace(records_config, schema=declared)
+    _check_schemas(doc, records_config)
 
     if "lake" not in top.data:
         raise ConfigError(f"{source}: `lake` is required (lake.path: ./lake/NAME or s3://bucket/prefix)")

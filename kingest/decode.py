@@ -25,21 +25,24 @@ Schemas (json):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
+from .avro import AvroSchema, AvroSchemaError
 from .batcher import Batch
 from .coerce import ARROW_ERRORS, coerce, convert
 from .coerce import cast as cast_to
 from .errors import BadRecord
+from .registry import RegisteredSchema, Registry
 
 KAFKA_TIMESTAMP = pa.timestamp("ms", tz="UTC")  # Kafka record timestamps are milliseconds
 HEADERS_TYPE = pa.list_(pa.struct([("key", pa.string()), ("value", pa.binary())]))
@@ -94,16 +97,28 @@ class Decoder:
     """Decodes batches for one pipeline. For inferred json schemas it remembers, per topic, the columns seen so
     far, so that the files of a topic agree on each column's type."""
 
-    def __init__(self, record_format: str, declared: pa.Schema | None = None) -> None:
+    def __init__(
+        self,
+        record_format: str,
+        declared: pa.Schema | None = None,
+        *,
+        registry: Registry | None = None,
+        schema_file: AvroSchema | None = None,
+    ) -> None:
         self.format = record_format
         self.declared = declared
-        self.known: dict[str, pa.Schema] = {}  # inferred json: the columns of each topic so far
+        self.known: dict[str, pa.Schema] = {}  # inferred json, avro: the columns of each topic so far
         self._known_lock = threading.Lock()
+        self.registry = registry
+        self.schema_file = schema_file
+        self._schemas: dict[int, AvroSchema | str] = {}  # registry schemas by id, or why they cannot be used
+        self._seeded: set[tuple[str, int]] = set()  # json-schema: (topic, id) whose columns were learnt
 
     @property
     def infers_schema(self) -> bool:
-        """Whether the columns come from the records (json without ``records.schema``)."""
-        return self.format == "json" and self.declared is None
+        """Whether the columns come from the records or their writer schemas (json without ``records.schema``,
+        avro, json-schema): then a topic's columns so far decide a field's type."""
+        return (self.format == "json" and self.declared is None) or self.format in ("avro", "json-schema")
 
     def learn(self, topic: str, schema: pa.Schema) -> None:
         """Start from ``schema`` for ``topic`` (the columns of a file the lake holds, metadata columns and all):
@@ -124,6 +139,10 @@ class Decoder:
             strings, invalid = convert(pa.array(batch.values, pa.binary()), pa.string(), cast_to(pa.string()))
             bad = dict.fromkeys(invalid, "not valid UTF-8")
             values = pa.table({"value": strings})
+        elif self.format == "avro":
+            values, bad = self._avro(batch)
+        elif self.format == "json-schema":
+            values, bad = self._json_schema(batch)
         else:
             values, bad = self._json(batch)
         metadata = [
@@ -141,8 +160,141 @@ class Decoder:
             if values.num_rows == n:  # raw/string: the bad rows are still there, as nulls
                 values = values.take(keep)
         columns = metadata + list(values.columns)
-        schema = pa.schema(METADATA_FIELDS + [pa.field(f.name, f.type) for f in values.schema])
+        schema = pa.schema(
+            METADATA_FIELDS + [pa.field(f.name, f.type) for f in values.schema], metadata=values.schema.metadata
+        )
         return Decoded(pa.Table.from_arrays(columns, schema=schema), rejected)
+
+    # ------------------------------------------------------------------------------ schema registry formats
+
+    def _framed(self, values: Sequence[bytes | None]) -> tuple[dict[int, list[int]], list[int], dict[int, str]]:
+        """The records in the Confluent wire format (byte 0, a 4-byte big-endian schema id, the payload), grouped
+        by schema id; the tombstones (null values); and the records not in that format, with why."""
+        groups: dict[int, list[int]] = {}
+        tombstones: list[int] = []
+        bad: dict[int, str] = {}
+        for i, value in enumerate(values):
+            if value is None:
+                tombstones.append(i)
+            elif len(value) < 5 or value[0] != 0:
+                first = f"first byte 0x{value[0]:02x}" if value else "an empty value"
+                bad[i] = (
+                    "not in the Confluent wire format (byte 0, then a 4-byte schema id): "
+                    f"{first}, {len(value)} bytes; was it written without the registry's serializer?"
+                )
+            else:
+                groups.setdefault(int.from_bytes(value[1:5], "big"), []).append(i)
+        return groups, tombstones, bad
+
+    def _registered(self, schema_id: int, kind: str) -> RegisteredSchema | str:
+        """The registry's schema ``schema_id``, or why a record that names it is bad."""
+        assert self.registry is not None
+        found = self.registry.schema(schema_id)
+        if found is None:
+            return f"schema id {schema_id} is not in the schema registry at {self.registry.shown}"
+        if found.type != kind:
+            fmt = {"AVRO": "avro", "JSON": "json-schema", "PROTOBUF": "protobuf"}.get(found.type, found.type)
+            return (
+                f"schema id {schema_id} is a {found.type} schema, not {kind}: the topic's records are "
+                f"records.format: {fmt}"
+            )
+        return found
+
+    def _avro_schema(self, schema_id: int) -> AvroSchema | str:
+        if schema_id not in self._schemas:
+            found = self._registered(schema_id, "AVRO")
+            if isinstance(found, str):
+                return found  # not cached: the id may be registered later
+            try:
+                self._schemas[schema_id] = AvroSchema(found.text, f"schema id {schema_id}")
+            except AvroSchemaError as exc:
+                self._schemas[schema_id] = str(exc)
+        return self._schemas[schema_id]
+
+    def _avro(self, batch: Batch) -> tuple[pa.Table, dict[int, str]]:
+        """Avro values: grouped by writer schema, each group decoded in bulk (avro.py), the groups' columns
+        unified with the topic's so far (new fields nullable), back in offset order."""
+        values = batch.values
+        if self.schema_file is not None:
+            tombstones = [i for i, v in enumerate(values) if v is None]
+            groups = {-1: [i for i, v in enumerate(values) if v is not None]} if len(tombstones) < len(values) else {}
+            bad: dict[int, str] = {}
+        else:
+            groups, tombstones, bad = self._framed(values)
+        pieces: list[pa.Table] = []
+        order: list[int] = []
+        ids: list[int] = []
+        for schema_id, rows in groups.items():
+            schema = self.schema_file if schema_id == -1 else self._avro_schema(schema_id)
+            if isinstance(schema, str) or schema is None:
+                bad.update(dict.fromkeys(rows, str(schema)))
+                continue
+            skip = 0 if schema_id == -1 else 5
+            table, rejected = schema.decode([cast(bytes, values[i])[skip:] for i in rows])
+            bad.update({rows[j]: reason for j, reason in rejected.items()})
+            good = [rows[j] for j in range(len(rows)) if j not in rejected]
+            try:
+                table = self._remember(batch.topic, table)
+            except ARROW_ERRORS as exc:
+                reason = f"{schema.name} does not fit the topic's columns: {_arrow_reason(exc)}"
+                bad.update(dict.fromkeys(good, reason))
+                continue
+            pieces.append(table)
+            order += good
+            if schema_id != -1:
+                ids.append(schema_id)
+        if tombstones:  # a tombstone is a row whose value columns are all null, as with json
+            pieces.append(_no_columns(len(tombstones)))
+            order += tombstones
+        table = self._concat(batch.topic, pieces)
+        if len(pieces) > 1:
+            permutation = pc.sort_indices(pa.array(order, pa.int64()))
+            table = table.take(permutation) if table.num_columns else _no_columns(table.num_rows)
+        return self._with_schema_ids(batch.topic, table, ids), bad
+
+    def _json_schema(self, batch: Batch) -> tuple[pa.Table, dict[int, str]]:
+        """JSON Schema values: the wire-format header checked and taken off, the registry's schema teaching the
+        topic's column types (integer int64, number float64...), then the json path on the payloads."""
+        groups, tombstones, bad = self._framed(batch.values)
+        keep: list[int] = sorted(tombstones)
+        ids: list[int] = []
+        for schema_id, rows in groups.items():
+            found = self._registered(schema_id, "JSON")
+            if isinstance(found, str):
+                bad.update(dict.fromkeys(rows, found))
+                continue
+            key = (batch.topic, schema_id)
+            if key not in self._seeded:
+                self._seeded.add(key)
+                with contextlib.suppress(*ARROW_ERRORS, ValueError, TypeError, KeyError, AttributeError):
+                    self.learn(batch.topic, json_schema_columns(json.loads(found.text)))
+            keep += rows
+            ids.append(schema_id)
+        keep.sort()
+        payloads = [None if batch.values[i] is None else cast(bytes, batch.values[i])[5:] for i in keep]
+        table, rejected = self._json(replace(batch, values=payloads))
+        bad.update({keep[j]: reason for j, reason in rejected.items()})
+        return self._with_schema_ids(batch.topic, table, ids), bad
+
+    def _with_schema_ids(self, topic: str, table: pa.Table, ids: list[int]) -> pa.Table:
+        """The Parquet footer names the schema ids (and their subjects) the file's records were written with. An
+        id that several subjects share is named with the topic's own subjects (``<topic>-value``,
+        ``<topic>-<record>``) when it has any."""
+        if not ids or self.registry is None:
+            return table
+        subjects: set[str] = set()
+        for schema_id in ids:
+            held = self.registry.subjects(schema_id)
+            own = [s for s in held if s.startswith(f"{topic}-")]
+            subjects.update(own or held)
+        metadata = {
+            **(table.schema.metadata or {}),
+            b"kingest.schema_ids": json.dumps(sorted(ids)).encode(),
+            b"kingest.schema_registry": self.registry.shown.encode(),
+        }
+        if subjects:
+            metadata[b"kingest.schema_subjects"] = json.dumps(sorted(subjects)).encode()
+        return table.replace_schema_metadata(metadata)
 
     def _json(self, batch: Batch) -> tuple[pa.Table, dict[int, str]]:
         """The value columns of the good records (in order) and the reasons of the bad ones, by index."""
@@ -316,6 +468,35 @@ class Decoder:
         if len(unified) == 0:
             return _no_columns(sum(p.num_rows for p in pieces))
         return pa.concat_tables([_conform(p, unified) for p in pieces])
+
+
+def json_schema_columns(schema: Mapping[str, Any]) -> pa.Schema:
+    """The columns a JSON Schema's ``properties`` give (integer int64, number float64, string, boolean, object a
+    struct, array a list); a property of another or no type is left to inference."""
+    out = []
+    for name, prop in (schema.get("properties") or {}).items():
+        t = _json_schema_type(prop)
+        if t is not None:
+            out.append(pa.field(str(name), t))
+    return pa.schema(out)
+
+
+def _json_schema_type(prop: Any) -> pa.DataType | None:
+    if not isinstance(prop, Mapping):
+        return None
+    kind = prop.get("type")
+    if isinstance(kind, list):
+        kinds = [k for k in kind if k != "null"]
+        kind = kinds[0] if len(kinds) == 1 else None
+    if kind == "object":
+        columns = json_schema_columns(prop)
+        return pa.struct(list(columns)) if len(columns) else None
+    if kind == "array":
+        item = _json_schema_type(prop.get("items"))
+        return pa.list_(item) if item is not None else None
+    return {"integer": pa.int64(), "number": pa.float64(), "string": pa.string(), "boolean": pa.bool_()}.get(
+        kind if isinstance(kind, str) else ""
+    )
 
 
 def dead_letter_table(batch: Batch, rejected: Sequence[Rejected]) -> pa.Table:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .batcher import Batch
 from .coerce import declared_schema
@@ -24,7 +24,9 @@ from .parquet import EncodedFile, ParquetFiles
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from .avro import AvroSchema
     from .config import Config
+    from .registry import Registry
 
 __all__ = [
     "METADATA_NAMES",
@@ -66,10 +68,17 @@ class Encoder:
         file_tag: str | None = None,
         on_error: str = "fail",
         tables: bool = False,
+        registry: Registry | None = None,
+        schema_file: AvroSchema | None = None,
     ) -> None:
         self.on_error = on_error
         self.tables = tables  # lake.format: delta: hand the decoded tables on (see ParquetFiles.table_file)
-        self.decoder = Decoder(record_format, declared_schema(schema) if schema else None)
+        self.decoder = Decoder(
+            record_format,
+            declared_schema(schema) if schema else None,
+            registry=registry,
+            schema_file=schema_file,
+        )
         self.files = ParquetFiles(
             compression=compression, partition_by=partition_by, lineage=lineage, file_tag=file_tag
         )
@@ -117,6 +126,28 @@ class Encoder:
         """The raw bad records (key, value as bytes, headers, timestamp, topic, partition, offset) and their error
         text, under ``_dead_letters/topic=<t>/partition=<p>/``."""
         return self.files.dead_letter_file(batch.topic, batch.partition, dead_letter_table(batch, rejected))
+
+
+def writer_schemas(config: Config) -> dict[str, Any]:
+    """The Encoder's ``registry`` and ``schema_file`` for ``records.schema_registry`` / ``records.schema_file``."""
+    from .avro import load_schema_file, require
+    from .registry import Registry
+
+    records = config.records
+    out: dict[str, Any] = {}
+    if records.format == "avro":
+        require()
+    if records.schema_registry is not None:
+        registry = records.schema_registry
+        out["registry"] = Registry(
+            registry.url,
+            basic_auth=registry.basic_auth,
+            ca_file=registry.ca_file,
+            retry_seconds=registry.retry_seconds,
+        )
+    if records.schema_file is not None:
+        out["schema_file"] = load_schema_file(records.schema_file)
+    return out
 
 
 def rewriting_encoder(config: Config, owner: str, **lineage: str) -> Encoder:

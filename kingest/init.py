@@ -41,8 +41,10 @@ kafka:
   # consumer: {{}}                   # any other consumer setting, passed through (kafka-python's, or librdkafka's)
 
 records:
-  # raw (the bytes) | string (UTF-8 text) | json (an object per record: one column per field)
+  # raw (the bytes) | string (UTF-8 text) | json (an object per record: one column per field) |
+  # avro | json-schema (the Confluent wire format: a schema id, then the value; schemas from schema_registry)
   format: {format}
+{registry}  # schema_file: order.avsc       # avro without a registry: plain Avro values, all of this schema
   on_error: fail                 # a record that cannot be decoded: fail (stop the run) | skip | dead-letter
   # schema:                      # json only: declared column types (values are coerced; without it, inferred)
   #   order_id: string           # string | int8 | int16 | int32 | int64 | float32 | float64 | bool |
@@ -81,9 +83,18 @@ def starter_config(
     lake: str | None = None,
     record_format: str = "json",
     semantics: str = "at-least-once",
+    schema_registry: str = "http://localhost:8081/apis/ccompat/v7",
 ) -> str:
     """The starter config text, validated: a ConfigError names what is wrong with the values given."""
+    registry = (
+        f"  schema_registry:               # the schema registry (Confluent REST API; Apicurio: .../apis/ccompat/v7)\n"
+        f"    url: {_scalar(schema_registry)}\n"
+        "    # basic_auth: ${{REGISTRY_USER_INFO}}   # user:password\n"
+    )
+    if record_format not in ("avro", "json-schema"):
+        registry = "".join(f"  # {line[2:]}\n" if line.strip() else "\n" for line in registry.splitlines())
     text = TEMPLATE.format(
+        registry=registry.replace("{{", "{").replace("}}", "}"),
         path=path,
         pipeline=_scalar(pipeline),
         bootstrap=_scalar(bootstrap_servers),

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from . import crash
 from .batcher import Batch, Batcher
 from .config import Config
-from .encoder import EncodedBatch, EncodedFile, Encoder, Rejected
+from .encoder import EncodedBatch, EncodedFile, Encoder, Rejected, writer_schemas
 from .errors import BadRecord, CommitFailed, KingestError, ManifestConflict, SetupError, StateError
 from .lake import Lake
 from .lanes import Lanes
@@ -175,6 +175,7 @@ class Pipeline:
             file_tag=self.writer.rsplit("-", 1)[-1] if self.offsets.names_files else None,
             on_error=config.records.on_error,
             tables=self.table is not None,
+            **writer_schemas(config),
         )
         self.manifests = self.offsets.manifests if isinstance(self.offsets, ManifestOffsets) else None
         self.loaded: dict[TopicPartition, PartitionState] = {}  # exactly-once: manifest state at assignment

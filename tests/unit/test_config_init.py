@@ -104,7 +104,7 @@ LEFT_TO_THE_DOCS = {
 EXAMPLES = {
     "pipeline", "kafka.bootstrap_servers", "kafka.topics", "kafka.group_id", "kafka.security_protocol",
     "kafka.sasl_mechanism", "kafka.sasl_plain_username", "kafka.sasl_plain_password", "kafka.ssl_cafile",
-    "records.schema", "lake.path", "lake.partition_by",
+    "records.schema", "records.schema_file", "lake.path", "lake.partition_by",
 }  # fmt: skip
 
 KEY_LINE = re.compile(r"^(?P<indent> *)(?P<hash># )?(?P<key>[a-z_]+):(?P<value>[^#]*?)\s*(?:# (?P<note>.*))?$")

@@ -1,0 +1,357 @@
+"""Avro and JSON Schema records (records.format: avro | json-schema): what a batch of wire-format records becomes.
+
+An in-memory registry stands in for the real one here (fast, every case); tests/integration/test_schema_registry.py
+runs the same paths against Apicurio Registry and the real broker."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import io
+import json
+import struct
+import uuid
+from typing import Any
+
+import fastavro
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from kingest.avro import AvroSchema, AvroSchemaError
+from kingest.config import parse
+from kingest.encoder import Encoder
+from kingest.errors import ConfigError
+from kingest.registry import RegisteredSchema, Registry, RegistryUnavailable
+from tests.unit.test_encoder import make_batch
+
+UTC = dt.UTC
+
+
+class FakeRegistry:
+    """Schemas by id, as Registry.schema gives them."""
+
+    shown = "http://registry.test"
+
+    def __init__(self, schemas: dict[int, Any], kind: str = "AVRO") -> None:
+        self.schemas = {i: RegisteredSchema(i, kind, json.dumps(s)) for i, s in schemas.items()}
+        self.asked: list[int] = []
+
+    def schema(self, schema_id: int) -> RegisteredSchema | None:
+        self.asked.append(schema_id)
+        return self.schemas.get(schema_id)
+
+    def subjects(self, schema_id: int) -> tuple[str, ...]:
+        return ("t-value",) if schema_id in self.schemas else ()
+
+
+def record(fields: list[dict[str, Any]], name: str = "Order") -> dict[str, Any]:
+    return {"type": "record", "name": name, "namespace": "shop", "fields": fields}
+
+
+def avro(schema: Any, value: Any) -> bytes:
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, fastavro.parse_schema(schema), value)
+    return out.getvalue()
+
+
+def wire(schema_id: int, payload: bytes) -> bytes:
+    return b"\x00" + struct.pack(">I", schema_id) + payload
+
+
+def decode(encoder: Encoder, values: list[bytes | None]) -> tuple[pa.Table, dict[int, str]]:
+    decoded = encoder.decode(make_batch(values))
+    return decoded.table, {r.offset: r.reason for r in decoded.rejected}
+
+
+def value_rows(table: pa.Table) -> list[dict[str, Any]]:
+    names = [c for c in table.column_names if not c.startswith("kafka_") or c == "kafka_offset"]
+    return table.select(names).to_pylist()
+
+
+RICH = record(
+    [
+        {"name": "id", "type": "long"},
+        {"name": "customer", "type": record([{"name": "name", "type": "string"}], "Customer")},
+        {"name": "amount", "type": "double"},
+        {"name": "qty", "type": "int"},
+        {"name": "ratio", "type": "float"},
+        {"name": "note", "type": ["null", "string"], "default": None},
+        {"name": "tags", "type": {"type": "array", "items": "string"}},
+        {"name": "status", "type": {"type": "enum", "name": "Status", "symbols": ["NEW", "PAID"]}},
+        {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+        {"name": "ts_us", "type": {"type": "long", "logicalType": "timestamp-micros"}},
+        {"name": "day", "type": {"type": "int", "logicalType": "date"}},
+        {"name": "price", "type": {"type": "bytes", "logicalType": "decimal", "precision": 10, "scale": 2}},
+        {"name": "uid", "type": {"type": "string", "logicalType": "uuid"}},
+        {"name": "raw", "type": "bytes"},
+        {"name": "digest", "type": {"type": "fixed", "name": "Digest", "size": 4}},
+        {"name": "flag", "type": "boolean"},
+    ]
+)
+NOW = dt.datetime(2026, 12, 6, 12, 30, 15, 123000, tzinfo=UTC)
+
+
+def rich(i: int) -> dict[str, Any]:
+    return {
+        "id": i,
+        "customer": {"name": f"c{i}"},
+        "amount": i * 1.5,
+        "qty": i,
+        "ratio": 0.5,
+        "note": None if i % 3 else f"note {i}",
+        "tags": ["a", "b"][: i % 3],
+        "status": "PAID" if i % 2 else "NEW",
+        "ts": NOW,
+        "ts_us": NOW,
+        "day": dt.date(2026, 12, 6),
+        "price": decimal.Decimal("12.34"),
+        "uid": str(uuid.UUID(int=i)),
+        "raw": bytes([i % 256]),
+        "digest": b"abcd",
+        "flag": i % 2 == 0,
+    }
+
+
+# ------------------------------------------------------------------------------------------ types, both paths
+
+
+def test_the_bulk_reader_and_fastavro_give_the_same_table_with_arrow_types_for_the_logical_types():
+    schema = AvroSchema(json.dumps(RICH), "schema id 1")
+    assert schema.bulk is not None  # this schema is one the bulk reader takes
+    payloads = [avro(RICH, rich(i)) for i in range(300)]
+    bulk, bad = schema.decode(payloads)
+    slow, slow_bad = schema._fastavro(payloads)
+    assert bad == {} and slow_bad == {}
+    assert bulk.equals(slow)
+    types = {f.name: f.type for f in bulk.schema}
+    assert types["qty"] == pa.int32() and types["ratio"] == pa.float32()
+    assert types["ts"] == pa.timestamp("ms", tz="UTC") and types["ts_us"] == pa.timestamp("us", tz="UTC")
+    assert types["day"] == pa.date32() and types["price"] == pa.decimal128(10, 2)
+    assert types["uid"] == pa.string() and types["status"] == pa.string() and types["digest"] == pa.binary()
+    row = bulk.slice(7, 1).to_pylist()[0]
+    assert row["customer"] == {"name": "c7"} and row["status"] == "PAID" and row["tags"] == ["a"]
+    assert row["ts"] == NOW and row["price"] == decimal.Decimal("12.34") and row["uid"] == str(uuid.UUID(int=7))
+
+
+def test_maps_unions_of_several_types_and_nested_enums_are_decoded_by_fastavro():
+    inner = record([{"name": "e", "type": {"type": "enum", "name": "E", "symbols": ["X", "Y"]}}], "Inner")
+    schema_json = record(
+        [
+            {"name": "m", "type": {"type": "map", "values": "long"}},
+            {"name": "u", "type": ["null", "string", "long", record([{"name": "z", "type": "int"}], "Z")]},
+            {"name": "inner", "type": inner},
+        ]
+    )
+    schema = AvroSchema(schema_json, "schema id 2")
+    assert schema.bulk is None
+    values = [
+        {"m": {"a": 1}, "u": "text", "inner": {"e": "Y"}},
+        {"m": {}, "u": 5, "inner": {"e": "X"}},
+        {"m": {"b": 2, "c": 3}, "u": None, "inner": {"e": "X"}},
+        {"m": {}, "u": {"z": 9}, "inner": {"e": "X"}},
+    ]
+    table, bad = schema.decode([avro(schema_json, v) for v in values])
+    assert bad == {}
+    assert table.schema.field("m").type == pa.map_(pa.string(), pa.int64())
+    assert table.column("u").to_pylist() == [
+        {"member0": "text", "member1": None, "member2": None},
+        {"member0": None, "member1": 5, "member2": None},
+        None,
+        {"member0": None, "member1": None, "member2": {"z": 9}},
+    ]
+    assert table.column("m").to_pylist()[2] == [("b", 2), ("c", 3)]
+    assert table.column("inner").to_pylist()[0] == {"e": "Y"}
+
+
+def test_a_malformed_payload_is_a_bad_record_and_never_shifts_its_neighbours():
+    schema_json = record([{"name": "a", "type": "long"}, {"name": "b", "type": "string"}])
+    schema = AvroSchema(schema_json, "schema id 3")
+    payloads = [avro(schema_json, {"a": i, "b": f"x{i}"}) for i in range(6)]
+    payloads[2] = payloads[2][:-2]  # truncated
+    payloads[4] = payloads[4] + b"\x02"  # a byte too many: Avro readers ignore trailing bytes
+    table, bad = schema.decode(payloads)
+    assert set(bad) == {2} and "not valid Avro for schema id 3" in bad[2]
+    assert table.to_pylist() == [{"a": i, "b": f"x{i}"} for i in (0, 1, 3, 4, 5)]
+
+
+def test_a_recursive_schema_is_refused_with_its_reason():
+    with pytest.raises(AvroSchemaError, match="refers to itself"):
+        AvroSchema(record([{"name": "next", "type": ["null", "shop.Order"]}]), "schema id 4")
+
+
+def test_a_schema_that_is_not_a_record_becomes_one_value_column():
+    schema = AvroSchema('"string"', "schema id 5")
+    table, bad = schema.decode([avro("string", "hello"), avro("string", "")])
+    assert bad == {} and table.to_pylist() == [{"value": "hello"}, {"value": ""}]
+
+
+# ------------------------------------------------------------------------------------------- the wire format
+
+
+def test_records_of_several_schema_ids_become_one_table_in_offset_order_new_fields_null():
+    v1 = record([{"name": "id", "type": "long"}, {"name": "qty", "type": "int"}])
+    v2 = record(
+        [
+            {"name": "id", "type": "long"},
+            {"name": "qty", "type": "long"},  # int -> long: a promotion Avro allows
+            {"name": "note", "type": ["null", "string"], "default": None},
+        ]
+    )
+    registry = FakeRegistry({1: v1, 2: v2})
+    encoder = Encoder("avro", registry=registry)  # type: ignore[arg-type]
+    values: list[bytes | None] = [
+        wire(1, avro(v1, {"id": 0, "qty": 1})),
+        wire(2, avro(v2, {"id": 1, "qty": 2, "note": "new"})),
+        None,  # a tombstone: a row, value columns null
+        wire(1, avro(v1, {"id": 3, "qty": 4})),
+    ]
+    table, bad = decode(encoder, values)
+    assert bad == {}
+    assert value_rows(table) == [
+        {"kafka_offset": 100, "id": 0, "qty": 1, "note": None},
+        {"kafka_offset": 102, "id": 1, "qty": 2, "note": "new"},
+        {"kafka_offset": 104, "id": None, "qty": None, "note": None},
+        {"kafka_offset": 106, "id": 3, "qty": 4, "note": None},
+    ]
+    assert table.schema.field("qty").type == pa.int64()
+    assert sorted(set(registry.asked)) == [1, 2] and len(registry.asked) == 2  # each id asked once
+    (file,) = encoder.encode_batch(make_batch(values)).files
+    footer = pq.read_schema(pa.BufferReader(file.data)).metadata
+    assert json.loads(footer[b"kingest.schema_ids"]) == [1, 2]
+    assert json.loads(footer[b"kingest.schema_subjects"]) == ["t-value"]
+
+
+def test_bad_wire_format_unknown_ids_other_schema_types_and_incompatible_changes_are_bad_records():
+    v1 = record([{"name": "amount", "type": "double"}])
+    changed = record([{"name": "amount", "type": "string"}])
+    registry = FakeRegistry({1: v1, 7: changed})
+    registry.schemas[9] = RegisteredSchema(9, "JSON", '{"type": "object"}')
+    encoder = Encoder("avro", registry=registry, on_error="skip")  # type: ignore[arg-type]
+    values: list[bytes | None] = [
+        wire(1, avro(v1, {"amount": 1.5})),
+        b'{"amount": 2}',  # plain JSON: no magic byte
+        wire(42, b"\x02"),  # an id the registry does not know
+        wire(9, b"{}"),  # a JSON Schema id
+        wire(7, avro(changed, {"amount": "three"})),  # double -> string
+        b"\x00\x00",  # too short for a header
+        wire(1, avro(v1, {"amount": 6.5})),
+    ]
+    table, bad = decode(encoder, values)
+    assert value_rows(table) == [{"kafka_offset": 100, "amount": 1.5}, {"kafka_offset": 112, "amount": 6.5}]
+    assert "not in the Confluent wire format" in bad[102] and "0x7b" in bad[102]
+    assert bad[104] == "schema id 42 is not in the schema registry at http://registry.test"
+    assert "is a JSON schema, not AVRO" in bad[106] and "json-schema" in bad[106]
+    assert "schema id 7 does not fit the topic's columns" in bad[108]
+    assert "not in the Confluent wire format" in bad[110]
+    # fail: the files stop before the first bad record, which is the error
+    failing = Encoder("avro", registry=registry)  # type: ignore[arg-type]
+    encoded = failing.encode_batch(make_batch(values))
+    assert encoded.error is not None and encoded.error.offset == 102
+    assert [r["kafka_offset"] for f in encoded.files for r in pq.read_table(pa.BufferReader(f.data)).to_pylist()] == [
+        100
+    ]
+
+
+def test_the_topic_keeps_the_columns_it_had_when_a_later_batch_has_fewer_fields():
+    v2 = record([{"name": "id", "type": "long"}, {"name": "note", "type": ["null", "string"], "default": None}])
+    v1 = record([{"name": "id", "type": "long"}])
+    encoder = Encoder("avro", registry=FakeRegistry({1: v1, 2: v2}))  # type: ignore[arg-type]
+    decode(encoder, [wire(2, avro(v2, {"id": 1, "note": "n"}))])
+    table, _ = decode(encoder, [wire(1, avro(v1, {"id": 2}))])
+    assert value_rows(table) == [{"kafka_offset": 100, "id": 2, "note": None}]
+
+
+def test_a_schema_file_decodes_plain_avro_values(tmp_path):
+    schema_json = record([{"name": "id", "type": "long"}])
+    path = tmp_path / "order.avsc"
+    path.write_text(json.dumps(schema_json))
+    from kingest.avro import load_schema_file
+
+    encoder = Encoder("avro", schema_file=load_schema_file(str(path)), on_error="skip")
+    table, bad = decode(encoder, [avro(schema_json, {"id": 5}), b"\x80", None])
+    assert value_rows(table) == [{"kafka_offset": 100, "id": 5}, {"kafka_offset": 104, "id": None}]
+    assert "not valid Avro for the schema file" in bad[102]
+
+
+# ---------------------------------------------------------------------------------------------- json-schema
+
+
+def test_json_schema_records_take_the_types_their_schema_declares():
+    schema = {
+        "type": "object",
+        "properties": {
+            "id": {"type": "integer"},
+            "amount": {"type": "number"},
+            "who": {"type": "object", "properties": {"name": {"type": "string"}}},
+        },
+    }
+    registry = FakeRegistry({3: schema}, kind="JSON")
+    encoder = Encoder("json-schema", registry=registry, on_error="skip")  # type: ignore[arg-type]
+    values: list[bytes | None] = [
+        wire(3, b'{"id": 1, "amount": 2, "who": {"name": "a"}}'),  # amount written as an integer
+        b'{"id": 2}',
+        wire(3, b"not json"),
+        wire(5, b'{"id": 3}'),
+    ]
+    table, bad = decode(encoder, values)
+    assert value_rows(table) == [{"kafka_offset": 100, "id": 1, "amount": 2.0, "who": {"name": "a"}}]
+    assert table.schema.field("amount").type == pa.float64()
+    assert set(bad) == {102, 104, 106} and "not valid JSON" in bad[104]
+
+
+# -------------------------------------------------------------------------------------------------- config
+
+
+def config_text(records: str) -> str:
+    return f"pipeline: p\nkafka: {{bootstrap_servers: 'h:9092', topics: [t]}}\nlake: {{path: /tmp/l}}\n{records}"
+
+
+@pytest.mark.parametrize(
+    ("records", "message"),
+    [
+        ("records: {format: avro}", "needs `records.schema_registry` or `records.schema_file`"),
+        ("records: {format: json-schema}", "needs `records.schema_registry`"),
+        ("records: {format: json, schema_registry: {url: 'http://r'}}", "applies only to `records.format: avro`"),
+        ("records: {format: avro, schema_registry: {url: 'ftp://r'}}", "http:// or https://"),
+        ("records: {format: avro, schema_registry: {url: 'http://r', uri: x}}", "unknown key `uri`"),
+        ("records: {format: avro, schema_file: /nonexistent.avsc}", "does not exist"),
+        ("records: {format: json, schema_file: /nonexistent.avsc}", "applies only to `records.format: avro`"),
+    ],
+)
+def test_schema_settings_that_do_not_fit_are_refused_with_the_key(records, message):
+    with pytest.raises(ConfigError, match="records") as err:
+        parse(config_text(records))
+    assert message in str(err.value)
+
+
+def test_the_registry_password_is_never_in_a_message(monkeypatch):
+    monkeypatch.setenv("REG_AUTH", "reader:s3cr3t-pw-value")
+    text = "records: {format: avro, schema_registry: {url: 'ftp://r', basic_auth: '${REG_AUTH}'}}"
+    with pytest.raises(ConfigError) as err:
+        parse(config_text(text))
+    assert "s3cr3t" not in str(err.value)
+    text = "records: {format: avro, schema_registry: {url: 'http://r', basic_auth: '${REG_AUTH}'}}"
+    config = parse(config_text(text))
+    assert "s3cr3t-pw-value" in config.secrets()
+    assert "s3cr3t" not in repr(config)
+
+
+# -------------------------------------------------------------------------------------------------- registry
+
+
+def test_a_registry_that_does_not_answer_is_waited_for_then_named():
+    slept: list[float] = []
+    registry = Registry("http://127.0.0.1:9/apis/ccompat/v7", retry_seconds=2.0, timeout=0.5, sleep=slept.append)
+    with pytest.raises(RegistryUnavailable, match=r"the schema registry at http://127.0.0.1:9/apis/ccompat/v7"):
+        registry.schema(1)
+    assert slept  # it waited before giving up
+
+
+def test_credentials_in_the_url_go_to_the_header_never_into_messages():
+    registry = Registry("http://reader:pw-in-url@127.0.0.1:9/x/", retry_seconds=0.1, timeout=0.2, sleep=lambda s: None)
+    assert registry.basic_auth == "reader:pw-in-url"
+    assert registry.shown == "http://127.0.0.1:9/x"
+    with pytest.raises(RegistryUnavailable) as err:
+        registry.schema(1)
+    assert "pw-in-url" not in str(err.value)
