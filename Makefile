@@ -136,8 +136,12 @@ chaos: venv ## chaos tests + kill/freeze tests under a CPU hog, RUNS=N times (de
 	[ $$rc -ne 0 ] || echo "== make chaos: $(RUNS) run(s) passed (kafka.client: $(CLIENT))"; \
 	exit $$rc
 
-demo: venv ## Kafka + sample orders, kingest run into ./lake/orders, what landed, the three semantics under a crash, then a Delta table
+# The Avro step lands the whole topic each time (lake/orders-avro is emptied first). The registry keeps its schemas
+# in memory and Kafka keeps its topics on disk: a topic whose records name an id the registry no longer gives the
+# sample schema (it was restarted) is deleted and produced again (--recreate-stale).
+demo: venv ## Kafka + sample orders, kingest run into ./lake/orders, what landed, the three semantics under a crash, a Delta table, then an Avro topic
 	@$(DEVSERVICES) up kafka
+	@$(DEVSERVICES) up registry
 	@eval "$$($(DEVSERVICES) env)"; set -e; \
 	$(VENV_PY) services/produce_sample.py --topic orders --records 20000 --skip-if-present; \
 	echo; echo "== kingest run -c configs/orders.yaml --until-caught-up"; \
@@ -151,7 +155,15 @@ demo: venv ## Kafka + sample orders, kingest run into ./lake/orders, what landed
 	echo; echo "== the same topic into a Delta Lake table: kingest run -c configs/orders-delta.yaml --until-caught-up"; \
 	$(VENV)/bin/kingest run -c configs/orders-delta.yaml --until-caught-up; \
 	echo; echo "== read back with deltalake and DuckDB: each partition's rows, and the offsets the table's commits hold"; \
-	$(VENV_PY) -c "import duckdb; from deltalake import DeltaTable; t = DeltaTable('lake/orders-delta'); print('table version', t.version(), '| txn', {a: t.transaction_version(a) for a in sorted(f'kingest-orders-delta-orders-{p}' for p in range(3))}); duckdb.sql(f\"select kafka_partition, count(*) as records, min(kafka_offset) as first, max(kafka_offset) as last from read_parquet({t.file_uris()}, hive_partitioning = true) group by 1 order by 1\").show()"
+	$(VENV_PY) -c "import duckdb; from deltalake import DeltaTable; t = DeltaTable('lake/orders-delta'); print('table version', t.version(), '| txn', {a: t.transaction_version(a) for a in sorted(f'kingest-orders-delta-orders-{p}' for p in range(3))}); duckdb.sql(f\"select kafka_partition, count(*) as records, min(kafka_offset) as first, max(kafka_offset) as last from read_parquet({t.file_uris()}, hive_partitioning = true) group by 1 order by 1\").show()"; \
+	echo "== the sample orders as Avro (Confluent wire format, schema under orders-avro-value in the registry)"; \
+	$(VENV_PY) services/produce_sample.py --format avro --registry "$$KINGEST_REGISTRY_URL/apis/ccompat/v7" \
+		--topic orders-avro --records 5000 --skip-if-present --recreate-stale; \
+	rm -rf lake/orders-avro; \
+	echo; echo "== kingest run -c configs/orders-avro.yaml --until-caught-up (records.format: avro; into a fresh lake/orders-avro)"; \
+	$(VENV)/bin/kingest run -c configs/orders-avro.yaml --until-caught-up; \
+	echo; echo "== read back with DuckDB: the schema id in each file's footer, and the columns the Avro schema typed"; \
+	$(VENV_PY) -c "import duckdb; f = 'lake/orders-avro/**/*.parquet'; duckdb.sql(\"set TimeZone = 'UTC'\"); duckdb.sql(f\"select decode(key) as footer_key, string_agg(distinct decode(value), ', ') as value, count(*) as files from parquet_kv_metadata('{f}') where decode(key) in ('kingest.schema_ids', 'kingest.schema_subjects') group by 1 order by 1\").show(); duckdb.sql(f\"select order_id, amount, currency, status, len(items) as n_items, items[1].price as item_1_price, created_at from read_parquet('{f}') order by created_at limit 3\").show()"
 
 # tests/sim: kingest's own exactly-once code (Pipeline, ManifestStore, Lake) driven by simulated writers on an in-memory
 # lake, every lake operation interleaved by a seeded scheduler with pauses, crashes, rebalances and rewinds. The

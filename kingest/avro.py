@@ -457,18 +457,29 @@ def _quiet_stderr() -> Iterator[None]:
                 text = held.read()
                 held.close()
                 if b"panicked at" in text:
-                    text = b"".join(line for line in text.splitlines(keepends=True) if not _panic_line(line))
+                    text = _without_panics(text)
                 if text:
                     os.write(2, text)
 
 
-def _panic_line(line: bytes) -> bool:
-    return (
-        line.startswith((b"thread '", b"note: run with", b"stack backtrace:", b"note: Some details"))
-        or line.startswith(b"  ")
-        or not line.strip()
-        or b"panicked at" in line
-    )
+def _without_panics(text: bytes) -> bytes:
+    """``text`` without Rust's panic reports: the ``thread '...' panicked at`` line, the message line after it,
+    and the note or backtrace lines that follow."""
+    kept: list[bytes] = []
+    in_panic = False
+    message_next = False
+    for line in text.splitlines(keepends=True):
+        if b"panicked at" in line and line.startswith(b"thread '"):
+            in_panic, message_next = True, True
+            continue
+        if message_next:
+            message_next = False
+            continue
+        if in_panic and (line.startswith((b"note:", b"stack backtrace:", b" ")) or not line.strip()):
+            continue
+        in_panic = False
+        kept.append(line)
+    return b"".join(kept)
 
 
 def _reason(exc: BaseException) -> str:

@@ -66,7 +66,7 @@ def _registry_checks(config: Config) -> Iterator[Check]:
     registry = Registry(
         settings.url, basic_auth=settings.basic_auth, ca_file=settings.ca_file, retry_seconds=0, timeout=5
     )
-    kind = {"avro": "AVRO", "json-schema": "JSON"}[config.records.format]
+    kind = {"avro": "AVRO", "protobuf": "PROTOBUF", "json-schema": "JSON"}[config.records.format]
     for topic in config.kafka.topics:
         subject = f"{topic}-value"
         try:
@@ -87,7 +87,7 @@ def _registry_checks(config: Config) -> Iterator[Check]:
                 f"schema registry: {subject}",
                 False,
                 f"the latest schema of {subject} (id {latest.id}) is {latest.type}, not {kind}",
-                "Set records.format to the format the topic's records are written in (avro, json-schema).",
+                "Set records.format to the format the topic's records are written in (avro, protobuf, json-schema).",
             )
         else:
             yield Check(f"schema registry: {subject}", True, f"{registry.shown}: latest schema id {latest.id} ({kind})")

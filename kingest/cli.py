@@ -453,10 +453,10 @@ def init(
         ),
     ] = None,
     record_format: Annotated[
-        str, typer.Option("--format", help="raw, string, json, avro or json-schema (schemas from a registry).")
+        str, typer.Option("--format", help="raw, string, json, avro, protobuf or json-schema (from a registry).")
     ] = "json",
     schema_registry: Annotated[
-        str, typer.Option("--schema-registry", help="avro, json-schema: the schema registry's URL.")
+        str, typer.Option("--schema-registry", help="avro, protobuf, json-schema: the schema registry's URL.")
     ] = "http://localhost:8081/apis/ccompat/v7",
     semantics: Annotated[
         Semantics, typer.Option("--semantics", help="The delivery guarantee.")

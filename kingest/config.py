@@ -43,11 +43,12 @@ class RecordFormat(StrEnum):
     string = "string"
     json = "json"
     avro = "avro"
+    protobuf = "protobuf"
     json_schema = "json-schema"
 
 
 # Formats whose records carry a schema id (the Confluent wire format): their schemas come from a registry.
-REGISTRY_FORMATS = (RecordFormat.avro, RecordFormat.json_schema)
+REGISTRY_FORMATS = (RecordFormat.avro, RecordFormat.protobuf, RecordFormat.json_schema)
 
 
 class OnError(StrEnum):
@@ -558,15 +559,16 @@ class RecordsConfig:
     format: RecordFormat = setting(
         "`raw` (the value's bytes, a `binary` column), `string` (UTF-8 text, a `string` column), `json` (a JSON "
         "object per record, one column per field), `avro` (Avro in the Confluent wire format, schemas from "
-        "`schema_registry`; or plain Avro with `schema_file`) or `json-schema` (JSON in the Confluent wire format, "
-        "JSON Schemas from `schema_registry`). See [Avro and the schema registry](#avro-and-the-schema-registry).",
+        "`schema_registry`; or plain Avro with `schema_file`), `protobuf` or `json-schema` (Protobuf, JSON in the "
+        "Confluent wire format, schemas from `schema_registry`). "
+        "See [Avro and the schema registry](#avro-and-the-schema-registry).",
         RecordFormat,
         default="json",
     )
     schema_registry: SchemaRegistryConfig | None = setting(
-        "`avro`, `json-schema`: the schema registry (Confluent REST API): `url`, `basic_auth` (`user:password`, "
-        "as `${VAR}`; never printed), `ca_file` (PEM, for https), `retry_seconds` (how long to wait for a registry "
-        "that does not answer, default 300). A URL alone may be given as the value.",
+        "`avro`, `protobuf`, `json-schema`: the schema registry (Confluent REST API): `url`, `basic_auth` "
+        "(`user:password`, as `${VAR}`; never printed), `ca_file` (PEM, for https), `retry_seconds` (how long to "
+        "wait for a registry that does not answer, default 300). A URL alone may be given as the value.",
         _schema_registry,
         default=None,
         secret=True,
@@ -929,7 +931,7 @@ def _check_schemas(doc: _Doc, records: RecordsConfig) -> None:
     if records.schema_registry is not None and fmt not in REGISTRY_FORMATS:
         raise ConfigError(
             f"{doc.where('records.schema_registry')}: `records.schema_registry` applies only to "
-            f"`records.format: avro` or `json-schema`, not {fmt}",
+            f"`records.format: avro`, `protobuf` or `json-schema`, not {fmt}",
             "Set records.format to the format the topic's records are written in.",
         )
     if records.schema_file is not None:

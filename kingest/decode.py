@@ -42,6 +42,7 @@ from .batcher import Batch
 from .coerce import ARROW_ERRORS, coerce, convert
 from .coerce import cast as cast_to
 from .errors import BadRecord
+from .protobuf import ProtobufSchema, ProtobufSchemaError, split_indexes
 from .registry import RegisteredSchema, Registry
 
 KAFKA_TIMESTAMP = pa.timestamp("ms", tz="UTC")  # Kafka record timestamps are milliseconds
@@ -111,14 +112,16 @@ class Decoder:
         self._known_lock = threading.Lock()
         self.registry = registry
         self.schema_file = schema_file
-        self._schemas: dict[int, AvroSchema | str] = {}  # registry schemas by id, or why they cannot be used
+        self._schemas: dict[
+            int, AvroSchema | ProtobufSchema | str
+        ] = {}  # registry schemas by id, or why they cannot be used
         self._seeded: set[tuple[str, int]] = set()  # json-schema: (topic, id) whose columns were learnt
 
     @property
     def infers_schema(self) -> bool:
         """Whether the columns come from the records or their writer schemas (json without ``records.schema``,
         avro, json-schema): then a topic's columns so far decide a field's type."""
-        return (self.format == "json" and self.declared is None) or self.format in ("avro", "json-schema")
+        return (self.format == "json" and self.declared is None) or self.format in ("avro", "json-schema", "protobuf")
 
     def learn(self, topic: str, schema: pa.Schema) -> None:
         """Start from ``schema`` for ``topic`` (the columns of a file the lake holds, metadata columns and all):
@@ -143,6 +146,8 @@ class Decoder:
             values, bad = self._avro(batch)
         elif self.format == "json-schema":
             values, bad = self._json_schema(batch)
+        elif self.format == "protobuf":
+            values, bad = self._protobuf(batch)
         else:
             values, bad = self._json(batch)
         metadata = [
@@ -209,7 +214,7 @@ class Decoder:
                 self._schemas[schema_id] = AvroSchema(found.text, f"schema id {schema_id}")
             except AvroSchemaError as exc:
                 self._schemas[schema_id] = str(exc)
-        return self._schemas[schema_id]
+        return cast("AvroSchema | str", self._schemas[schema_id])
 
     def _avro(self, batch: Batch) -> tuple[pa.Table, dict[int, str]]:
         """Avro values: grouped by writer schema, each group decoded in bulk (avro.py), the groups' columns
@@ -221,8 +226,7 @@ class Decoder:
             bad: dict[int, str] = {}
         else:
             groups, tombstones, bad = self._framed(values)
-        pieces: list[pa.Table] = []
-        order: list[int] = []
+        parts: list[tuple[str, list[int], pa.Table, dict[int, str]]] = []
         ids: list[int] = []
         for schema_id, rows in groups.items():
             schema = self.schema_file if schema_id == -1 else self._avro_schema(schema_id)
@@ -231,26 +235,85 @@ class Decoder:
                 continue
             skip = 0 if schema_id == -1 else 5
             table, rejected = schema.decode([cast(bytes, values[i])[skip:] for i in rows])
+            parts.append((schema.name, rows, table, rejected))
+            if schema_id != -1:
+                ids.append(schema_id)
+        return self._assemble(batch.topic, parts, tombstones, bad, ids)
+
+    def _protobuf_schema(self, schema_id: int) -> ProtobufSchema | str:
+        if schema_id not in self._schemas:
+            found = self._registered(schema_id, "PROTOBUF")
+            if isinstance(found, str):
+                return found
+            assert self.registry is not None
+            try:
+                files = [*self.registry.references(found), (f"schema_{schema_id}.proto", found.text)]
+                self._schemas[schema_id] = ProtobufSchema(files, f"schema id {schema_id}")
+            except ProtobufSchemaError as exc:
+                self._schemas[schema_id] = str(exc)
+        return cast("ProtobufSchema | str", self._schemas[schema_id])
+
+    def _protobuf(self, batch: Batch) -> tuple[pa.Table, dict[int, str]]:
+        """Protobuf values: grouped by schema id and message type (the message indexes after the id), each
+        group decoded by its generated class, then unified and put back in offset order as Avro's are."""
+        values = batch.values
+        groups, tombstones, bad = self._framed(values)
+        parts: list[tuple[str, list[int], pa.Table, dict[int, str]]] = []
+        ids: list[int] = []
+        for schema_id, rows in groups.items():
+            schema = self._protobuf_schema(schema_id)
+            if isinstance(schema, str):
+                bad.update(dict.fromkeys(rows, schema))
+                continue
+            ids.append(schema_id)
+            by_type: dict[tuple[int, ...], list[tuple[int, int]]] = {}
+            for i in rows:
+                split = split_indexes(cast(bytes, values[i])[5:])
+                if split is None:
+                    bad[i] = f"the message indexes after schema id {schema_id} do not parse"
+                    continue
+                by_type.setdefault(split[0], []).append((i, 5 + split[1]))
+            for indexes, members in by_type.items():
+                message = schema.message(indexes)
+                if isinstance(message, str):
+                    bad.update(dict.fromkeys((i for i, _ in members), message))
+                    continue
+                table, rejected = message.decode([cast(bytes, values[i])[start:] for i, start in members])
+                parts.append((f"schema id {schema_id} ({message.name})", [i for i, _ in members], table, rejected))
+        return self._assemble(batch.topic, parts, tombstones, bad, ids)
+
+    def _assemble(
+        self,
+        topic: str,
+        parts: list[tuple[str, list[int], pa.Table, dict[int, str]]],
+        tombstones: list[int],
+        bad: dict[int, str],
+        ids: list[int],
+    ) -> tuple[pa.Table, dict[int, str]]:
+        """One table from the decoded groups (``(name, rows, table, rejected)``: the table holds ``rows`` but the
+        rejected ones, by index into ``rows``), unified with the topic's columns so far, in offset order; a
+        group whose columns do not fit the topic's is a group of bad records."""
+        pieces: list[pa.Table] = []
+        order: list[int] = []
+        for name, rows, table, rejected in parts:
             bad.update({rows[j]: reason for j, reason in rejected.items()})
             good = [rows[j] for j in range(len(rows)) if j not in rejected]
             try:
-                table = self._remember(batch.topic, table)
+                table = self._remember(topic, table)
             except ARROW_ERRORS as exc:
-                reason = f"{schema.name} does not fit the topic's columns: {_arrow_reason(exc)}"
+                reason = f"{name} does not fit the topic's columns: {_arrow_reason(exc)}"
                 bad.update(dict.fromkeys(good, reason))
                 continue
             pieces.append(table)
             order += good
-            if schema_id != -1:
-                ids.append(schema_id)
         if tombstones:  # a tombstone is a row whose value columns are all null, as with json
             pieces.append(_no_columns(len(tombstones)))
             order += tombstones
-        table = self._concat(batch.topic, pieces)
+        table = self._concat(topic, pieces)
         if len(pieces) > 1:
             permutation = pc.sort_indices(pa.array(order, pa.int64()))
             table = table.take(permutation) if table.num_columns else _no_columns(table.num_rows)
-        return self._with_schema_ids(batch.topic, table, ids), bad
+        return self._with_schema_ids(topic, table, ids), bad
 
     def _json_schema(self, batch: Batch) -> tuple[pa.Table, dict[int, str]]:
         """JSON Schema values: the wire-format header checked and taken off, the registry's schema teaching the

@@ -137,6 +137,10 @@ def writer_schemas(config: Config) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if records.format == "avro":
         require()
+    if records.format == "protobuf":
+        from .protobuf import require as require_protobuf
+
+        require_protobuf()
     if records.schema_registry is not None:
         registry = records.schema_registry
         out["registry"] = Registry(

@@ -42,7 +42,7 @@ kafka:
 
 records:
   # raw (the bytes) | string (UTF-8 text) | json (an object per record: one column per field) |
-  # avro | json-schema (the Confluent wire format: a schema id, then the value; schemas from schema_registry)
+  # avro | protobuf | json-schema (Confluent's wire format: a schema id, the value; schemas from schema_registry)
   format: {format}
 {registry}  # schema_file: order.avsc       # avro without a registry: plain Avro values, all of this schema
   on_error: fail                 # a record that cannot be decoded: fail (stop the run) | skip | dead-letter
@@ -91,7 +91,7 @@ def starter_config(
         f"    url: {_scalar(schema_registry)}\n"
         "    # basic_auth: ${{REGISTRY_USER_INFO}}   # user:password\n"
     )
-    if record_format not in ("avro", "json-schema"):
+    if record_format not in ("avro", "protobuf", "json-schema"):
         registry = "".join(f"  # {line[2:]}\n" if line.strip() else "\n" for line in registry.splitlines())
     text = TEMPLATE.format(
         registry=registry.replace("{{", "{").replace("}}", "}"),

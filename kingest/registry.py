@@ -119,6 +119,31 @@ class Registry:
             self._subjects[schema_id] = found
         return found
 
+    def references(self, schema: RegisteredSchema) -> list[tuple[str, str]]:
+        """The (import name, schema text) of each schema ``schema`` references, theirs first (Protobuf imports
+        registered as other subjects)."""
+        out: list[tuple[str, str]] = []
+        seen: set[tuple[str, int]] = set()
+
+        def visit(references: tuple[Any, ...]) -> None:
+            for ref in references:
+                key = (str(ref["subject"]), int(ref["version"]))
+                if key in seen:
+                    continue
+                seen.add(key)
+                subject = urllib.parse.quote(key[0], safe="")
+                body = self._get(f"/subjects/{subject}/versions/{key[1]}")
+                if body is None:
+                    raise SetupError(
+                        f"the schema registry at {self.shown} has no version {key[1]} of subject {key[0]}, which "
+                        "a schema references"
+                    )
+                visit(tuple(body.get("references") or ()))
+                out.append((str(ref["name"]), str(body["schema"])))
+
+        visit(schema.references)
+        return out
+
     def latest(self, subject: str) -> RegisteredSchema | None:
         """The latest version of ``subject``, or None when there is no such subject."""
         body = self._get(f"/subjects/{urllib.parse.quote(subject, safe='')}/versions/latest")

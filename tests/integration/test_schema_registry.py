@@ -50,8 +50,9 @@ def avro_producer(ccompat: str, schema: dict[str, Any], topic: str) -> Any:
     return lambda value: serializer(value, SerializationContext(topic, MessageField.VALUE))
 
 
-def register(ccompat: str, subject: str, schema: dict[str, Any], kind: str) -> int:
-    body = json.dumps({"schema": json.dumps(schema), "schemaType": kind}).encode()
+def register(ccompat: str, subject: str, schema: dict[str, Any] | str, kind: str) -> int:
+    text = schema if isinstance(schema, str) else json.dumps(schema)
+    body = json.dumps({"schema": text, "schemaType": kind}).encode()
     request = urllib.request.Request(
         f"{ccompat}/subjects/{subject}/versions",
         data=body,
@@ -226,3 +227,147 @@ def test_check_reaches_the_registry_and_resolves_each_topics_subject(tmp_path, k
     )
     done = kingest("check", "-c", str(wrong))
     assert done.returncode != 0 and "is AVRO, not JSON" in done.stdout + done.stderr
+
+
+PAYMENT_PROTO = """
+syntax = "proto3";
+package pay;
+import "google/protobuf/timestamp.proto";
+
+message Payment {
+  int64 id = 1;
+  double amount = 2;
+  enum Method { CARD = 0; TRANSFER = 1; }
+  Method method = 3;
+  google.protobuf.Timestamp at = 4;
+  map<string, string> labels = 5;
+}
+"""
+
+
+def generated_module(tmp_path: Path, proto: str) -> Any:
+    """The protoc-generated Python module of ``proto``, as a producer application would have it."""
+    import importlib.util
+
+    from grpc_tools import protoc
+
+    (tmp_path / "payment.proto").write_text(proto)
+    import grpc_tools
+
+    include = Path(grpc_tools.__file__).parent / "_proto"
+    assert protoc.main(["protoc", f"-I{tmp_path}", f"-I{include}", f"--python_out={tmp_path}", "payment.proto"]) == 0
+    spec = importlib.util.spec_from_file_location(f"payment_pb2_{uuid.uuid4().hex}", tmp_path / "payment_pb2.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("registered_as", ["descriptor", "proto text"])
+def test_protobuf_records_land_typed_whether_the_schema_is_a_descriptor_or_proto_text(
+    registered_as, tmp_path, kafka_bootstrap, ccompat, topic_factory, produce
+):
+    import datetime as dt
+
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+    from confluent_kafka.schema_registry.protobuf import ProtobufSerializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+
+    topic = topic_factory(partitions=1)
+    module = generated_module(tmp_path, PAYMENT_PROTO)
+    at = dt.datetime(2026, 12, 6, 9, 30, tzinfo=dt.UTC)
+    messages = []
+    for i in range(40):
+        message = module.Payment(id=i, amount=i / 2, method=i % 2, at=at)
+        message.labels["shop"] = f"s{i % 3}"
+        messages.append(message)
+    if registered_as == "descriptor":  # what confluent-kafka's serializer registers: a base64 FileDescriptorProto
+        serializer = ProtobufSerializer(
+            module.Payment, SchemaRegistryClient({"url": ccompat}), {"use.deprecated.format": False}
+        )
+        values = [serializer(m, SerializationContext(topic, MessageField.VALUE)) for m in messages]
+    else:  # .proto text, registered by hand as the Java serializers and most tools do
+        schema_id = register(ccompat, f"{topic}-value", PAYMENT_PROTO, "PROTOBUF")
+        values = [b"\x00" + struct.pack(">I", schema_id) + b"\x00" + m.SerializeToString() for m in messages]
+    produce(topic, values, partition=0)
+    lake = tmp_path / "lake"
+    config = registry_config(
+        tmp_path, topic, lake, kafka_bootstrap, {"format": "protobuf", "schema_registry": {"url": ccompat}}
+    )
+    done = kingest("run", "-c", str(config), "--until-caught-up")
+    assert done.returncode == 0, done.stderr
+    rows = lake_rows(lake)
+    assert [r["kafka_offset"] for r in rows] == list(range(40))
+    assert [(r["id"], r["amount"], r["method"]) for r in rows[:2]] == [(0, 0.0, "CARD"), (1, 0.5, "TRANSFER")]
+    assert rows[5]["at"] == at and rows[5]["labels"] == [("shop", "s2")]
+
+
+def produce_sample() -> Any:
+    """services/produce_sample.py (make demo's producer), imported from its path."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[2] / "services" / "produce_sample.py"
+    spec = importlib.util.spec_from_file_location("kingest_produce_sample", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_demo_sample_as_avro_lands_as_typed_columns(tmp_path, kafka_bootstrap, ccompat, topic_factory):
+    import datetime as dt
+    import decimal
+
+    sample = produce_sample()
+    topic = topic_factory(partitions=3)
+    summary = sample.produce_orders(kafka_bootstrap, topic, records=300, value_format="avro", registry=ccompat)
+    assert summary["subject"] == f"{topic}-value" and summary["records"] == 300
+    lake = tmp_path / "lake"
+    records = {"format": "avro", "schema_registry": {"url": ccompat}}
+    config = registry_config(tmp_path, topic, lake, kafka_bootstrap, records, semantics="exactly-once")
+    done = kingest("run", "-c", str(config), "--until-caught-up")
+    assert done.returncode == 0, done.stderr
+
+    files = [f for f in lake.rglob("*.parquet") if not f.name.startswith((".", "_"))]
+    schema = pq.read_schema(files[0])
+    assert schema.field("amount").type == pa.decimal128(12, 2)
+    assert schema.field("created_at").type == pa.timestamp("ms", tz="UTC")
+    assert schema.field("status").type == pa.string()  # an enum
+    assert schema.field("items").type.value_type.field("price").type == pa.decimal128(9, 2)
+    assert {json.loads(pq.read_metadata(f).metadata[b"kingest.schema_ids"])[0] for f in files} == {summary["schema_id"]}
+    # the same orders as the JSON sample, typed
+    rows = {r["order_id"]: r for r in lake_rows(lake)}
+    assert len(rows) == 300
+    for _, order, created_at in sample.orders(300, 42):
+        row = rows[order["order_id"]]
+        assert row["amount"] == decimal.Decimal(str(order["amount"])).quantize(decimal.Decimal("0.01"))
+        assert (row["currency"], row["status"], row["customer_id"]) == (
+            order["currency"],
+            order["status"],
+            order["customer_id"],
+        )
+        assert row["created_at"] == created_at and created_at.tzinfo == dt.UTC
+        assert [(i["sku"], i["qty"], float(i["price"])) for i in row["items"]] == [
+            (i["sku"], i["qty"], i["price"]) for i in order["items"]
+        ]
+
+
+def test_the_sample_producer_skips_a_fresh_avro_topic_and_recreates_a_stale_one(
+    kafka_bootstrap, ccompat, topic_factory, produce, capsys
+):
+    sample = produce_sample()
+    topic = topic_factory(partitions=1)
+    produce(topic, [b'{"order_id": "ord-1"}'], partition=0)  # not the wire format: as stale as a forgotten id
+    args = ["--bootstrap", kafka_bootstrap, "--topic", topic, "--partitions", "1", "--records", "50"]
+    args += ["--format", "avro", "--registry", ccompat, "--skip-if-present"]
+
+    assert sample.main(args) == 1
+    assert "records name schema id none (not the wire format)" in capsys.readouterr().err
+    assert sample.main([*args, "--recreate-stale"]) == 0
+    out = capsys.readouterr().out
+    assert "deleting the topic and producing it again" in out and "produced 50 order events" in out
+    assert sample.main([*args, "--recreate-stale"]) == 0
+    assert f"{topic} on {kafka_bootstrap} already holds 50 records: not producing more" in capsys.readouterr().out
+    assert sample.records_in_topic(kafka_bootstrap, topic) == 50

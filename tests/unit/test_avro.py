@@ -355,3 +355,168 @@ def test_credentials_in_the_url_go_to_the_header_never_into_messages():
     with pytest.raises(RegistryUnavailable) as err:
         registry.schema(1)
     assert "pw-in-url" not in str(err.value)
+
+
+# ------------------------------------------------------------------------------------------------- protobuf
+
+ORDER_PROTO = """
+syntax = "proto3";
+package shop;
+import "google/protobuf/timestamp.proto";
+import "google/protobuf/wrappers.proto";
+
+message Order {
+  int64 id = 1;
+  string customer = 2;
+  double amount = 3;
+  enum Status { NEW = 0; PAID = 1; }
+  Status status = 4;
+  repeated string tags = 5;
+  map<string, int32> counts = 6;
+  google.protobuf.Timestamp placed_at = 7;
+  optional string note = 8;
+  Item first_item = 9;
+  google.protobuf.StringValue coupon = 10;
+  oneof payment { string card = 11; string iban = 12; }
+  message Item { string sku = 1; uint32 qty = 2; }
+}
+
+message Refund { int64 order_id = 1; }
+"""
+
+
+def protobuf_wire(schema_id: int, indexes: list[int], message: Any) -> bytes:
+    from kingest.avro import _long  # Protobuf's message indexes are zig-zag varints, as Avro's longs
+
+    head = b"\x00" if indexes == [0] else _long(len(indexes)) + b"".join(_long(i) for i in indexes)
+    return wire(schema_id, head + message.SerializeToString())
+
+
+def test_protobuf_records_of_two_message_types_become_typed_columns():
+    from kingest.protobuf import ProtobufSchema
+
+    registry = FakeRegistry({}, kind="PROTOBUF")
+    registry.schemas[4] = RegisteredSchema(4, "PROTOBUF", ORDER_PROTO)
+    registry.references = lambda schema: []  # type: ignore[attr-defined]
+    order_type = ProtobufSchema([("o.proto", ORDER_PROTO)], "t").message((0,))
+    refund_type = ProtobufSchema([("o.proto", ORDER_PROTO)], "t").message((1,))
+    assert not isinstance(order_type, str) and not isinstance(refund_type, str)
+    placed = dt.datetime.fromtimestamp(1_765_000_000.123, UTC)
+    paid = order_type.cls(
+        id=7, customer="ann", amount=12.5, status=1, tags=["a", "b"], placed_at=placed, note="n", card="4111"
+    )
+    paid.counts["x"] = 2
+    paid.first_item.sku = "sku-1"
+    paid.coupon.value = "SAVE"
+    bare = order_type.cls(id=8)
+    encoder = Encoder("protobuf", registry=registry, on_error="skip")  # type: ignore[arg-type]
+    values: list[bytes | None] = [
+        protobuf_wire(4, [0], paid),
+        protobuf_wire(4, [1], refund_type.cls(order_id=7)),
+        protobuf_wire(4, [0], bare),
+        wire(4, b"\x00\xff\xff"),  # not a valid message
+        protobuf_wire(4, [5], bare),  # no message at index 5
+    ]
+    table, bad = decode(encoder, values)
+    rows = {r["kafka_offset"]: r for r in value_rows(table)}
+    assert set(rows) == {100, 102, 104} and set(bad) == {106, 108}
+    assert "no message" not in bad[106] and "not a valid shop.Order message" in bad[106]
+    assert "message index [5] is not in schema id 4" == bad[108]
+    first = rows[100]
+    assert first["id"] == 7 and first["status"] == "PAID" and first["tags"] == ["a", "b"]
+    assert first["counts"] == [("x", 2)] and first["first_item"] == {"sku": "sku-1", "qty": 0}
+    assert first["placed_at"] == placed
+    assert first["note"] == "n" and first["coupon"] == "SAVE" and first["card"] == "4111" and first["iban"] is None
+    assert rows[102]["order_id"] == 7 and rows[102]["id"] is None  # the other type: its own columns
+    unset = rows[104]
+    assert unset["id"] == 8 and unset["customer"] == "" and unset["status"] == "NEW"  # proto3 defaults
+    assert unset["note"] is None and unset["first_item"] is None and unset["placed_at"] is None
+    types = {f.name: f.type for f in table.schema}
+    assert types["placed_at"] == pa.timestamp("us", tz="UTC") and types["counts"] == pa.map_(pa.string(), pa.int32())
+    assert types["first_item"] == pa.struct([("sku", pa.string()), ("qty", pa.uint32())])
+
+
+def test_protobuf_schemas_as_base64_descriptors_and_the_ones_that_cannot_be_used():
+    import base64
+
+    from kingest.protobuf import ProtobufSchema, ProtobufSchemaError, split_indexes
+
+    compiled = ProtobufSchema([("o.proto", ORDER_PROTO)], "t")
+    from google.protobuf import descriptor_pb2
+
+    file_proto = descriptor_pb2.FileDescriptorProto()
+    compiled.file.CopyToProto(file_proto)
+    text = base64.b64encode(file_proto.SerializeToString()).decode()
+    from_descriptor = ProtobufSchema([("o.proto", text)], "t2")  # its imports are Google's well-known types
+    assert list(from_descriptor.file.message_types_by_name) == ["Order", "Refund"]
+    with pytest.raises(ProtobufSchemaError, match="does not compile"):
+        ProtobufSchema([("bad.proto", 'syntax = "proto3"; message X { int64 = 1; }')], "schema id 9")
+    recursive = ProtobufSchema([("r.proto", 'syntax = "proto3"; message Node { Node next = 1; }')], "schema id 10")
+    assert "contains itself" in str(recursive.message((0,)))
+    assert split_indexes(b"\x00rest") == ((0,), 1)
+    assert split_indexes(b"\x04\x02\x00rest") == ((1, 0), 3)
+    assert split_indexes(b"\x04\x02") is None
+
+
+def test_a_registry_that_refuses_the_credentials_stops_at_once_and_one_that_fails_is_waited_for():
+    import http.server
+    import threading
+
+    from kingest.errors import SetupError
+
+    answers = {"/refuse/schemas/ids/1": 401, "/busy/schemas/ids/1": 503}
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            seen.append(self.path)
+            self.send_response(answers.get(self.path, 404))
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"message": "no", "error_code": 40101}')
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        slept: list[float] = []
+        refusing = Registry(f"{base}/refuse", basic_auth="u:secret-pw-1", retry_seconds=30, sleep=slept.append)
+        with pytest.raises(SetupError, match="refused kingest's request") as err:
+            refusing.schema(1)
+        assert not isinstance(err.value, RegistryUnavailable) and slept == [] and "secret-pw-1" not in str(err.value)
+        busy = Registry(f"{base}/busy", retry_seconds=1.0, sleep=slept.append)
+        with pytest.raises(RegistryUnavailable, match="HTTP 503"):
+            busy.schema(1)
+        assert len(slept) >= 2 and seen.count("/busy/schemas/ids/1") == len(slept) + 1
+    finally:
+        server.shutdown()
+
+
+def test_a_payload_that_makes_the_bulk_reader_panic_leaves_no_rust_text_on_stderr(capfd):
+    schema_json = record([{"name": "a", "type": "long"}, {"name": "b", "type": "string"}])
+    schema = AvroSchema(schema_json, "schema id 3")
+    payloads = [avro(schema_json, {"a": i, "b": "x" * 40}) for i in range(4)]
+    from kingest.avro import _long
+
+    payloads[1] = _long(1) + _long(1000) + b"ab"  # a string of 1000 bytes, 2 there: polars panics on it
+    table, bad = schema.decode(payloads)
+    assert set(bad) == {1} and table.column("a").to_pylist() == [0, 2, 3]
+    assert "panicked" not in capfd.readouterr().err
+
+
+def test_only_the_panic_report_is_taken_out_of_what_was_written_to_stderr_meanwhile():
+    from kingest.avro import _without_panics
+
+    text = (
+        b"00:00:01 WARNING kingest.run: a line of another thread\n"
+        b"\nthread '<unnamed>' (5476) panicked at crates/polars-arrow/src/io/avro/read/deserialize.rs:276:61:\n"
+        b"range end index 60 out of range for slice of length 5\n"
+        b"note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n"
+        b"00:00:02 INFO kingest.run: and another\n"
+    )
+    assert _without_panics(text) == (
+        b"00:00:01 WARNING kingest.run: a line of another thread\n\n00:00:02 INFO kingest.run: and another\n"
+    )
