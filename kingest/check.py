@@ -66,9 +66,14 @@ def _registry_checks(config: Config) -> Iterator[Check]:
     registry = Registry(
         settings.url, basic_auth=settings.basic_auth, ca_file=settings.ca_file, retry_seconds=0, timeout=5
     )
-    kind = {"avro": "AVRO", "protobuf": "PROTOBUF", "json-schema": "JSON"}[config.records.format]
-    for topic in config.kafka.topics:
-        subject = f"{topic}-value"
+    kinds = {"avro": "AVRO", "protobuf": "PROTOBUF", "json-schema": "JSON"}
+    subjects = [
+        (f"{topic}-{part}", kinds[fmt])
+        for topic in config.kafka.topics
+        for part, fmt in (("value", config.records.format), ("key", config.records.key_format))
+        if fmt in kinds
+    ]
+    for subject, kind in subjects:
         try:
             latest = registry.latest(subject)
         except KingestError as error:
@@ -87,7 +92,8 @@ def _registry_checks(config: Config) -> Iterator[Check]:
                 f"schema registry: {subject}",
                 False,
                 f"the latest schema of {subject} (id {latest.id}) is {latest.type}, not {kind}",
-                "Set records.format to the format the topic's records are written in (avro, protobuf, json-schema).",
+                f"Set records.{'key_format' if subject.endswith('-key') else 'format'} to the format the topic's "
+                "records are written in (avro, protobuf, json-schema).",
             )
         else:
             yield Check(f"schema registry: {subject}", True, f"{registry.shown}: latest schema id {latest.id} ({kind})")

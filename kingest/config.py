@@ -573,6 +573,14 @@ class RecordsConfig:
         default=None,
         secret=True,
     )
+    key_format: RecordFormat = setting(
+        "How the key is read: `raw` (kept as bytes in `kafka_key`, and nothing more), or `string`, `json`, `avro`, "
+        "`protobuf`, `json-schema`: the key decoded as a value is, as one more column `kafka_key_decoded` (the key's "
+        "fields as a struct, or its text), `kafka_key` still holding the bytes. A key that cannot be decoded makes "
+        "its record bad.",
+        RecordFormat,
+        default="raw",
+    )
     schema_file: str | None = setting(
         "`avro` without a registry: the Avro schema (`.avsc`) every record was written with, values as plain Avro "
         "binary (no wire-format header).",
@@ -928,11 +936,17 @@ def _kind(value: Any) -> str:
 def _check_schemas(doc: _Doc, records: RecordsConfig) -> None:
     """records.format, schema_registry and schema_file agree; a schema file is a readable Avro schema."""
     fmt = records.format
-    if records.schema_registry is not None and fmt not in REGISTRY_FORMATS:
+    key = records.key_format
+    if records.schema_registry is not None and fmt not in REGISTRY_FORMATS and key not in REGISTRY_FORMATS:
         raise ConfigError(
             f"{doc.where('records.schema_registry')}: `records.schema_registry` applies only to "
-            f"`records.format: avro`, `protobuf` or `json-schema`, not {fmt}",
+            f"`records.format` (or `key_format`) `avro`, `protobuf` or `json-schema`, not {fmt}",
             "Set records.format to the format the topic's records are written in.",
+        )
+    if key in REGISTRY_FORMATS and records.schema_registry is None:
+        raise ConfigError(
+            f"{doc.where('records.key_format')}: `records.key_format: {key}` needs `records.schema_registry`",
+            "For example:  schema_registry: {url: http://127.0.0.1:8081/apis/ccompat/v7}",
         )
     if records.schema_file is not None:
         where = doc.where("records.schema_file")

@@ -56,6 +56,7 @@ METADATA_FIELDS = [
     pa.field("kafka_headers", HEADERS_TYPE),
 ]
 METADATA_NAMES = {f.name for f in METADATA_FIELDS}
+KEY_COLUMN = "kafka_key_decoded"  # records.key_format: the decoded key, before the value columns
 DEAD_LETTER_FIELDS = METADATA_FIELDS + [pa.field("value", pa.binary()), pa.field("error", pa.string())]
 
 
@@ -105,8 +106,11 @@ class Decoder:
         *,
         registry: Registry | None = None,
         schema_file: AvroSchema | None = None,
+        key_format: str = "raw",
     ) -> None:
         self.format = record_format
+        # records.key_format: the keys are decoded by a decoder of their own (its own columns per topic)
+        self.key_decoder = Decoder(key_format, registry=registry) if key_format != "raw" else None
         self.declared = declared
         self.known: dict[str, pa.Schema] = {}  # inferred json, avro: the columns of each topic so far
         self._known_lock = threading.Lock()
@@ -127,6 +131,10 @@ class Decoder:
         """Start from ``schema`` for ``topic`` (the columns of a file the lake holds, metadata columns and all):
         its value columns become known, as if this decoder had read the records that made it."""
         values = [f for f in schema if f.name not in METADATA_NAMES and not pa.types.is_null(f.type)]
+        key = next((f for f in values if f.name == KEY_COLUMN), None)
+        values = [f for f in values if f.name != KEY_COLUMN]
+        if key is not None and self.key_decoder is not None and pa.types.is_struct(key.type):
+            self.key_decoder.learn(topic, pa.schema(list(key.type)))
         with self._known_lock:
             known = self.known.get(topic, pa.schema([]))
             unified = pa.unify_schemas([known, pa.schema(values)], promote_options="permissive")
@@ -135,21 +143,9 @@ class Decoder:
     def decode(self, batch: Batch) -> Decoded:
         """The batch as an Arrow table of its good records, and the records that cannot be decoded."""
         n = len(batch)
-        bad: dict[int, str] = {}
-        if self.format == "raw":
-            values = pa.table({"value": pa.array(batch.values, pa.binary())})
-        elif self.format == "string":
-            strings, invalid = convert(pa.array(batch.values, pa.binary()), pa.string(), cast_to(pa.string()))
-            bad = dict.fromkeys(invalid, "not valid UTF-8")
-            values = pa.table({"value": strings})
-        elif self.format == "avro":
-            values, bad = self._avro(batch)
-        elif self.format == "json-schema":
-            values, bad = self._json_schema(batch)
-        elif self.format == "protobuf":
-            values, bad = self._protobuf(batch)
-        else:
-            values, bad = self._json(batch)
+        values, bad = self._values(batch)
+        if self.key_decoder is not None:
+            values, bad = self._with_keys(batch, values, bad)
         metadata = [
             pa.array([batch.topic] * n, pa.string()),
             pa.array([batch.partition] * n, pa.int32()),
@@ -162,13 +158,61 @@ class Decoder:
         if bad:
             keep = pa.array([i for i in range(n) if i not in bad], pa.int64())
             metadata = [column.take(keep) for column in metadata]
-            if values.num_rows == n:  # raw/string: the bad rows are still there, as nulls
-                values = values.take(keep)
         columns = metadata + list(values.columns)
         schema = pa.schema(
             METADATA_FIELDS + [pa.field(f.name, f.type) for f in values.schema], metadata=values.schema.metadata
         )
         return Decoded(pa.Table.from_arrays(columns, schema=schema), rejected)
+
+    def _values(self, batch: Batch) -> tuple[pa.Table, dict[int, str]]:
+        """The value columns of the good records (one row each, in order) and the reasons of the bad ones."""
+        n = len(batch)
+        bad: dict[int, str] = {}
+        if self.format == "raw":
+            return pa.table({"value": pa.array(batch.values, pa.binary())}), bad
+        if self.format == "string":
+            strings, invalid = convert(pa.array(batch.values, pa.binary()), pa.string(), cast_to(pa.string()))
+            bad = dict.fromkeys(invalid, "not valid UTF-8")
+            values = pa.table({"value": strings})
+            if bad:  # the bad rows are still there, as nulls
+                values = values.take(pa.array([i for i in range(n) if i not in bad], pa.int64()))
+            return values, bad
+        if self.format == "avro":
+            return self._avro(batch)
+        if self.format == "json-schema":
+            return self._json_schema(batch)
+        if self.format == "protobuf":
+            return self._protobuf(batch)
+        return self._json(batch)
+
+    def _with_keys(self, batch: Batch, values: pa.Table, bad: dict[int, str]) -> tuple[pa.Table, dict[int, str]]:
+        """``records.key_format``: the keys decoded as the values are, as one column ``kafka_key_decoded`` (a
+        struct of the key's fields, or the key's text) before the value columns. A record whose key cannot be
+        decoded is a bad record too."""
+        assert self.key_decoder is not None
+        n = len(batch)
+        keys, key_bad = self.key_decoder._values(replace(batch, values=batch.keys))
+        if KEY_COLUMN in values.column_names:
+            reason = f"the value has a field `{KEY_COLUMN}`, the column of the decoded key (records.key_format)"
+            return values.slice(0, 0), {**dict.fromkeys(range(n), reason), **bad}
+        both = {**{i: f"key: {reason}" for i, reason in key_bad.items()}, **bad}
+        value_rows = [i for i in range(n) if i not in bad]
+        key_rows = [i for i in range(n) if i not in key_bad]
+        if len(both) > len(bad):
+            values = values.take(pa.array([j for j, i in enumerate(value_rows) if i not in key_bad], pa.int64()))
+        if len(both) > len(key_bad):
+            keys = keys.take(pa.array([j for j, i in enumerate(key_rows) if i not in bad], pa.int64()))
+        if self.key_decoder.format == "string":
+            column: pa.Array = keys.column("value").combine_chunks()
+        elif keys.num_columns == 0:
+            column = pa.nulls(keys.num_rows)
+        else:
+            column = pa.StructArray.from_arrays([c.combine_chunks() for c in keys.columns], fields=list(keys.schema))
+        metadata = dict(values.schema.metadata or {})
+        for name, value in (keys.schema.metadata or {}).items():
+            metadata[name.replace(b"kingest.schema", b"kingest.key_schema")] = value
+        table = pa.Table.from_arrays([column, *values.columns], names=[KEY_COLUMN, *values.column_names])
+        return table.replace_schema_metadata(metadata or None), both
 
     # ------------------------------------------------------------------------------ schema registry formats
 

@@ -70,6 +70,7 @@ class Encoder:
         tables: bool = False,
         registry: Registry | None = None,
         schema_file: AvroSchema | None = None,
+        key_format: str = "raw",
     ) -> None:
         self.on_error = on_error
         self.tables = tables  # lake.format: delta: hand the decoded tables on (see ParquetFiles.table_file)
@@ -78,6 +79,7 @@ class Encoder:
             declared_schema(schema) if schema else None,
             registry=registry,
             schema_file=schema_file,
+            key_format=key_format,
         )
         self.files = ParquetFiles(
             compression=compression, partition_by=partition_by, lineage=lineage, file_tag=file_tag
@@ -134,10 +136,10 @@ def writer_schemas(config: Config) -> dict[str, Any]:
     from .registry import Registry
 
     records = config.records
-    out: dict[str, Any] = {}
-    if records.format == "avro":
+    out: dict[str, Any] = {"key_format": str(records.key_format)}
+    if "avro" in (records.format, records.key_format):
         require()
-    if records.format == "protobuf":
+    if "protobuf" in (records.format, records.key_format):
         from .protobuf import require as require_protobuf
 
         require_protobuf()

@@ -45,6 +45,7 @@ records:
   # avro | protobuf | json-schema (Confluent's wire format: a schema id, the value; schemas from schema_registry)
   format: {format}
 {registry}  # schema_file: order.avsc       # avro without a registry: plain Avro values, all of this schema
+  # key_format: raw              # keys: raw (bytes only) | string | json | avro | protobuf | json-schema
   on_error: fail                 # a record that cannot be decoded: fail (stop the run) | skip | dead-letter
   # schema:                      # json only: declared column types (values are coerced; without it, inferred)
   #   order_id: string           # string | int8 | int16 | int32 | int64 | float32 | float64 | bool |

@@ -40,14 +40,16 @@ def ccompat(registry_url: str) -> str:
     return registry_url.rstrip("/") + "/apis/ccompat/v7"
 
 
-def avro_producer(ccompat: str, schema: dict[str, Any], topic: str) -> Any:
-    """confluent-kafka's AvroSerializer: registers the schema under <topic>-value and writes the wire format."""
+def avro_producer(ccompat: str, schema: dict[str, Any], topic: str, field: str = "value") -> Any:
+    """confluent-kafka's AvroSerializer: registers the schema under <topic>-value (or -key) and writes the wire
+    format."""
     from confluent_kafka.schema_registry import SchemaRegistryClient
     from confluent_kafka.schema_registry.avro import AvroSerializer
     from confluent_kafka.serialization import MessageField, SerializationContext
 
     serializer = AvroSerializer(SchemaRegistryClient({"url": ccompat}), json.dumps(schema))
-    return lambda value: serializer(value, SerializationContext(topic, MessageField.VALUE))
+    which = MessageField.KEY if field == "key" else MessageField.VALUE
+    return lambda value: serializer(value, SerializationContext(topic, which))
 
 
 def register(ccompat: str, subject: str, schema: dict[str, Any] | str, kind: str) -> int:
@@ -105,7 +107,9 @@ def test_avro_records_of_two_schema_versions_land_typed_each_offset_once(
     values += [v2(order(i, coupon=f"C{i}" if i % 3 else None)) for i in range(601, 1200)]
     values.append(b'{"order_id": 1200}')  # plain JSON: not the wire format, a bad record
     values += [v2(order(1201, coupon="last"))]
-    produce(topic, values, partition=0, key="order")  # a key: a tombstone needs one
+    key_schema = {"type": "record", "name": "OrderKey", "fields": [{"name": "shop", "type": "string"}]}
+    key = avro_producer(ccompat, key_schema, topic, "key")({"shop": "north"})
+    produce(topic, values, partition=0, key=key)  # a key: a tombstone needs one
 
     lake = tmp_path / "lake"
     config = registry_config(
@@ -113,7 +117,7 @@ def test_avro_records_of_two_schema_versions_land_typed_each_offset_once(
         topic,
         lake,
         kafka_bootstrap,
-        {"format": "avro", "on_error": "skip", "schema_registry": {"url": ccompat}},
+        {"format": "avro", "key_format": "avro", "on_error": "skip", "schema_registry": {"url": ccompat}},
         semantics=semantics,
     )
     done = kingest("run", "-c", str(config), "--until-caught-up")
@@ -127,6 +131,7 @@ def test_avro_records_of_two_schema_versions_land_typed_each_offset_once(
     assert by_offset[3]["placed_at"] == when and by_offset[3]["coupon"] is None  # v1: the new field is null
     assert by_offset[602]["coupon"] == "C602" and by_offset[1201]["coupon"] == "last"
     assert by_offset[600]["order_id"] is None  # the tombstone: a row, its value columns null
+    assert {r["kafka_key_decoded"]["shop"] for r in rows} == {"north"}  # records.key_format: avro
     footers = [pq.read_metadata(f).metadata for f in lake.rglob("*.parquet")]
     ids = sorted({i for m in footers for i in json.loads(m[b"kingest.schema_ids"])})
     assert len(ids) == 2  # the two versions' ids, named in the footers

@@ -312,7 +312,7 @@ def config_text(records: str) -> str:
     [
         ("records: {format: avro}", "needs `records.schema_registry` or `records.schema_file`"),
         ("records: {format: json-schema}", "needs `records.schema_registry`"),
-        ("records: {format: json, schema_registry: {url: 'http://r'}}", "applies only to `records.format: avro`"),
+        ("records: {format: json, schema_registry: {url: 'http://r'}}", "applies only to `records.format` (or"),
         ("records: {format: avro, schema_registry: {url: 'ftp://r'}}", "http:// or https://"),
         ("records: {format: avro, schema_registry: {url: 'http://r', uri: x}}", "unknown key `uri`"),
         ("records: {format: avro, schema_file: /nonexistent.avsc}", "does not exist"),
@@ -520,3 +520,44 @@ def test_only_the_panic_report_is_taken_out_of_what_was_written_to_stderr_meanwh
     assert _without_panics(text) == (
         b"00:00:01 WARNING kingest.run: a line of another thread\n\n00:00:02 INFO kingest.run: and another\n"
     )
+
+
+# ------------------------------------------------------------------------------------------------------ keys
+
+
+def test_keys_decoded_as_asked_become_one_column_and_a_bad_key_makes_a_bad_record():
+    from kingest.batcher import Batch
+
+    key_schema = record([{"name": "customer_id", "type": "long"}], "Key")
+    value_schema = record([{"name": "amount", "type": "double"}])
+    registry = FakeRegistry({1: key_schema, 2: value_schema})
+    encoder = Encoder("avro", registry=registry, key_format="avro", on_error="skip")  # type: ignore[arg-type]
+    keys = [wire(1, avro(key_schema, {"customer_id": 7})), b"not avro", wire(1, avro(key_schema, {"customer_id": 9}))]
+    values = [wire(2, avro(value_schema, {"amount": float(i)})) for i in range(3)]
+    values[2] = b"bad value"
+    batch = Batch(
+        "t", 0, offsets=[0, 1, 2], timestamps=[0, 0, 0], keys=list(keys), values=list(values), headers=[[]] * 3
+    )
+    decoded = encoder.decode(batch)
+    assert decoded.table.column_names[6:] == ["kafka_key_decoded", "amount"]
+    assert decoded.table.select(["kafka_offset", "kafka_key_decoded", "amount"]).to_pylist() == [
+        {"kafka_offset": 0, "kafka_key_decoded": {"customer_id": 7}, "amount": 0.0}
+    ]
+    assert decoded.table.column("kafka_key").to_pylist() == [keys[0]]  # the bytes stay
+    reasons = {r.offset: r.reason for r in decoded.rejected}
+    assert reasons[1].startswith("key: not in the Confluent wire format") and "key" not in reasons[2][:4]
+    assert json.loads(decoded.table.schema.metadata[b"kingest.key_schema_ids"]) == [1]
+    assert json.loads(decoded.table.schema.metadata[b"kingest.schema_ids"]) == [2]
+    strings = Encoder("json", key_format="string")
+    table = strings.decode(make_batch([b'{"a": 1}', b'{"a": 2}'])).table
+    assert table.select(["kafka_key_decoded", "a"]).to_pylist() == [
+        {"kafka_key_decoded": "k0", "a": 1},
+        {"kafka_key_decoded": "k1", "a": 2},
+    ]
+
+
+def test_key_format_from_the_registry_needs_one():
+    with pytest.raises(ConfigError, match="`records.key_format: avro` needs `records.schema_registry`"):
+        parse(config_text("records: {format: json, key_format: avro}"))
+    config = parse(config_text("records: {format: json, key_format: avro, schema_registry: http://r}"))
+    assert config.records.key_format == "avro" and config.records.schema_registry is not None
