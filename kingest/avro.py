@@ -471,6 +471,8 @@ def _without_panics(text: bytes) -> bytes:
     for line in text.splitlines(keepends=True):
         if b"panicked at" in line and line.startswith(b"thread '"):
             in_panic, message_next = True, True
+            if kept and not kept[-1].strip():  # Rust starts its report with a blank line
+                kept.pop()
             continue
         if message_next:
             message_next = False

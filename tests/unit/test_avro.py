@@ -175,6 +175,15 @@ def test_a_malformed_payload_is_a_bad_record_and_never_shifts_its_neighbours():
     assert table.to_pylist() == [{"a": i, "b": f"x{i}"} for i in (0, 1, 3, 4, 5)]
 
 
+def test_a_payload_with_a_byte_too_many_never_shifts_the_records_after_it():
+    schema_json = record([{"name": "a", "type": "long"}, {"name": "b", "type": "string"}])
+    schema = AvroSchema(schema_json, "schema id 3")
+    payloads = [avro(schema_json, {"a": i, "b": f"x{i}"}) for i in range(6)]
+    payloads[2] = payloads[2] + b"\x02"  # read alone, the extra byte is ignored; framed, it would shift the rest
+    table, bad = schema.decode(payloads)
+    assert bad == {} and table.to_pylist() == [{"a": i, "b": f"x{i}"} for i in range(6)]
+
+
 def test_a_recursive_schema_is_refused_with_its_reason():
     with pytest.raises(AvroSchemaError, match="refers to itself"):
         AvroSchema(record([{"name": "next", "type": ["null", "shop.Order"]}]), "schema id 4")
@@ -518,7 +527,7 @@ def test_only_the_panic_report_is_taken_out_of_what_was_written_to_stderr_meanwh
         b"00:00:02 INFO kingest.run: and another\n"
     )
     assert _without_panics(text) == (
-        b"00:00:01 WARNING kingest.run: a line of another thread\n\n00:00:02 INFO kingest.run: and another\n"
+        b"00:00:01 WARNING kingest.run: a line of another thread\n00:00:02 INFO kingest.run: and another\n"
     )
 
 
