@@ -253,8 +253,8 @@ def _logical(kind: str, logical: str, schema: dict[str, Any]) -> pa.DataType | N
 def _converter(schema: Any, t: pa.DataType) -> Callable[[Any], Any]:
     """What turns fastavro's Python value into one ``pa.array(..., t)`` takes: the branch of a multi-type union
     into its member field, a uuid into text, a map into key-value pairs, records field by field."""
-    if pa.types.is_struct(t) and isinstance(schema, list):  # a union of several types
-        branches = [b for b in schema if b != "null"]
+    branches = [b for b in schema if b != "null"] if isinstance(schema, list) else []
+    if len(branches) > 1:  # a union of several types: a struct of one member per type
         pick = [(_matches(b), f.name, _converter(b, f.type)) for b, f in zip(branches, t, strict=True)]
 
         def union(value: Any) -> Any:

@@ -41,7 +41,7 @@ from .avro import AvroSchema, AvroSchemaError
 from .batcher import Batch
 from .coerce import ARROW_ERRORS, coerce, convert
 from .coerce import cast as cast_to
-from .errors import BadRecord
+from .errors import BadRecord, KingestError
 from .protobuf import ProtobufSchema, ProtobufSchemaError, split_indexes
 from .registry import RegisteredSchema, Registry
 
@@ -258,6 +258,8 @@ class Decoder:
                 self._schemas[schema_id] = AvroSchema(found.text, f"schema id {schema_id}")
             except AvroSchemaError as exc:
                 self._schemas[schema_id] = str(exc)
+            except Exception as exc:  # a schema kingest cannot turn into columns: its records are bad, not a crash
+                self._schemas[schema_id] = f"schema id {schema_id} cannot be read: {type(exc).__name__}: {exc}"
         return cast("AvroSchema | str", self._schemas[schema_id])
 
     def _avro(self, batch: Batch) -> tuple[pa.Table, dict[int, str]]:
@@ -295,6 +297,10 @@ class Decoder:
                 self._schemas[schema_id] = ProtobufSchema(files, f"schema id {schema_id}")
             except ProtobufSchemaError as exc:
                 self._schemas[schema_id] = str(exc)
+            except KingestError:
+                raise  # the registry: unreachable, refusing
+            except Exception as exc:  # a schema kingest cannot turn into columns: its records are bad, not a crash
+                self._schemas[schema_id] = f"schema id {schema_id} cannot be read: {type(exc).__name__}: {exc}"
         return cast("ProtobufSchema | str", self._schemas[schema_id])
 
     def _protobuf(self, batch: Batch) -> tuple[pa.Table, dict[int, str]]:

@@ -134,6 +134,18 @@ def test_the_bulk_reader_and_fastavro_give_the_same_table_with_arrow_types_for_t
     assert row["ts"] == NOW and row["price"] == decimal.Decimal("12.34") and row["uid"] == str(uuid.UUID(int=7))
 
 
+def test_a_nullable_nested_record_is_a_nullable_struct_on_both_paths():
+    address = record([{"name": "city", "type": "string"}], "Address")
+    schema_json = record([{"name": "id", "type": "long"}, {"name": "address", "type": ["null", address]}])
+    schema = AvroSchema(schema_json, "schema id 6")
+    values = [{"id": 1, "address": {"city": "Oslo"}}, {"id": 2, "address": None}]
+    payloads = [avro(schema_json, v) for v in values]
+    bulk, bad = schema.decode(payloads)
+    slow, slow_bad = schema._fastavro(payloads)
+    assert bad == {} and slow_bad == {} and bulk.equals(slow)
+    assert bulk.to_pylist() == values
+
+
 def test_maps_unions_of_several_types_and_nested_enums_are_decoded_by_fastavro():
     inner = record([{"name": "e", "type": {"type": "enum", "name": "E", "symbols": ["X", "Y"]}}], "Inner")
     schema_json = record(
