@@ -5,8 +5,10 @@
     .venv/bin/python benchmarks/bench.py --quick         # 50,000 records, 1 repetition: to try it out
     make bench BENCH_ARGS='--records 200000 --repetitions 5'
     make bench BENCH_ARGS='--only wide'                  # the wide topics alone (S3 +20 ms, 1 vs 32 partitions)
+    make bench BENCH_ARGS='--only avro'                  # Avro vs JSON: the Avro contenders and their JSON twins
 
-One run, on the local dev broker (started with `python services/devservices.py up` if it does not answer):
+One run, on the local dev broker and S3 server, and the schema registry when Avro contenders run (each started
+with `python services/devservices.py up <service>` if it does not answer; never stopped here):
 produce the dataset once to a fresh topic, then, in every repetition, run each contender as its own process
 reading all of it, in an order that rotates from one repetition to the next:
 
@@ -23,6 +25,11 @@ reading all of it, in an order that rotates from one repetition to the next:
                 partition after another, lake.max_concurrency: 1: in the first repetition only), in 32
                 flushes of one batch of every partition each; a table of their own, "vs 1 partition" ratios,
                 no startup twins
+  *-avro        (group "avro": `--only avro`, which adds their JSON twins) alo, eo, alo-confluent, eo-confluent
+                reading the same records as Avro in the Confluent wire format (schemas registered in the dev
+                registry: two versions, the second adding a nullable field part-way), on a topic of the same
+                partitions, with `records.format: avro`: a table of their own, "vs JSON" ratios (the same
+                contender on the JSON topic, side by side), startup twins on a tiny Avro topic
 
 The confluent contenders run when confluent-kafka is installed (`pip install -e '.[fast]'`); "vs bare" is always
 the kafka-python loop, "vs own client" the bare loop of the contender's own client.
@@ -59,6 +66,7 @@ import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.error import HTTPError
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -68,6 +76,7 @@ sys.path.insert(0, str(HERE))
 import dataset  # noqa: E402
 import summary  # noqa: E402
 from contenders import (  # noqa: E402
+    AVRO_STARTUPS,
     CONTENDERS,
     GROUPS,
     NAMES,
@@ -82,6 +91,7 @@ from contenders import (  # noqa: E402
 from measure import BenchError, Measurer, Run, S3Place, Spawner, consumer_settings, measure_help  # noqa: E402
 
 MB = 1_000_000
+CCOMPAT = "/apis/ccompat/v7"  # the registry's Confluent Schema Registry API (Apicurio)
 
 
 # ---------------------------------------------------------------------------------------------- the bench
@@ -96,12 +106,17 @@ class Bench:
         self.tag = f"{stamp}-{uuid.uuid4().hex[:4]}"
         self.work = Path(tempfile.mkdtemp(prefix="kingest-bench-", dir=args.work_dir))
         self.topics: dict[str, dataset.Produced] = {}
+        self.ccompat = args.registry_url.rstrip("/") + CCOMPAT
+        self.subjects: list[str] = []  # registered by this run (deleted by cleanup)
+        self.avro: dict[str, Any] | None = None  # the Avro topic's ids, subject and version switch
         self.runs: list[Run] = []
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("KINGEST_CRASH")}
         self.env["KINGEST_BENCH_S3_SECRET"] = args.s3_secret
         s3 = S3Place(args.s3_endpoint, args.s3_key, args.s3_secret, f"{args.s3_bucket}/bench-{self.tag}")
         # --env: for the kingest contenders only
-        self.measurer = Measurer(spawner, self.bootstrap, self.tag, self.work, s3, self.env, {**self.env, **args.env})
+        self.measurer = Measurer(
+            spawner, self.bootstrap, self.tag, self.work, s3, self.env, {**self.env, **args.env}, self.ccompat
+        )
 
     # ------------------------------------------------------------------------------------ set-up
 
@@ -122,8 +137,14 @@ class Bench:
                     True,
                     batch_records=WIDE_BATCH_RECORDS[partitions],
                 )
-        if not any(c.topic in ("main", "slice") for c in chosen):
-            return  # only the wide group: no main topic
+        if any(c.topic in ("main", "slice") for c in chosen):  # not when only the wide group runs
+            self.produce_main()
+        if any(c.topic == "avro" for c in chosen):
+            self.produce_avro()
+
+    def produce_main(self) -> None:
+        a = self.args
+        chosen = self.chosen()
         main_topic = a.topic or f"kingest-bench-{self.tag}"
         if a.topic:
             self.topics["main"] = existing_topic(self.bootstrap, a.topic)
@@ -148,6 +169,50 @@ class Bench:
             f"(mean value {main.value_bytes / max(1, main.records):.0f} B), produced in {main.seconds:.1f}s"
         )
 
+    def produce_avro(self) -> None:
+        """The main topic's records as Avro in the Confluent wire format, on a topic of the same partitions (and
+        its tiny twin): schema version 1 for the first half, version 2 (+ customer.lifetime_orders) for the rest."""
+        a = self.args
+        main = self.topics.get("main")
+        records, partitions = (main.records, main.partitions) if main else (a.records, a.partitions)
+        if a.topic:
+            print(f"  (the Avro topic holds dataset.py's {records:,} records, not those of --topic {a.topic})")
+        topic = f"kingest-bench-{self.tag}-avro"
+        ids = self.register(topic)
+        print(
+            f"producing the same {records:,} records as Avro (schema ids {ids[1]} and {ids[2]}, version 2 from "
+            f"record {records // 2:,}) over {partitions} partitions..."
+        )
+        frame = dataset.AvroFramer(ids, records // 2)
+        produced = dataset.produce(self.bootstrap, topic, records, partitions, a.value_size, a.seed, frame=frame)
+        self.topics["avro"] = produced
+        self.avro = {"ids": ids, "subject": f"{topic}-value", "switch": records // 2}
+        if a.startup:
+            tiny = f"{topic}-tiny"
+            tiny_frame = dataset.AvroFramer(self.register(tiny), partitions // 2)
+            self.topics["avro-tiny"] = dataset.produce(
+                self.bootstrap, tiny, partitions, partitions, a.value_size, a.seed, True, frame=tiny_frame
+            )
+        print(
+            f"topic {topic}: {produced.records:,} records, {produced.nbytes / MB:.1f} MB of keys and values "
+            f"(mean value {produced.value_bytes / max(1, produced.records):.0f} B), produced in {produced.seconds:.1f}s"
+        )
+
+    def register(self, topic: str) -> dict[int, int]:
+        """Both schema versions under ``<topic>-value``, in order: each version's id."""
+        subject = f"{topic}-value"
+        self.subjects.append(subject)
+        ids = {}
+        for version in dataset.AVRO_VERSIONS:
+            try:
+                ids[version] = dataset.register_schema(self.ccompat, subject, dataset.avro_schema(version))
+            except (OSError, ValueError, KeyError) as exc:
+                detail = exc.read().decode(errors="replace")[:300] if isinstance(exc, HTTPError) else str(exc)
+                raise BenchError(
+                    f"could not register version {version} of {subject} at {self.ccompat}: {detail}"
+                ) from None
+        return ids
+
     def cleanup(self) -> None:
         self.measurer.close()
         shutil.rmtree(self.work, ignore_errors=True)
@@ -159,6 +224,8 @@ class Bench:
             dataset.delete_topics(self.bootstrap, ours, self.measurer.groups)
         except Exception as exc:
             print(f"could not delete the bench topics {ours}: {exc}", file=sys.stderr)
+        if self.subjects:
+            dataset.delete_subjects(self.ccompat, self.subjects)
         s3 = self.measurer.s3
         try:
             s3.fs().rm(s3.prefix, recursive=True)
@@ -175,7 +242,8 @@ class Bench:
     def run(self) -> dict[str, Any]:
         a = self.args
         chosen = self.chosen()
-        startups = [s for s in STARTUPS if s.startup_of in a.only] if a.startup and "main" in self.topics else []
+        twins = [*STARTUPS, *AVRO_STARTUPS] if a.startup else []
+        startups = [s for s in twins if s.startup_of in a.only and s.topic in self.topics]
         order = chosen + startups
         loads: list[tuple[float, ...]] = []
         for rep in range(a.repetitions):
@@ -222,6 +290,10 @@ class Bench:
             "targets": summary.targets(TARGETS, results, runs, a.repetitions, help_times),
             "runs": [summary.run_row(r) for r in self.runs],
         }
+        if self.avro is not None:
+            document["avro"] = summary.avro_figures(
+                self.topics["avro"], self.avro["ids"], self.avro["subject"], self.avro["switch"]
+            )
         wide = {role: self.topics[role] for role in WIDE_TOPICS if role in self.topics}
         if wide:
             delays = {c.delay_ms for c in chosen if c.group == "wide"}
@@ -294,18 +366,23 @@ def _git() -> str | None:
     return head.stdout.strip() + (" (uncommitted changes)" if dirty.stdout.strip() else "")
 
 
-def ensure_services(bootstrap: str, s3_endpoint: str | None) -> None:
-    """Start the dev broker (and S3 server) when they do not answer; they are shared, so never stopped here."""
+def ensure_services(bootstrap: str, s3_endpoint: str | None, registry_url: str | None = None) -> None:
+    """Start the dev broker (and S3 server, and schema registry) when they do not answer; they are shared, so never
+    stopped here."""
+    from urllib.parse import urlparse
+
     host, _, port = bootstrap.rpartition(":")
     needed = []
     if not _answers(host, int(port)):
         needed.append("kafka")
     if s3_endpoint:
-        from urllib.parse import urlparse
-
         url = urlparse(s3_endpoint)
         if not _answers(url.hostname or "127.0.0.1", url.port or 80):
             needed.append("s3")
+    if registry_url:
+        url = urlparse(registry_url)
+        if not _answers(url.hostname or "127.0.0.1", url.port or 80):
+            needed.append("registry")
     for service in needed:
         print(f"{service} does not answer: starting it with services/devservices.py up {service}")
         subprocess.run([sys.executable, str(ROOT / "services" / "devservices.py"), "up", service], check=True)
@@ -383,6 +460,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--s3-endpoint", default=os.environ.get("KINGEST_S3_ENDPOINT", "http://127.0.0.1:8333"))
     parser.add_argument("--s3-bucket", default=os.environ.get("KINGEST_S3_BUCKET", "kingest"))
     parser.add_argument("--s3-key", default=os.environ.get("KINGEST_S3_ACCESS_KEY", "kingest"))
+    parser.add_argument(
+        "--registry-url",
+        default=os.environ.get("KINGEST_REGISTRY_URL", "http://127.0.0.1:8081"),
+        help=f"the schema registry (Apicurio; its Confluent API under {CCOMPAT}), for the Avro contenders",
+    )
     parser.add_argument("--out", type=Path, default=HERE / "results", help="folder for the JSON and PNG")
     parser.add_argument("--work-dir", help="where the lakes are written (default: the system's temp folder)")
     parser.add_argument("--no-chart", dest="chart", action="store_false", help="write no PNG (no matplotlib)")
@@ -415,6 +497,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             file=sys.stderr,
         )
         args.only = [n for n in args.only if n not in confluent]
+    avro = [c.name for c in CONTENDERS if c.name in args.only and c.records_format == "avro"]
+    missing = [m for m in ("fastavro", "polars") if importlib.util.find_spec(m) is None]
+    if avro and missing:
+        print(
+            f"bench.py: {' and '.join(missing)} not installed: skipping {', '.join(avro)} "
+            "(install them with .venv/bin/pip install -e '.[avro]'; make bench does it)",
+            file=sys.stderr,
+        )
+        args.only = [n for n in args.only if n not in avro]
     if args.records < 1 or args.repetitions < 1 or args.partitions < 1 or args.wide_records < 1:
         parser.error("--records, --wide-records, --repetitions and --partitions must be positive")
     return args
@@ -435,7 +526,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     spawner = Spawner()  # first, while this process is small (see Spawner)
     s3 = any(c.lake == "s3" for c in CONTENDERS if c.name in args.only)
-    ensure_services(args.bootstrap, args.s3_endpoint if s3 else None)
+    avro = any(c.records_format == "avro" for c in CONTENDERS if c.name in args.only)
+    ensure_services(args.bootstrap, args.s3_endpoint if s3 else None, args.registry_url if avro else None)
     bench = Bench(args, spawner)
     try:
         bench.produce()
@@ -447,9 +539,17 @@ def main(argv: list[str] | None = None) -> int:
         spawner.close()
         bench.cleanup()
     args.out.mkdir(parents=True, exist_ok=True)
-    # a run of the wide group alone does not take the name of a whole bench run of the same day
-    wide_only = all(c.group == "wide" for c in CONTENDERS if c.name in args.only)
-    stem = dt.date.today().isoformat() + ("-wide" if wide_only else "") + ("-quick" if args.quick else "")
+    # a run of one group alone (with the baselines it is compared with: --only avro) does not take the name of a
+    # whole bench run of the same day
+    group = next(
+        (
+            g
+            for g, names in GROUPS.items()
+            if set(args.only) <= set(names) and any(c.group == g for c in CONTENDERS if c.name in args.only)
+        ),
+        "",
+    )
+    stem = dt.date.today().isoformat() + (f"-{group}" if group else "") + ("-quick" if args.quick else "")
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     table = summary.markdown(result)
     print()

@@ -21,8 +21,8 @@ class Contender:
     name: str  # what --only and the JSON's "results" call it
     label: str  # the table's and the chart's row
     kind: str  # java | bare | kingest
-    topic: str = "main"  # the topic it reads: main | slice | tiny | wide-1 | wide-32 (bench.py produces each one
-    # a run needs; WIDE_TOPICS gives the wide ones' partitions)
+    topic: str = "main"  # the topic it reads: main | slice | tiny | wide-1 | wide-32 | avro | avro-tiny (bench.py
+    # produces each one a run needs; WIDE_TOPICS gives the wide ones' partitions)
     semantics: str = ""  # kingest only
     lake: str = "local"  # kingest only: local | s3
     batch: dict[str, Any] = field(default_factory=dict)  # kingest only: the config's `batch:` keys
@@ -32,8 +32,9 @@ class Contender:
     lake_settings: dict[str, Any] = field(default_factory=dict)  # kingest only: more `lake:` keys (max_concurrency)
     delay_ms: float = 0.0  # s3 only: each request goes through a LatencyProxy adding this much (a far-away store)
     group: str = ""  # a group of contenders with a table of its own ("wide"); --only takes its name too
-    baseline: str = ""  # the contender of the group this one is compared with ("vs baseline": 32 vs 1 partition)
+    baseline: str = ""  # the contender this one is compared with ("vs baseline": 32 vs 1 partition, Avro vs JSON)
     repetitions: int = 0  # runs in the first this many repetitions only (0: in every one): a slow one runs once
+    records_format: str = "json"  # kingest only: records.format, json | avro (Avro reads the topic "avro")
 
     @property
     def own_bare(self) -> str:
@@ -52,13 +53,24 @@ class Contender:
         return parse_size(self.batch.get("max_bytes", DEFAULT_MAX_BYTES))
 
     def kingest_config(
-        self, *, pipeline: str, bootstrap: str, topic: str, lake_path: str, storage_options: dict[str, Any]
+        self,
+        *,
+        pipeline: str,
+        bootstrap: str,
+        topic: str,
+        lake_path: str,
+        storage_options: dict[str, Any],
+        registry: str = "",
     ) -> dict[str, Any]:
-        """The `kingest run` config of a kingest contender (written as JSON, which is YAML)."""
+        """The `kingest run` config of a kingest contender (written as JSON, which is YAML). ``registry``: the
+        schema registry's Confluent API (.../apis/ccompat/v7), for records.format: avro."""
+        records: dict[str, Any] = {"format": self.records_format}
+        if self.records_format == "avro":
+            records["schema_registry"] = {"url": registry}
         config: dict[str, Any] = {
             "pipeline": pipeline,
             "kafka": {"bootstrap_servers": bootstrap, "topics": [topic], "client": self.client, **self.kafka_settings},
-            "records": {"format": "json"},
+            "records": records,
             "lake": {"path": lake_path, "storage_options": storage_options, **self.lake_settings},
             "semantics": self.semantics,
         }
@@ -112,6 +124,21 @@ def wide(
         group="wide",
         baseline=baseline,
         repetitions=repetitions,
+    )
+
+
+def avro(name: str, json_twin: str) -> Contender:
+    """The contender ``json_twin`` (kingest on the main topic) reading the Avro topic with records.format: avro
+    (group "avro"), compared with its twin ("vs JSON": the same client, semantics and lake)."""
+    twin = next(c for c in CONTENDERS if c.name == json_twin)
+    return dataclasses.replace(
+        twin,
+        name=name,
+        label=f"{twin.label}, Avro",
+        topic="avro",
+        records_format="avro",
+        group="avro",
+        baseline=json_twin,
     )
 
 
@@ -186,27 +213,48 @@ CONTENDERS = [
     ),
     wide("wide-eo-delta-1", "exactly-once", 1, "", ", Delta table", format="delta"),
     wide("wide-eo-delta-32", "exactly-once", 32, "wide-eo-delta-1", ", Delta table", format="delta"),
-    # Contenders to come, each an entry here plus the one thing it needs that is not declared yet:
-    # - Avro: `records.format: avro` (a field for it in kingest_config) and an Avro topic: a `topic` role of
-    #   its own, produced in bench.py's Bench.produce by dataset.py.
-    # Each then gets its tiny-topic startup twin (STARTUPS) and its row in the table and chart for free; a goal
-    # for it (say Delta >= 0.9x exactly-once Parquet) is a Target in TARGETS below.
+    # A contender to come is an entry here; one that reads a topic of its own also needs that topic produced in
+    # bench.py's Bench.produce (by dataset.py). One on the main topic gets its tiny-topic startup twin (STARTUPS)
+    # and its row in the table and chart for free; a goal for it (say Delta >= 0.9x exactly-once Parquet) is a
+    # Target in TARGETS below.
+]
+# Avro (group "avro": `--only avro` runs them with their JSON twins; a table of their own): the main topic's records
+# as Avro in the Confluent wire format, two schema versions (dataset.py), on a topic of the same partitions and
+# records, read with `records.format: avro` beside the same contender reading the JSON topic.
+CONTENDERS += [
+    avro("alo-avro", "alo"),
+    avro("eo-avro", "eo"),
+    avro("alo-confluent-avro", "alo-confluent"),
+    avro("eo-confluent-avro", "eo-confluent"),
 ]
 NAMES = [c.name for c in CONTENDERS]
+# A group's members, then the baselines they are compared with that are not members (the Avro contenders' JSON
+# twins): `--only <group>` runs what its table and ratios need.
 GROUPS = {
-    g: [c.name for c in CONTENDERS if c.group == g] for g in dict.fromkeys(c.group for c in CONTENDERS if c.group)
+    g: list(
+        dict.fromkeys(
+            [c.name for c in CONTENDERS if c.group == g]
+            + [c.baseline for c in CONTENDERS if c.group == g and c.baseline]
+        )
+    )
+    for g in dict.fromkeys(c.group for c in CONTENDERS if c.group)
 }
+
+# The tiny topic of each topic that has startup twins: one record in each partition.
+TINY_TOPICS = {"main": "tiny", "avro": "avro-tiny"}
 
 
 def startup_twin(c: Contender) -> Contender:
     """The same contender on the tiny topic: its fixed cost (imports, group join, lake probe, one small flush)."""
     return dataclasses.replace(
-        c, name=f"{c.name}:startup", label=f"{c.label}, tiny topic", topic="tiny", startup_of=c.name
+        c, name=f"{c.name}:startup", label=f"{c.label}, tiny topic", topic=TINY_TOPICS[c.topic], startup_of=c.name
     )
 
 
 # The tiny-topic twins that measure each contender's fixed cost (Java reports its own fetch time instead).
 STARTUPS = [startup_twin(c) for c in CONTENDERS if c.kind != "java" and c.topic == "main"]
+# The Avro contenders' twins, on a tiny Avro topic (their fixed cost also holds the registry's answers).
+AVRO_STARTUPS = [startup_twin(c) for c in CONTENDERS if c.topic == "avro"]
 
 
 class Target(NamedTuple):
@@ -233,4 +281,18 @@ TARGETS = [
         "exactly-once, S3 +20 ms, Delta: 32 partitions >= 0.6x 1 partition", "wide-eo-delta-32", "wide-eo-delta-1", 0.6
     ),
     Target("at-least-once, S3 +20 ms: 32 partitions >= 0.7x 1 partition", "wide-alo-32", "wide-alo-1", 0.7),
+    Target("at-least-once local: Avro >= 1.5x JSON's records/s, same client (kafka-python)", "alo-avro", "alo", 1.5),
+    Target("exactly-once local: Avro >= 1.5x JSON's records/s, same client (kafka-python)", "eo-avro", "eo", 1.5),
+    Target(
+        "at-least-once local: Avro >= 1.5x JSON's records/s, same client (confluent)",
+        "alo-confluent-avro",
+        "alo-confluent",
+        1.5,
+    ),
+    Target(
+        "exactly-once local: Avro >= 1.5x JSON's records/s, same client (confluent)",
+        "eo-confluent-avro",
+        "eo-confluent",
+        1.5,
+    ),
 ]

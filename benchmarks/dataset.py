@@ -6,15 +6,25 @@ timestamps, integers, floats, booleans, nulls, a few non-ASCII strings, and a fr
 value to its size. Small values (the wide topics' ~200 B) keep the event's core only: ids, type, timestamp,
 currency, total, paid. Keys are customer ids; records are spread evenly over the partitions (record i goes to
 partition i % partitions), with no headers.
+
+The same records as Avro (``AvroFramer``), for the Avro contenders: each JSON value written with an Avro schema
+that describes it (``avro_schema``) in the Confluent wire format (byte 0, the schema's 4-byte big-endian id in the
+registry, the Avro binary payload). Two versions of the schema, as a topic whose producer was upgraded part-way:
+version 1 has no ``customer.lifetime_orders`` (the records of the first half of the topic are written with it and
+lose that field), version 2 adds it as nullable with default null (a BACKWARD-compatible change). Both are
+registered under ``<topic>-value`` through the registry's Confluent REST API (``register_schema``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import random
 import time
-from collections.abc import Iterator
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -160,6 +170,155 @@ def events(records: int, value_size: int, seed: int) -> Iterator[tuple[bytes, by
         yield event(i, rng, customers, value_size)
 
 
+# ------------------------------------------------------------------------------------------------- Avro
+
+AVRO_NAMESPACE = "kingest.bench"
+AVRO_VERSIONS = (1, 2)
+# Whether the nested records that a value may lack (customer.address, its geo, session) are nullable records,
+# ["null", record], as a producer would declare them (False: records whose fields are all nullable, a missing one
+# written as a record of nulls).
+NULLABLE_RECORDS = True
+
+
+def avro_schema(version: int, nullable_records: bool = NULLABLE_RECORDS) -> dict[str, Any]:
+    """The Avro schema of the dataset's values (record ``kingest.bench.OrderEvent``), field for field as the JSON
+    has them (integers long, floats double, the timestamp a string, as the JSON path reads them). Every field that
+    ``event`` may leave out (to fit a value size, or by chance: coordinates, tags, the note) is nullable with
+    default null (but see NULLABLE_RECORDS). Version 2 adds ``customer.lifetime_orders`` (nullable, default null:
+    a BACKWARD-compatible change)."""
+
+    def optional(name: str, kind: Any) -> dict[str, Any]:
+        return {"name": name, "type": ["null", kind], "default": None}
+
+    def field(name: str, kind: Any) -> dict[str, Any]:  # a field of a record that may be missing as a whole
+        return {"name": name, "type": kind} if nullable_records else optional(name, kind)
+
+    def record_field(name: str, kind: dict[str, Any]) -> dict[str, Any]:  # a record that a value may lack
+        return optional(name, kind) if nullable_records else {"name": name, "type": kind}
+
+    geo = {"type": "record", "name": "Geo", "fields": [field("lat", "double"), field("lon", "double")]}
+    address = {
+        "type": "record",
+        "name": "Address",
+        "fields": [
+            field("street", "string"),
+            field("city", "string"),
+            field("country", "string"),
+            record_field("geo", geo),
+        ],
+    }
+    customer_fields = [
+        {"name": "id", "type": "string"},
+        optional("name", "string"),
+        optional("tier", "string"),
+        *([optional("lifetime_orders", "long")] if version >= 2 else []),
+        record_field("address", address),
+    ]
+    item = {
+        "type": "record",
+        "name": "Item",
+        "fields": [
+            {"name": "sku", "type": "string"},
+            {"name": "name", "type": "string"},
+            {"name": "qty", "type": "long"},
+            {"name": "unit_price", "type": "double"},
+        ],
+    }
+    order = {
+        "type": "record",
+        "name": "Order",
+        "fields": [
+            {"name": "id", "type": "string"},
+            {"name": "currency", "type": "string"},
+            {"name": "total", "type": "double"},
+            {"name": "paid", "type": "boolean"},
+            optional("coupon", "string"),
+            optional("items", {"type": "array", "items": item}),
+        ],
+    }
+    session = {
+        "type": "record",
+        "name": "Session",
+        "fields": [field("channel", "string"), optional("user_agent", "string")],
+    }
+    return {
+        "type": "record",
+        "name": "OrderEvent",
+        "namespace": AVRO_NAMESPACE,
+        "fields": [
+            {"name": "event_id", "type": "string"},
+            {"name": "type", "type": "string"},
+            {"name": "occurred_at", "type": "string"},
+            {"name": "customer", "type": {"type": "record", "name": "Customer", "fields": customer_fields}},
+            {"name": "order", "type": order},
+            record_field("session", session),
+            optional("tags", {"type": "array", "items": "string"}),
+            optional("note", "string"),
+        ],
+    }
+
+
+class AvroFramer:
+    """Turns record ``i``'s JSON value into the same record in the Confluent wire format: written with schema
+    version 1 (no ``customer.lifetime_orders``) before record ``switch``, version 2 from there on. ``ids``: the
+    registry's id of each version."""
+
+    def __init__(self, ids: dict[int, int], switch: int, nullable_records: bool = NULLABLE_RECORDS) -> None:
+        import fastavro
+
+        self.switch = switch
+        self.nullable_records = nullable_records
+        self.writers = {
+            v: (b"\x00" + ids[v].to_bytes(4, "big"), fastavro.parse_schema(avro_schema(v, nullable_records)))
+            for v in AVRO_VERSIONS
+        }
+        self._write = fastavro.schemaless_writer
+
+    def __call__(self, i: int, value: bytes) -> bytes:
+        header, schema = self.writers[1 if i < self.switch else 2]
+        record = json.loads(value)
+        if not self.nullable_records:  # a missing nested record: one of nulls (see NULLABLE_RECORDS)
+            address = record["customer"].setdefault("address", {})
+            address.setdefault("geo", {})
+            record.setdefault("session", {})
+        out = io.BytesIO()
+        out.write(header)
+        self._write(out, schema, record)
+        return out.getvalue()
+
+
+def _registry_call(url: str, method: str = "GET", body: Any = None, timeout: float = 10.0) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/vnd.schemaregistry.v1+json"}
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        raw = response.read()
+    return json.loads(raw) if raw else None
+
+
+def register_schema(ccompat: str, subject: str, schema: dict[str, Any]) -> int:
+    """Register ``schema`` (Avro) under ``subject`` through the Confluent REST API; its id (global, never 1 by
+    assumption: the dev registry is shared)."""
+    path = f"{ccompat}/subjects/{urllib.parse.quote(subject, safe='')}/versions"
+    return int(_registry_call(path, "POST", {"schema": json.dumps(schema), "schemaType": "AVRO"})["id"])
+
+
+def delete_subjects(ccompat: str, subjects: list[str]) -> None:
+    """Best effort: the bench's subjects, soft-deleted then for good (the registry is shared)."""
+    for subject in subjects:
+        path = f"{ccompat}/subjects/{urllib.parse.quote(subject, safe='')}"
+        for suffix in ("", "?permanent=true"):
+            try:
+                _registry_call(path + suffix, "DELETE")
+            except OSError as exc:
+                print(f"  (deleting subject {subject}{suffix}: {exc})")
+                break
+
+
+# ------------------------------------------------------------------------------------------------ Kafka
+
+
 def create_topic(bootstrap: str, topic: str, partitions: int, timeout: float = 60.0) -> None:
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
@@ -189,11 +348,13 @@ def produce(
     seed: int,
     quiet: bool = False,
     batch_records: int | None = None,
+    frame: Callable[[int, bytes], bytes] | None = None,
 ) -> Produced:
     """Create ``topic`` and produce the dataset to it with a batched kafka-python producer (uncompressed).
     ``batch_records``: each partition's records in record batches of exactly that many (the producer is flushed
     after each round of ``batch_records`` a partition; the last batch may be smaller), so that a consumer that
-    fetches one record batch a partition at a time gets them in those steps."""
+    fetches one record batch a partition at a time gets them in those steps. ``frame``: what record ``i``'s JSON
+    value is sent as (an ``AvroFramer``); the same keys and partitions."""
     from kafka import KafkaProducer
 
     create_topic(bootstrap, topic, partitions)
@@ -212,6 +373,8 @@ def produce(
     failures: list[BaseException] = []
     try:
         for i, (key, value) in enumerate(events(records, value_size, seed)):
+            if frame is not None:
+                value = frame(i, value)
             key_bytes += len(key)
             value_bytes += len(value)
             producer.send(topic, key=key, value=value, partition=i % partitions).add_errback(failures.append)

@@ -133,6 +133,7 @@ class Measurer:
         s3: S3Place,
         env: dict[str, str],
         kingest_env: dict[str, str],
+        registry: str = "",
     ) -> None:
         self.spawner = spawner
         self.bootstrap = bootstrap
@@ -141,6 +142,7 @@ class Measurer:
         self.s3 = s3
         self.env = env
         self.kingest_env = kingest_env  # env plus --env: for the kingest contenders only
+        self.registry = registry  # the schema registry's Confluent API, for records.format: avro
         self.groups: list[str] = []
         self.proxies: dict[float, Any] = {}  # delay_ms -> a LatencyProxy in front of the S3 server (started once)
 
@@ -225,7 +227,12 @@ class Measurer:
         self.groups.append(f"kingest-{group}")
         lake_path, options = self.lake(c, group)
         config = c.kingest_config(
-            pipeline=group, bootstrap=self.bootstrap, topic=topic, lake_path=lake_path, storage_options=options
+            pipeline=group,
+            bootstrap=self.bootstrap,
+            topic=topic,
+            lake_path=lake_path,
+            storage_options=options,
+            registry=self.registry,
         )
         config_path = self.work / f"{group}.yaml"
         config_path.write_text(json.dumps(config, indent=2))  # JSON is YAML

@@ -4,6 +4,7 @@
     .venv/bin/pip install py-spy                      # a profiler, not a dependency of kingest
     .venv/bin/python benchmarks/profile_run.py --topic T  # T: an existing topic, e.g. one kept by bench.py --keep-topic
     .venv/bin/python benchmarks/profile_run.py --topic T --semantics exactly-once --top 30
+    .venv/bin/python benchmarks/profile_run.py --topic T --format avro --client confluent  # an Avro topic (registry)
 
 Runs kingest into a temporary local lake (a fresh consumer group, so the whole topic is read) under
 `py-spy record --threads`, then prints, per thread, the share of samples, and the functions with the most
@@ -15,12 +16,14 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import uuid
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,6 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--topic", required=True)
     parser.add_argument("--bootstrap", default="127.0.0.1:9092")
     parser.add_argument("--semantics", default="at-least-once")
+    parser.add_argument("--client", default="kafka-python", help="kafka.client: kafka-python | confluent")
+    parser.add_argument("--format", default="json", help="records.format: json | avro (with --registry)")
+    parser.add_argument(
+        "--registry",
+        default=os.environ.get("KINGEST_REGISTRY_URL", "http://127.0.0.1:8081") + "/apis/ccompat/v7",
+        help="records.schema_registry.url, for --format avro",
+    )
     parser.add_argument("--rate", type=int, default=100, help="samples per second")
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args(argv)
@@ -77,10 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="kingest-profile-"))
     try:
         name = f"profile-{uuid.uuid4().hex[:8]}"
+        records: dict[str, Any] = {"format": args.format}
+        if args.format == "avro":
+            records["schema_registry"] = {"url": args.registry}
         config = {
             "pipeline": name,
-            "kafka": {"bootstrap_servers": args.bootstrap, "topics": [args.topic]},
-            "records": {"format": "json"},
+            "kafka": {"bootstrap_servers": args.bootstrap, "topics": [args.topic], "client": args.client},
+            "records": records,
             "lake": {"path": str(work / "lake")},
             "semantics": args.semantics,
         }

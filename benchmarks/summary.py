@@ -131,6 +131,8 @@ def contender_result(
             entry["flushes"] = median([r.extra["flushes"] for r in own if "flushes" in r.extra])
     if c.group:
         entry.update(group_figures(c, runs, reps, own, partitions))
+    if c.records_format != "json":
+        entry.update(format_figures(c, runs, reps))
     if c.kind == "java":
         entry["java_fetch_records_per_s"] = median([float(r.extra["fetch.nMsg.sec"]) for r in own])
         entry["java_rebalance_ms"] = median([float(r.extra["rebalance.time.ms"]) for r in own])
@@ -154,6 +156,16 @@ def group_figures(c: Contender, runs: Runs, reps: int, own: list[Run], partition
         figures["proxy_round_trips"] = median([r.extra["proxy_round_trips"] for r in proxied])
         figures["proxy_cpu_s"] = median([r.extra["proxy_cpu_s"] for r in proxied])
     return figures
+
+
+def format_figures(c: Contender, runs: Runs, reps: int) -> dict[str, Any]:
+    """What a contender of another records.format than json (Avro) adds, against its JSON twin (its baseline):
+    the same ratios as "vs bare" has, within a repetition, then the median."""
+    return {
+        "format": c.records_format,
+        "net_vs_baseline": median_ratio(net_rate, runs, c.name, c.baseline, reps),
+        "cpu_per_record_vs_baseline": median_ratio(cpu_per_record, runs, c.name, c.baseline, reps),
+    }
 
 
 def results(chosen: Iterable[Contender], runs: Runs, reps: int, topics: Mapping[str, Topic]) -> dict[str, Any]:
@@ -226,6 +238,22 @@ def targets(
 
 
 # ------------------------------------------------------------------------------------ the JSON's other parts
+
+
+def avro_figures(topic: Topic, ids: Mapping[int, int], subject: str, switch: int) -> dict[str, Any]:
+    """The JSON's "avro": the Avro topic, its schema versions' ids and where version 2 starts."""
+    return {
+        "records": topic.records,
+        "partitions": topic.partitions,
+        "mean_value_bytes": round(topic.value_bytes / max(1, topic.records), 1),
+        "key_and_value_mb": round(topic.nbytes / MB, 2),
+        "produce_seconds": round(topic.seconds, 2),
+        "subject": subject,
+        "schema_ids": {str(version): schema_id for version, schema_id in ids.items()},
+        "version_2_from_record": switch,
+        "format": "the main topic's records (benchmarks/dataset.py) as Avro in the Confluent wire format (byte 0, "
+        "4-byte schema id, Avro binary): schema version 1, then version 2 adding customer.lifetime_orders",
+    }
 
 
 def dataset_figures(main: Topic, slice_records: int | None, value_size: int) -> dict[str, Any]:
@@ -364,8 +392,49 @@ def wide_lines(summary: Mapping[str, Any]) -> list[str]:
     ]
 
 
+AVRO_HEADER = [
+    "| contender | records/s | MB/s | wall s | CPU s | peak RSS MB | startup s | JSON records/s | JSON CPU s "
+    "| JSON peak RSS MB | vs JSON | net vs JSON | CPU/record vs JSON |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+]
+
+
+def avro_row(r: Mapping[str, Any], json_twin: Mapping[str, Any] | None) -> str:
+    """A row of the Avro table: the Avro contender's figures, its JSON twin's beside them (medians of the same
+    repetitions), and the ratios taken within each repetition."""
+    twin = json_twin or {}
+    return (
+        f"| {r['label']} | {fmt(r['records_per_s'], ',.0f')} | {fmt(r['mb_per_s'], '.1f')} | "
+        f"{fmt(r['wall_s'], '.2f')} | {fmt(r['cpu_s'], '.2f')} | {fmt(r['peak_rss_mb'], '.0f')} | "
+        f"{fmt(r['startup_s'], '.2f')} | {fmt(twin.get('records_per_s'), ',.0f')} | {fmt(twin.get('cpu_s'), '.2f')} | "
+        f"{fmt(twin.get('peak_rss_mb'), '.0f')} | {ratio_text(r.get('vs_baseline'))} | "
+        f"{ratio_text(r.get('net_vs_baseline'))} | {fmt(r.get('cpu_per_record_vs_baseline'), '.2f')} |"
+    )
+
+
+def avro_lines(summary: Mapping[str, Any]) -> list[str]:
+    """The Avro group's line and table (nothing when it did not run)."""
+    results = summary["results"]
+    rows = [r for r in results.values() if r.get("group") == "avro"]
+    if not rows or "avro" not in summary:
+        return []
+    a = summary["avro"]
+    ids = a["schema_ids"]
+    return [
+        f"Avro: the same {a['records']:,} records in the Confluent wire format (mean value "
+        f"{a['mean_value_bytes']:.0f} B, {a['key_and_value_mb']} MB of keys and values) over {a['partitions']} "
+        f"partitions, the first {a['version_2_from_record']:,} with schema id {ids['1']} (version 1), the rest with "
+        f"{ids['2']} (version 2, + customer.lifetime_orders); each beside its JSON twin (the JSON columns: median of "
+        f"the same {summary['repetitions']} repetition(s)); vs JSON within each repetition.",
+        "",
+        *AVRO_HEADER,
+        *(avro_row(r, results.get(r["baseline"])) for r in rows),
+    ]
+
+
 def markdown(summary: Mapping[str, Any]) -> str:
-    """The dataset's line and the table (when the main topic was read), the wide group's, then the targets."""
+    """The dataset's line and the table (when the main topic was read), the wide group's, the Avro group's, then
+    the targets."""
     d, m = summary["dataset"], summary["machine"]
     low, high = load_range(summary)
     lines = []
@@ -384,6 +453,11 @@ def markdown(summary: Mapping[str, Any]) -> str:
         if d is None:
             wide[0] += f" {m['cpus']} CPUs, 1-min load average {low:.1f}-{high:.1f} during the run."
         lines += [*wide, ""]
+    avro = avro_lines(summary)
+    if avro:
+        if d is None and not wide:
+            avro[0] += f" {m['cpus']} CPUs, 1-min load average {low:.1f}-{high:.1f} during the run."
+        lines += [*avro, ""]
     lines += TARGETS_HEADER
     lines += [target_row(t) for t in summary["targets"]]
     return "\n".join(lines)
