@@ -27,17 +27,14 @@ are bad records, with that reason.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import io
 import json
-import os
 import pathlib
 import re
-import tempfile
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -102,7 +99,7 @@ class AvroSchema:
     def decode(self, payloads: Sequence[bytes]) -> tuple[pa.Table, dict[int, str]]:
         """The decoded rows of the good payloads (in order) and the reasons of the bad ones, by index."""
         if not payloads:
-            return self.schema.empty_table(), {}
+            return self.schema.empty_table() if len(self.schema) else _rows(0), {}
         if self.bulk is not None:
             table = self._bulk(payloads)
             if table is not None:
@@ -122,8 +119,7 @@ class AvroSchema:
         body = b"".join(parts)
         data = b"".join([self.bulk or b"", _long(n), _long(len(body)), body, _SYNC])
         try:
-            with _quiet_stderr():
-                table = pl.read_avro(io.BytesIO(data)).to_arrow()
+            table = pl.read_avro(io.BytesIO(data)).to_arrow()
         except BaseException as exc:  # polars raises, or panics (PanicException is a BaseException)
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 raise
@@ -141,9 +137,12 @@ class AvroSchema:
                 columns = [table.column(f.name).cast(f.type) for f in self.schema]
             else:
                 columns = [table.column("value").cast(self.type)]
+            out = pa.Table.from_arrays(columns, schema=self.schema) if columns else _rows(n)
+            # A decimal wider than its precision (a corrupt payload) passes the read: full validation finds it.
+            out.validate(full=True)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, KeyError):
             return None
-        return pa.Table.from_arrays(columns, schema=self.schema)
+        return out
 
     # -------------------------------------------------------------------------------------------- fastavro
 
@@ -164,11 +163,33 @@ class AvroSchema:
                 rows.append(self._convert(value))
             except Exception as exc:  # fastavro raises assorted errors on bad bytes
                 bad[i] = f"not valid Avro for {self.name}: {_reason(exc)}"
+        try:
+            return self._columns(rows), bad
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError, TypeError):
+            pass
+        # A value fastavro reads but its column cannot hold (an int beyond 32 bits, a decimal beyond its
+        # precision): find it, row by row.
+        good_rows: list[Any] = []
+        positions = [i for i in range(len(payloads)) if i not in bad]
+        for i, row in zip(positions, rows, strict=True):
+            try:
+                self._columns([row])
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError, TypeError) as exc:
+                bad[i] = f"not valid for {self.name}: {_reason(exc)}"
+                continue
+            good_rows.append(row)
+        return self._columns(good_rows), bad
+
+    def _columns(self, rows: list[Any]) -> pa.Table:
         if self.is_record:
+            if not len(self.schema):
+                return _rows(len(rows))
             columns = [pa.array([r[f.name] for r in rows], f.type) for f in self.schema]
         else:
             columns = [pa.array(rows, self.type)]
-        return pa.Table.from_arrays(columns, schema=self.schema), bad
+        table = pa.Table.from_arrays(columns, schema=self.schema)
+        table.validate(full=True)
+        return table
 
 
 def load_schema_file(path: str) -> AvroSchema:
@@ -329,6 +350,9 @@ def _bulk_schema(original: Any, expanded: Any) -> bytes | None:
     bulk reader cannot take this schema."""
     if not _bulk_ok(expanded, top=True):
         return None
+    # Avro's int and long are the same zig-zag varint: read as a long, a corrupt int (beyond 32 bits, which
+    # polars would truncate) fails the cast to int32 after the read instead.
+    original = _ints_as_longs(original)
     if isinstance(original, dict) and original.get("type") == "record":
         names = {f["name"] for f in original["fields"]}
         if _INDEX in names or _SENTINEL in names:
@@ -359,6 +383,31 @@ def _bulk_schema(original: Any, expanded: Any) -> bytes | None:
         header += [_long(len(key)), key.encode(), _long(len(value)), value]
     header += [_long(0), _SYNC]
     return b"".join(header)
+
+
+def _ints_as_longs(schema: Any) -> Any:
+    if schema == "int":
+        return "long"
+    if isinstance(schema, list):
+        return [_ints_as_longs(b) for b in schema]
+    if isinstance(schema, dict):
+        if schema.get("type") == "int" and not schema.get("logicalType"):
+            return {**schema, "type": "long"}
+        out = dict(schema)
+        if isinstance(out.get("type"), dict | list):
+            out["type"] = _ints_as_longs(out["type"])
+        if "fields" in out:
+            out["fields"] = [{**f, "type": _ints_as_longs(f["type"])} for f in out["fields"]]
+        for key in ("items", "values"):
+            if key in out:
+                out[key] = _ints_as_longs(out[key])
+        return out
+    return schema
+
+
+def _rows(n: int) -> pa.Table:
+    """A table of ``n`` rows and no columns (a record with no fields)."""
+    return pa.table({"_": pa.nulls(n)}).drop_columns(["_"])
 
 
 def _bulk_ok(schema: Any, top: bool = False, field: bool = False) -> bool:
@@ -420,68 +469,6 @@ def _long(n: int) -> bytes:
         n >>= 7
     out.append(n)
     return bytes(out)
-
-
-_quiet_lock = threading.Lock()
-_quiet_depth = 0
-_quiet_saved: tuple[int, Any] | None = None
-
-
-@contextlib.contextmanager
-def _quiet_stderr() -> Iterator[None]:
-    """polars panics on some malformed Avro (caught; the batch is decoded again by fastavro), and Rust prints
-    the panic to file descriptor 2. This holds fd 2 in a temporary file while any thread is in a bulk read, then
-    writes back everything but the panic's lines: a user sees kingest's message about the bad record, not Rust's."""
-    global _quiet_depth, _quiet_saved
-    with _quiet_lock:
-        if _quiet_depth == 0:
-            try:
-                held = tempfile.TemporaryFile()
-                saved = os.dup(2)
-                os.dup2(held.fileno(), 2)
-                _quiet_saved = (saved, held)
-            except OSError:
-                _quiet_saved = None
-        _quiet_depth += 1
-    try:
-        yield
-    finally:
-        with _quiet_lock:
-            _quiet_depth -= 1
-            if _quiet_depth == 0 and _quiet_saved is not None:
-                saved, held = _quiet_saved
-                _quiet_saved = None
-                os.dup2(saved, 2)
-                os.close(saved)
-                held.seek(0)
-                text = held.read()
-                held.close()
-                if b"panicked at" in text:
-                    text = _without_panics(text)
-                if text:
-                    os.write(2, text)
-
-
-def _without_panics(text: bytes) -> bytes:
-    """``text`` without Rust's panic reports: the ``thread '...' panicked at`` line, the message line after it,
-    and the note or backtrace lines that follow."""
-    kept: list[bytes] = []
-    in_panic = False
-    message_next = False
-    for line in text.splitlines(keepends=True):
-        if b"panicked at" in line and line.startswith(b"thread '"):
-            in_panic, message_next = True, True
-            if kept and not kept[-1].strip():  # Rust starts its report with a blank line
-                kept.pop()
-            continue
-        if message_next:
-            message_next = False
-            continue
-        if in_panic and (line.startswith((b"note:", b"stack backtrace:", b" ")) or not line.strip()):
-            continue
-        in_panic = False
-        kept.append(line)
-    return b"".join(kept)
 
 
 def _reason(exc: BaseException) -> str:

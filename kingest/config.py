@@ -700,6 +700,10 @@ class Config:
         registry = self.records.schema_registry
         if registry is not None and registry.basic_auth:
             found += [registry.basic_auth, registry.basic_auth.split(":", 1)[1]]
+        if registry is not None:
+            embedded = re.match(r"https?://[^/@]*:([^/@]+)@", registry.url)  # http://user:password@host/...
+            if embedded:
+                found.append(embedded.group(1))
         return [str(v) for v in found if v not in (None, "")]
 
 

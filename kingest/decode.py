@@ -120,6 +120,7 @@ class Decoder:
             int, AvroSchema | ProtobufSchema | str
         ] = {}  # registry schemas by id, or why they cannot be used
         self._seeded: set[tuple[str, int]] = set()  # json-schema: (topic, id) whose columns were learnt
+        self._seed_lock = threading.Lock()
 
     @property
     def infers_schema(self) -> bool:
@@ -199,9 +200,9 @@ class Decoder:
         value_rows = [i for i in range(n) if i not in bad]
         key_rows = [i for i in range(n) if i not in key_bad]
         if len(both) > len(bad):
-            values = values.take(pa.array([j for j, i in enumerate(value_rows) if i not in key_bad], pa.int64()))
+            values = _drop_rows(values, {j: None for j, i in enumerate(value_rows) if i in key_bad})
         if len(both) > len(key_bad):
-            keys = keys.take(pa.array([j for j, i in enumerate(key_rows) if i not in bad], pa.int64()))
+            keys = _drop_rows(keys, {j: None for j, i in enumerate(key_rows) if i in bad})
         if self.key_decoder.format == "string":
             column: pa.Array = keys.column("value").combine_chunks()
         elif keys.num_columns == 0:
@@ -377,10 +378,11 @@ class Decoder:
                 bad.update(dict.fromkeys(rows, found))
                 continue
             key = (batch.topic, schema_id)
-            if key not in self._seeded:
-                self._seeded.add(key)
-                with contextlib.suppress(*ARROW_ERRORS, ValueError, TypeError, KeyError, AttributeError):
-                    self.learn(batch.topic, json_schema_columns(json.loads(found.text)))
+            with self._seed_lock:  # every thread waits for the columns to be learnt before reading its records
+                if key not in self._seeded:
+                    with contextlib.suppress(*ARROW_ERRORS, ValueError, TypeError, KeyError, AttributeError):
+                        self.learn(batch.topic, json_schema_columns(json.loads(found.text)))
+                    self._seeded.add(key)
             keep += rows
             ids.append(schema_id)
         keep.sort()

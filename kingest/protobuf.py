@@ -23,6 +23,8 @@ import base64
 import datetime
 import pathlib
 import re
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -123,8 +125,26 @@ class _MessageType:
                 rows.append(self.convert(self.cls.FromString(payload)))
             except (DecodeError, ValueError, TypeError, OverflowError) as exc:
                 bad[i] = f"not a valid {self.name} message: {exc or type(exc).__name__}"
+        if not len(self.schema):  # a message with no fields: rows without columns
+            return pa.table({"_": pa.nulls(len(rows))}).drop_columns(["_"]), bad
+        try:
+            return self._columns(rows), bad
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError):
+            pass
+        kept: list[dict[str, Any]] = []  # a value its column cannot hold: found row by row
+        positions = [i for i in range(len(payloads)) if i not in bad]
+        for i, row in zip(positions, rows, strict=True):
+            try:
+                self._columns([row])
+            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError) as exc:
+                bad[i] = f"not valid for {self.name}: {exc}"
+                continue
+            kept.append(row)
+        return self._columns(kept), bad
+
+    def _columns(self, rows: list[dict[str, Any]]) -> pa.Table:
         columns = [pa.array([r[f.name] for r in rows], f.type) for f in self.schema]
-        return pa.Table.from_arrays(columns, schema=self.schema), bad
+        return pa.Table.from_arrays(columns, schema=self.schema)
 
 
 def split_indexes(payload: bytes) -> tuple[tuple[int, ...], int] | None:
@@ -179,38 +199,47 @@ def _compile(files: Sequence[tuple[str, str]], name: str) -> Any:
     if not texts:
         return out
     import grpc_tools
-    from grpc_tools import protoc
 
     include = pathlib.Path(grpc_tools.__file__).parent / "_proto"
     with tempfile.TemporaryDirectory(prefix="kingest-proto-") as tmp:
         root = pathlib.Path(tmp)
         for file_name, text in texts:
-            target = root / file_name
+            target = _inside(root, file_name, name)
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(text, encoding="utf-8")
-        descriptor_set = root / "out.pb"
-        args = ["protoc", f"-I{root}", f"-I{include}", f"--descriptor_set_out={descriptor_set}", "--include_imports"]
-        errors = root / "errors.txt"
-        import contextlib
-        import os
-
-        # protoc writes its errors to fd 2: keep them for the message instead
-        saved = os.dup(2)
+        descriptor_set = root / "kingest-out.pb"
+        # protoc in a process of its own: its errors come back on a pipe (in this process it would write them
+        # to file descriptor 2, shared by every thread)
+        command = [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{root}",
+            f"-I{include}",
+            f"--descriptor_set_out={descriptor_set}",
+            "--include_imports",
+            texts[-1][0],
+        ]
         try:
-            with open(errors, "w") as err:
-                os.dup2(err.fileno(), 2)
-                with contextlib.suppress(SystemExit):
-                    code = protoc.main([*args, texts[-1][0]])
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-        if code != 0 or not descriptor_set.exists():
-            problem = errors.read_text(errors="replace").strip().replace(str(root) + "/", "")
-            raise ProtobufSchemaError(f"{name} does not compile: {problem or f'protoc exit code {code}'}")
+            done = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ProtobufSchemaError(f"{name} could not be compiled: {exc}") from None
+        if done.returncode != 0 or not descriptor_set.exists():
+            problem = (done.stderr or done.stdout).strip().replace(str(root) + "/", "")
+            raise ProtobufSchemaError(f"{name} does not compile: {problem or f'protoc exit code {done.returncode}'}")
         compiled = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set.read_bytes())
     have = {f.name for f in out.file}
     out.file.extend(f for f in compiled.file if f.name not in have)
     return out
+
+
+def _inside(root: pathlib.Path, file_name: str, name: str) -> pathlib.Path:
+    """Where a schema file named by the registry (a reference's name, as imported) is written: under ``root``,
+    never elsewhere (whoever registers a schema chooses the names of its references)."""
+    relative = pathlib.PurePosixPath(file_name)
+    if relative.is_absolute() or ".." in relative.parts or not relative.parts or "\\" in file_name:
+        raise ProtobufSchemaError(f"{name} references a file named {file_name!r}: not a relative import path")
+    return root.joinpath(*relative.parts)
 
 
 def _with_well_known(files: list[Any]) -> list[Any]:

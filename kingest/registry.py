@@ -62,7 +62,7 @@ class Registry:
     retry_seconds: float = 300.0
     timeout: float = 10.0
     sleep: Callable[[float], None] = time.sleep
-    _cache: dict[int, RegisteredSchema | None] = field(default_factory=dict, repr=False)
+    _cache: dict[int, RegisteredSchema] = field(default_factory=dict, repr=False)
     _subjects: dict[int, tuple[str, ...]] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -97,8 +97,9 @@ class Registry:
                 str(body["schema"]),
                 tuple(body.get("references") or ()),
             )
-        with self._lock:
-            self._cache[schema_id] = found
+        if found is not None:  # an unknown id is asked again: it may be registered since (or replicated late)
+            with self._lock:
+                self._cache[schema_id] = found
         return found
 
     def subjects(self, schema_id: int) -> tuple[str, ...]:
