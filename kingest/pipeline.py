@@ -780,7 +780,9 @@ class Pipeline:
         crash.point("after-claim")
         removed = self.manifests.recover(state)
         if removed:
-            log.info("%s[%d]: removed %d uncommitted file(s) of a crashed or fenced writer", *tp, len(removed))
+            # files of settled versions the manifest does not name: an interrupted writer's, or the inputs a
+            # compaction or rewind took out (when this claim's recovery comes before the compaction's own)
+            log.info("%s[%d]: removed %d file(s) that no manifest version names any more", *tp, len(removed))
         self.owned[tp] = state
         if state.next_offset != self.loaded[tp].next_offset:
             return _Claimed(None, moved=state)
