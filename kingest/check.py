@@ -77,7 +77,10 @@ def _registry_checks(config: Config) -> Iterator[Check]:
         try:
             latest = registry.latest(subject)
         except KingestError as error:
-            yield Check(f"schema registry: {subject}", False, error.message, error.hint)
+            hint = error.hint
+            if error.retryable:
+                hint = "Check records.schema_registry.url and that the registry is up (the dev registry: make up)."
+            yield Check(f"schema registry: {subject}", False, error.message, hint)
             return
         if latest is None:
             yield Check(

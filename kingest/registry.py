@@ -165,8 +165,9 @@ class Registry:
             except RegistryUnavailable as exc:
                 waited = time.monotonic() - started
                 if not retry or waited + delay > self.retry_seconds:
+                    how_long = f" for {waited:.0f} s" if waited >= 1 else ""
                     raise RegistryUnavailable(
-                        f"the schema registry at {self.shown} did not answer for {waited:.0f} s: {exc}",
+                        f"the schema registry at {self.shown} did not answer{how_long}: {exc}",
                         "Check records.schema_registry.url and that the registry is up; kingest waits for it up to "
                         "records.schema_registry.retry_seconds. Nothing past the records it could not decode was "
                         "committed.",
