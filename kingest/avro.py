@@ -40,6 +40,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .coerce import no_columns, table_of_rows
+
 _PRIMITIVE: dict[str, pa.DataType] = {
     "null": pa.null(),
     "boolean": pa.bool_(),
@@ -99,7 +101,7 @@ class AvroSchema:
     def decode(self, payloads: Sequence[bytes]) -> tuple[pa.Table, dict[int, str]]:
         """The decoded rows of the good payloads (in order) and the reasons of the bad ones, by index."""
         if not payloads:
-            return self.schema.empty_table() if len(self.schema) else _rows(0), {}
+            return self.schema.empty_table() if len(self.schema) else no_columns(0), {}
         if self.bulk is not None:
             table = self._bulk(payloads)
             if table is not None:
@@ -137,7 +139,7 @@ class AvroSchema:
                 columns = [table.column(f.name).cast(f.type) for f in self.schema]
             else:
                 columns = [table.column("value").cast(self.type)]
-            out = pa.Table.from_arrays(columns, schema=self.schema) if columns else _rows(n)
+            out = pa.Table.from_arrays(columns, schema=self.schema) if columns else no_columns(n)
             # A decimal wider than its precision (a corrupt payload) passes the read: full validation finds it.
             out.validate(full=True)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, KeyError):
@@ -163,27 +165,13 @@ class AvroSchema:
                 rows.append(self._convert(value))
             except Exception as exc:  # fastavro raises assorted errors on bad bytes
                 bad[i] = f"not valid Avro for {self.name}: {_reason(exc)}"
-        try:
-            return self._columns(rows), bad
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError, TypeError):
-            pass
-        # A value fastavro reads but its column cannot hold (an int beyond 32 bits, a decimal beyond its
-        # precision): find it, row by row.
-        good_rows: list[Any] = []
         positions = [i for i in range(len(payloads)) if i not in bad]
-        for i, row in zip(positions, rows, strict=True):
-            try:
-                self._columns([row])
-            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError, TypeError) as exc:
-                bad[i] = f"not valid for {self.name}: {_reason(exc)}"
-                continue
-            good_rows.append(row)
-        return self._columns(good_rows), bad
+        return table_of_rows(rows, positions, self._columns, self.name, bad), bad
 
     def _columns(self, rows: list[Any]) -> pa.Table:
         if self.is_record:
             if not len(self.schema):
-                return _rows(len(rows))
+                return no_columns(len(rows))
             columns = [pa.array([r[f.name] for r in rows], f.type) for f in self.schema]
         else:
             columns = [pa.array(rows, self.type)]
@@ -403,11 +391,6 @@ def _ints_as_longs(schema: Any) -> Any:
                 out[key] = _ints_as_longs(out[key])
         return out
     return schema
-
-
-def _rows(n: int) -> pa.Table:
-    """A table of ``n`` rows and no columns (a record with no fields)."""
-    return pa.table({"_": pa.nulls(n)}).drop_columns(["_"])
 
 
 def _bulk_ok(schema: Any, top: bool = False, field: bool = False) -> bool:

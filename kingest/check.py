@@ -63,9 +63,7 @@ def _registry_checks(config: Config) -> Iterator[Check]:
         return
     from .registry import Registry
 
-    registry = Registry(
-        settings.url, basic_auth=settings.basic_auth, ca_file=settings.ca_file, retry_seconds=0, timeout=5
-    )
+    registry = Registry.from_config(settings, retry_seconds=0, timeout=5)
     kinds = {"avro": "AVRO", "protobuf": "PROTOBUF", "json-schema": "JSON"}
     subjects = [
         (f"{topic}-{part}", kinds[fmt])

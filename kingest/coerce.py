@@ -140,3 +140,34 @@ def _shown(value: Any) -> str:
 def _type_name(t: pa.DataType) -> str:
     names = {str(v): k for k, v in DECLARED_TYPES.items()}
     return names.get(str(t), str(t))
+
+
+def no_columns(rows: int) -> pa.Table:
+    """A table of ``rows`` rows and no columns (records that are all ``{}``, or of a schema with no fields).
+    Arrow keeps the row count of such a table only when it is made this way, and concat or take lose it."""
+    return pa.table({"_": pa.nulls(rows)}).drop_columns(["_"])
+
+
+FIT_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError, TypeError)
+
+
+def table_of_rows(
+    rows: list[Any], positions: list[int], build: Callable[[list[Any]], pa.Table], name: str, bad: dict[int, str]
+) -> pa.Table:
+    """``build(rows)``: records decoded one by one (Avro's fastavro path, Protobuf), as a table. A value its
+    column cannot hold (an int beyond 32 bits, a decimal beyond its precision) makes its record bad
+    (``bad[position]``, ``positions`` giving each row's place in the batch), found row by row only when the
+    whole fails."""
+    try:
+        return build(rows)
+    except FIT_ERRORS:
+        pass
+    kept = []
+    for position, row in zip(positions, rows, strict=True):
+        try:
+            build([row])
+        except FIT_ERRORS as exc:
+            bad[position] = f"not valid for {name}: {(str(exc).strip().splitlines() or [type(exc).__name__])[0]}"
+            continue
+        kept.append(row)
+    return build(kept)

@@ -39,7 +39,7 @@ import pyarrow.json as pa_json
 
 from .avro import AvroSchema, AvroSchemaError
 from .batcher import Batch
-from .coerce import ARROW_ERRORS, coerce, convert
+from .coerce import ARROW_ERRORS, coerce, convert, no_columns
 from .coerce import cast as cast_to
 from .errors import BadRecord, KingestError
 from .protobuf import ProtobufSchema, ProtobufSchemaError, split_indexes
@@ -116,9 +116,7 @@ class Decoder:
         self._known_lock = threading.Lock()
         self.registry = registry
         self.schema_file = schema_file
-        self._schemas: dict[
-            int, AvroSchema | ProtobufSchema | str
-        ] = {}  # registry schemas by id, or why they cannot be used
+        self._schemas: dict[int, AvroSchema | ProtobufSchema | str] = {}  # by id, or why it cannot be used
         self._seeded: set[tuple[str, int]] = set()  # json-schema: (topic, id) whose columns were learnt
         self._seed_lock = threading.Lock()
 
@@ -358,12 +356,12 @@ class Decoder:
             pieces.append(table)
             order += good
         if tombstones:  # a tombstone is a row whose value columns are all null, as with json
-            pieces.append(_no_columns(len(tombstones)))
+            pieces.append(no_columns(len(tombstones)))
             order += tombstones
         table = self._concat(topic, pieces)
         if len(pieces) > 1:
             permutation = pc.sort_indices(pa.array(order, pa.int64()))
-            table = table.take(permutation) if table.num_columns else _no_columns(table.num_rows)
+            table = table.take(permutation) if table.num_columns else no_columns(table.num_rows)
         return self._with_schema_ids(topic, table, ids), bad
 
     def _json_schema(self, batch: Batch) -> tuple[pa.Table, dict[int, str]]:
@@ -576,12 +574,12 @@ class Decoder:
         if self.declared is not None:
             return pa.concat_tables(pieces) if pieces else self.declared.empty_table()
         if not pieces:
-            return _no_columns(0)
+            return no_columns(0)
         if len(pieces) == 1:
             return pieces[0]
         unified = pa.unify_schemas([p.schema for p in pieces], promote_options="permissive")
         if len(unified) == 0:
-            return _no_columns(sum(p.num_rows for p in pieces))
+            return no_columns(sum(p.num_rows for p in pieces))
         return pa.concat_tables([_conform(p, unified) for p in pieces])
 
 
@@ -673,21 +671,15 @@ def _unwrap(table: pa.Table, n: int) -> tuple[pa.Table, dict[int, str]]:
         nulls = pc.indices_nonzero(pc.is_null(column)).to_pylist()
         rejected = dict.fromkeys(nulls, "a JSON null, not an object")
     if column.type.num_fields == 0:
-        return _no_columns(n), rejected
+        return no_columns(n), rejected
     return pa.Table.from_arrays(column.flatten(), schema=pa.schema(list(column.type))), rejected
-
-
-def _no_columns(rows: int) -> pa.Table:
-    """A table of ``rows`` rows and no columns (records that are all ``{}``). Arrow keeps the row count of such
-    a table only when it is made this way, and concat or take lose it: the helpers below take care."""
-    return pa.table({"_": pa.nulls(rows)}).drop_columns(["_"])
 
 
 def _drop_rows(table: pa.Table, rows: Mapping[int, Any]) -> pa.Table:
     if not rows:
         return table
     if table.num_columns == 0:
-        return _no_columns(table.num_rows - len(rows))
+        return no_columns(table.num_rows - len(rows))
     return table.take(pa.array([i for i in range(table.num_rows) if i not in rows], pa.int64()))
 
 
@@ -764,7 +756,7 @@ def _untimed(schema: pa.Schema) -> pa.Schema:
 
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     if len(schema) == 0:
-        return _no_columns(table.num_rows)
+        return no_columns(table.num_rows)
     columns = [
         table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
         for f in schema

@@ -144,13 +144,7 @@ def writer_schemas(config: Config) -> dict[str, Any]:
 
         require_protobuf()
     if records.schema_registry is not None:
-        registry = records.schema_registry
-        out["registry"] = Registry(
-            registry.url,
-            basic_auth=registry.basic_auth,
-            ca_file=registry.ca_file,
-            retry_seconds=registry.retry_seconds,
-        )
+        out["registry"] = Registry.from_config(records.schema_registry)
     if records.schema_file is not None:
         out["schema_file"] = load_schema_file(records.schema_file)
     return out

@@ -31,6 +31,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from .coerce import no_columns, table_of_rows
 from .errors import SetupError
 
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
@@ -125,24 +126,12 @@ class _MessageType:
                 rows.append(self.convert(self.cls.FromString(payload)))
             except (DecodeError, ValueError, TypeError, OverflowError) as exc:
                 bad[i] = f"not a valid {self.name} message: {exc or type(exc).__name__}"
-        if not len(self.schema):  # a message with no fields: rows without columns
-            return pa.table({"_": pa.nulls(len(rows))}).drop_columns(["_"]), bad
-        try:
-            return self._columns(rows), bad
-        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError):
-            pass
-        kept: list[dict[str, Any]] = []  # a value its column cannot hold: found row by row
         positions = [i for i in range(len(payloads)) if i not in bad]
-        for i, row in zip(positions, rows, strict=True):
-            try:
-                self._columns([row])
-            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError) as exc:
-                bad[i] = f"not valid for {self.name}: {exc}"
-                continue
-            kept.append(row)
-        return self._columns(kept), bad
+        return table_of_rows(rows, positions, self._columns, self.name, bad), bad
 
     def _columns(self, rows: list[dict[str, Any]]) -> pa.Table:
+        if not len(self.schema):  # a message with no fields: rows without columns
+            return no_columns(len(rows))
         columns = [pa.array([r[f.name] for r in rows], f.type) for f in self.schema]
         return pa.Table.from_arrays(columns, schema=self.schema)
 

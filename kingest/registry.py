@@ -26,9 +26,12 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import SetupError
+
+if TYPE_CHECKING:
+    from .config import SchemaRegistryConfig
 
 log = logging.getLogger("kingest.registry")
 
@@ -75,6 +78,16 @@ class Registry:
         host = parts.hostname or ""
         netloc = f"{host}:{parts.port}" if parts.port else host
         self.url = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+
+    @classmethod
+    def from_config(cls, settings: SchemaRegistryConfig, **overrides: Any) -> Registry:
+        """The registry of ``records.schema_registry`` (``overrides``: e.g. a shorter wait for `kingest check`)."""
+        options: dict[str, Any] = {
+            "basic_auth": settings.basic_auth,
+            "ca_file": settings.ca_file,
+            "retry_seconds": settings.retry_seconds,
+        }
+        return cls(settings.url, **{**options, **overrides})
 
     @property
     def shown(self) -> str:

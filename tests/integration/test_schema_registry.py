@@ -64,6 +64,14 @@ def register(ccompat: str, subject: str, schema: dict[str, Any] | str, kind: str
         return int(json.loads(response.read())["id"])
 
 
+def land(tmp_path: Path, topic: str, bootstrap: str, records: dict[str, Any]) -> list[dict[str, Any]]:
+    """`kingest run --until-caught-up` of ``topic`` into a fresh local lake: the rows it holds then."""
+    config = registry_config(tmp_path, topic, tmp_path / "lake", bootstrap, records)
+    done = kingest("run", "-c", str(config), "--until-caught-up")
+    assert done.returncode == 0, done.stderr
+    return lake_rows(tmp_path / "lake")
+
+
 def lake_rows(lake: Path) -> list[dict[str, Any]]:
     """An independent read of the lake folder, as a pyarrow user would do it: the files' schemas unified (a later
     schema version's new field is a column of the later files only)."""
@@ -198,13 +206,7 @@ def test_json_schema_records_land_with_the_types_of_their_schema(
     schema_id = register(ccompat, f"{topic}-value", schema, "JSON")
     header = b"\x00" + struct.pack(">I", schema_id)
     produce(topic, [header + json.dumps({"id": i, "price": i}).encode() for i in range(50)], partition=0)
-    lake = tmp_path / "lake"
-    config = registry_config(
-        tmp_path, topic, lake, kafka_bootstrap, {"format": "json-schema", "schema_registry": {"url": ccompat}}
-    )
-    done = kingest("run", "-c", str(config), "--until-caught-up")
-    assert done.returncode == 0, done.stderr
-    rows = lake_rows(lake)
+    rows = land(tmp_path, topic, kafka_bootstrap, {"format": "json-schema", "schema_registry": {"url": ccompat}})
     assert [(r["id"], r["price"]) for r in rows] == [(i, float(i)) for i in range(50)]
     assert all(isinstance(r["price"], float) for r in rows)  # "number": float64, though written as integers
 
@@ -295,13 +297,7 @@ def test_protobuf_records_land_typed_whether_the_schema_is_a_descriptor_or_proto
         schema_id = register(ccompat, f"{topic}-value", PAYMENT_PROTO, "PROTOBUF")
         values = [b"\x00" + struct.pack(">I", schema_id) + b"\x00" + m.SerializeToString() for m in messages]
     produce(topic, values, partition=0)
-    lake = tmp_path / "lake"
-    config = registry_config(
-        tmp_path, topic, lake, kafka_bootstrap, {"format": "protobuf", "schema_registry": {"url": ccompat}}
-    )
-    done = kingest("run", "-c", str(config), "--until-caught-up")
-    assert done.returncode == 0, done.stderr
-    rows = lake_rows(lake)
+    rows = land(tmp_path, topic, kafka_bootstrap, {"format": "protobuf", "schema_registry": {"url": ccompat}})
     assert [r["kafka_offset"] for r in rows] == list(range(40))
     assert [(r["id"], r["amount"], r["method"]) for r in rows[:2]] == [(0, 0.0, "CARD"), (1, 0.5, "TRANSFER")]
     assert rows[5]["at"] == at and rows[5]["labels"] == [("shop", "s2")]
