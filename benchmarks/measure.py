@@ -180,6 +180,7 @@ class Measurer:
         env = self.kingest_env if c.kind == "kingest" else self.env
         proxy = self.proxy(c.delay_ms) if c.lake == "s3" and c.delay_ms else None
         before = (proxy.requests, proxy.http_requests, _own_cpu()) if proxy is not None else (0, 0, 0.0)
+        kinds_before = dict(proxy.kinds) if proxy is not None else {}
         run, stdout, stderr = self.spawner.measure(argv, env, timeout, ROOT)
         run.name, run.rep = c.name, rep
         proxied = {}
@@ -189,6 +190,10 @@ class Measurer:
                 "proxy_round_trips": proxy.requests - before[0],  # delayed turns: a PUT with 100-continue pays two
                 "proxy_requests": proxy.http_requests - before[1],
                 "proxy_cpu_s": round(_own_cpu() - before[2], 3),
+                # which requests: "PUT manifest", "GET pending-v2", "LIST", "PUT data"... (latency_proxy.request_kind)
+                "proxy_kinds": {
+                    k: n - kinds_before.get(k, 0) for k, n in sorted(proxy.kinds.items()) if n > kinds_before.get(k, 0)
+                },
             }
         try:
             if run.returncode != 0:

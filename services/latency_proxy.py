@@ -26,11 +26,32 @@ import signal
 import sys
 import threading
 import urllib.parse
+from collections import Counter
 from types import TracebackType
 
 CHUNK = 65536
 # A turn that starts with one of these is a new HTTP request (the others: a body sent after `100 Continue`).
 HTTP_METHODS = frozenset(b"GET HEAD PUT POST DELETE PATCH OPTIONS".split())
+# What an S3 request of kingest's is about, from its path: the folders of the offsets manifest, else data.
+_KINDS = ("manifest", "pending-v2", "checkpoints", "retired", "_delta_log")
+
+
+def request_kind(head: bytes) -> str:
+    """``PUT manifest``, ``GET pending-v2``, ``LIST``, ``DELETE-MANY``, ``PUT data``...: what an HTTP request
+    (its first bytes) is, for the benchmark's breakdown of the requests a run makes."""
+    line = head.split(b"\r\n", 1)[0].decode("latin-1")
+    parts = line.split(" ")
+    if len(parts) < 2:
+        return "other"
+    method, target = parts[0], urllib.parse.unquote(parts[1])
+    path, _, query = target.partition("?")
+    if method == "GET" and ("list-type=" in query or "prefix=" in query):
+        return "LIST"
+    if method == "POST" and "delete" in query:
+        return "DELETE-MANY"
+    segments = path.split("/")
+    kind = next((k for k in _KINDS if k in segments), "data" if path.endswith(".parquet") else "other")
+    return f"{method} {kind}"
 
 
 def _host_port(upstream: str) -> tuple[str, int]:
@@ -60,6 +81,7 @@ class LatencyProxy:
         self.requests = 0
         self.http_requests = 0
         self.connections = 0
+        self.kinds: Counter[str] = Counter()  # HTTP requests by request_kind
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
         self._thread: threading.Thread | None = None
@@ -160,6 +182,7 @@ class LatencyProxy:
                     self.requests += 1
                     if data.split(b" ", 1)[0] in HTTP_METHODS:
                         self.http_requests += 1
+                        self.kinds[request_kind(data)] += 1
                     if self.delay:
                         await asyncio.sleep(self.delay)
                 writer.write(data)

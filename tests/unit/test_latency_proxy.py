@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from services.latency_proxy import LatencyProxy
+from services.latency_proxy import LatencyProxy, request_kind
 
 
 class Echo(http.server.BaseHTTPRequestHandler):
@@ -82,3 +82,19 @@ def test_an_upstream_that_refuses_closes_the_client(upstream: str) -> None:
     with LatencyProxy("127.0.0.1:1", delay=0) as proxy:
         with pytest.raises(OSError):
             urllib.request.urlopen(proxy.url + "/", timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("head", "kind"),
+    [
+        (b"PUT /kingest/lake/_kingest/p/manifest/topic=t/partition=0/0002.json HTTP/1.1\r\n", "PUT manifest"),
+        (b"PUT /kingest/lake/_kingest/p/pending-v2/topic=t/partition=0/0002-w.json HTTP/1.1\r\n", "PUT pending-v2"),
+        (b"GET /kingest/lake/_kingest/p/checkpoints/topic=t/partition=0/25.json HTTP/1.1\r\n", "GET checkpoints"),
+        (b"PUT /kingest/lake/topic=t/partition=0/t-0-1-2-w-0.parquet HTTP/1.1\r\n", "PUT data"),
+        (b"GET /kingest?list-type=2&prefix=lake%2F_kingest%2F HTTP/1.1\r\n", "LIST"),
+        (b"POST /kingest?delete HTTP/1.1\r\n", "DELETE-MANY"),
+        (b"HEAD /kingest HTTP/1.1\r\n", "HEAD other"),
+    ],
+)
+def test_requests_are_counted_by_what_they_are_about(head, kind):
+    assert request_kind(head) == kind
