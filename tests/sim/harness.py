@@ -1024,6 +1024,11 @@ class World:
         behind = [tp for tp in movable if (o := self.owner[tp]) is not None and o.frozen()]
         tp = rng.choice(behind if behind and rng.random() < 0.7 else movable)
         old = self.owner[tp]
+        if old is not None and not old.dead and rng.random() < 0.1:
+            # revoked and handed back to the same member (kafka-python's first rebalance does this): it may keep
+            # what it owned without a new claim only while nothing was committed since its own last version
+            self.rebalance(tp, old, "cooperative")
+            return
         others = [w for w in live if w is not old]
         if not others:
             return

@@ -302,3 +302,88 @@ def test_pending_records_of_a_long_lived_owner_do_not_pile_up(store, lake):
 def test_recovery_with_nothing_pending_removes_nothing(store):
     claimed = store.claim(TOPIC, 0, "w1")
     assert store.recover(claimed) == []
+
+
+# ---------------------------------------------------------------------------------------------- fewer requests
+
+
+class _ReadLog(Lake):
+    """A lake that notes every object read and every folder listed (what a store asks for)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.reads: list[str] = []
+        self.listings: list[str] = []
+
+    def read(self, rel):
+        self.reads.append(rel)
+        return super().read(rel)
+
+    def read_many(self, rels):
+        rels = list(rels)
+        self.reads += rels
+        return super().read_many(rels)
+
+    def listdir(self, rel):
+        self.listings.append(rel)
+        return super().listdir(rel)
+
+
+def test_load_since_a_known_state_reads_only_the_versions_after_it_and_equals_a_full_load():
+    lake = _ReadLog(f"memory://manifest-{uuid.uuid4().hex[:12]}")
+    store = ManifestStore(lake, "orders-pipeline")
+    known = write_versions(store, CHECKPOINT_EVERY + 3)  # a checkpoint at 25, then 26..28
+    lake.reads.clear(), lake.listings.clear()
+    assert same(store.load(TOPIC, 0, since=known), known)
+    assert lake.reads == [] and len(lake.listings) == 1  # nothing new: one listing, no read
+
+    later = store.commit(known, operation="write", owner="w2", next_offset=999, add=[entry("x.parquet", 280, 998)])
+    lake.reads.clear(), lake.listings.clear()
+    loaded = store.load(TOPIC, 0, since=known)
+    assert lake.reads == [store.version_path(TOPIC, 0, later.version)]  # the one new version, no checkpoint
+    assert same(loaded, later) and same(loaded, store.load(TOPIC, 0))
+
+    assert same(store.load(TOPIC, 0, since=PartitionState(TOPIC, 0, version=later.version + 5)), later)  # ahead
+    assert same(store.load(TOPIC, 0, since=PartitionState(TOPIC, 1, version=3)), later)  # another partition
+
+
+def test_recovery_takes_the_stores_own_pending_records_from_memory_and_reads_the_others():
+    """A checkpoint's recovery settles ~24 records of the owner's own: it knows what they name (a record is
+    never rewritten), so it reads only the records of other writers (another process: another store)."""
+    url = f"memory://manifest-{uuid.uuid4().hex[:12]}"
+    lake = _ReadLog(url)
+    store, other = ManifestStore(lake, "orders-pipeline"), ManifestStore(Lake(url), "orders-pipeline")
+    folder = f"topic={TOPIC}/partition=0"
+    orphan = f"{folder}/other-orphan.parquet"
+    lake.put(orphan, b"PAR1")
+    state = other.claim(TOPIC, 0, "w0")
+    other.write_pending(TOPIC, 0, "w0", [orphan], version=2)  # w0 announced a file, then lost version 2
+    state = store.claim(TOPIC, 0, "w1")
+    for i in range(CHECKPOINT_EVERY - 3):  # up to version 24: the recovery below is the checkpoint's
+        path = f"{folder}/f{i}.parquet"
+        state = store.save(
+            state,
+            operation="write",
+            owner="w1",
+            next_offset=i + 1,
+            files=[_File(path, i)],
+        )
+    lake.reads.clear()
+    settled = state.version
+    removed = store.recover(state)
+    pending_reads = [r for r in lake.reads if "/pending-v2/" in r]
+    assert pending_reads == [other._pending_rel(TOPIC, 0, 2, "w0")]  # w0's record only
+    assert removed == [orphan]
+    assert lake.listdir(f"{store.prefix}/pending-v2/{folder}") == {}
+    assert set(lake.find(folder)) == {f"{folder}/f{i}.parquet" for i in range(settled - 2)}
+    assert store._written == {}  # what it deleted, it forgets
+
+
+class _File:
+    """An EncodedFile's stand-in for ManifestStore.save."""
+
+    def __init__(self, path: str, offset: int) -> None:
+        self.path, self.data, self.offset = path, b"PAR1", offset
+
+    def entry(self) -> dict:
+        return entry(self.path, self.offset, self.offset)
