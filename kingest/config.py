@@ -639,10 +639,10 @@ class LakeConfig:
     )
     max_concurrency: int = setting(
         "How many partitions of a flush are saved side by side (each partition's own steps stay in order). An "
-        "object store answers each request in 10-50 ms: a wide topic needs many in flight. 1 saves one partition "
-        "after another.",
+        "object store answers each request in 10-50 ms: a wide topic needs many in flight (64: a flush of up to 64 "
+        "partitions is saved in one wave of requests). 1 saves one partition after another.",
         _int(1),
-        default=16,
+        default=64,
     )
 
 

@@ -62,7 +62,7 @@ lake:
   # format: parquet              # parquet | delta (a Delta Lake table: pip install 'kingest[delta]')
   # compression: zstd            # zstd | snappy | gzip | lz4 | brotli | none
   # partition_by: [date]         # [date] or [date, hour] folders, from the record timestamp (UTC)
-  # max_concurrency: 16          # partitions of a flush saved side by side (wide topics, S3)
+  # max_concurrency: 64          # partitions of a flush saved side by side (wide topics, S3)
 
 batch:                           # a partition's batch is written when it reaches any of these
   max_records: 100000
