@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -110,18 +111,22 @@ def test_no_secret_in_errors(setup: dict[str, Any], tmp_path: Path) -> None:
         (["run", "--until-caught-up", "--verbose"], {**good, S3_VAR: sentinel}, "is not writable"),
         (["check"], {**good, S3_VAR: sentinel}, "lake"),
     ]
-    for args, secrets, says in cases:
-        done = kingest(*args, "-c", str(config), env=secrets)
-        assert done.returncode == 2, f"`kingest {' '.join(args)}`:\n{done.stdout}{done.stderr}"
-        assert says in done.stdout + done.stderr
-        assert_clean(done, sentinel, *good.values())
-
     # An S3 server that does not answer: botocore's errors carry the URL; the secret must not follow.
     unreachable = write_config(
         tmp_path / "unreachable.yaml",
         **merge(read_config(config), {"lake": {"storage_options": {"endpoint_url": "http://127.0.0.1:9"}}}),
     )
-    done = kingest("run", "--until-caught-up", "--verbose", "-c", str(unreachable), env={**good, S3_VAR: sentinel})
+    # Side by side (each stops at its error, none writes; the unreachable S3 waits out the probe's 10 s).
+    with ThreadPoolExecutor(4) as pool:
+        waiting = pool.submit(
+            kingest, "run", "--until-caught-up", "--verbose", "-c", str(unreachable), env={**good, S3_VAR: sentinel}
+        )
+        runs = list(pool.map(lambda case: kingest(*case[0], "-c", str(config), env=case[1]), cases))
+        done = waiting.result()
+    for (args, _, says), run in zip(cases, runs, strict=True):
+        assert run.returncode == 2, f"`kingest {' '.join(args)}`:\n{run.stdout}{run.stderr}"
+        assert says in run.stdout + run.stderr
+        assert_clean(run, sentinel, *good.values())
     assert done.returncode == 2 and "did not answer" in done.stderr, done.stderr
     assert_clean(done, sentinel, *good.values())
 
