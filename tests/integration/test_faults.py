@@ -460,14 +460,15 @@ class CuttingProxy:
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
     @staticmethod
-    def _pipe_back(upstream: socket.socket, client: socket.socket) -> None:
+    def _pipe_back(upstream: socket.socket, client: socket.socket, cutting: threading.Event) -> None:
         try:
             while data := upstream.recv(65536):
                 client.sendall(data)
         except OSError:
             pass
         finally:
-            for s in (client, upstream):
+            # A cut closes the upstream side: the client must not hear of it before the check (see _serve)
+            for s in (upstream,) if cutting.is_set() else (client, upstream):
                 try:
                     s.shutdown(socket.SHUT_RDWR)
                 except OSError:
@@ -475,7 +476,8 @@ class CuttingProxy:
 
     def _serve(self, client: socket.socket) -> None:
         upstream = socket.create_connection(self.upstream)
-        threading.Thread(target=self._pipe_back, args=(upstream, client), daemon=True).start()
+        cutting = threading.Event()
+        threading.Thread(target=self._pipe_back, args=(upstream, client, cutting), daemon=True).start()
         buffer = b""
         try:
             while True:
@@ -509,6 +511,7 @@ class CuttingProxy:
                     upstream.sendall(chunk)
                     sent += len(chunk)
                 if cut:
+                    cutting.set()
                     upstream.close()  # the server got the headers and half of the object, then lost us
                     time.sleep(0.5)
                     self.cut.append((key, sent, length, self.exists(key)))
