@@ -44,6 +44,7 @@ _PERMANENT = (FileNotFoundError, PermissionError, FileExistsError, IsADirectoryE
 
 
 class Lake:
+    _direct: _DirectS3 | None = None  # S3's save-path requests through obstore (see _direct_s3), else None
     def __init__(
         self,
         url: str,
@@ -67,7 +68,6 @@ class Lake:
                 f"lake.storage_options.client_kwargs.verify: no file at {verify}",
                 "Set it to the CA certificate (PEM) that signed the S3 endpoint's certificate, readable by this user.",
             )
-        self._direct: _DirectS3 | None = None
         if self.url.split("://", 1)[0] in ("s3", "s3a"):
             self._direct = _direct_s3(self.url, options)
         if connections > 10 and self.url.split("://", 1)[0] in ("s3", "s3a"):

@@ -396,8 +396,8 @@ class ManifestStore:
         }
         out: list[tuple[str, int, list[str] | None]] = []
         known = {rel: self._written[rel] for rel in wanted if rel in self._written} if kind == PENDING else {}
-        for rel, paths in known.items():
-            out.append((rel, wanted[rel], list(paths)))
+        for rel, named in known.items():
+            out.append((rel, wanted[rel], list(named)))
         for rel, data in self.lake.read_many(r for r in wanted if r not in known).items():
             try:
                 doc = json.loads(data)
