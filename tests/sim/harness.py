@@ -762,10 +762,20 @@ class World:
         self.record(actor, what, detail)
 
     def retiring(self, rel: str) -> bool:
-        """Whether a retire note names ``rel`` (read directly: no step)."""
+        """Whether a retire note of a compaction that committed, or still may commit, names ``rel`` (read
+        directly: no step). The note of a compaction whose version another writer took protects nothing: that
+        compaction never took its inputs out (it loads again and retries), and whoever took the version may
+        have removed them, and deletes them like any file its committed state no longer names."""
         folder = f"{ROOT}/_kingest/{PIPELINE}/retired/"
         for key, f in list(self.fs.store.items()):
-            if key.startswith(folder) and rel in json.loads(f.getvalue()).get("paths", ()):
+            if not key.startswith(folder):
+                continue
+            note = json.loads(f.getvalue())
+            if rel not in note.get("paths", ()):
+                continue
+            where = key[len(folder) :].rsplit("/", 1)[0]  # topic=t/partition=p
+            version = self.fs.store.get(f"{ROOT}/_kingest/{PIPELINE}/manifest/{where}/{int(note['version']):020d}.json")
+            if version is None or json.loads(version.getvalue()).get("owner") == note.get("owner"):
                 return True
         return False
 
