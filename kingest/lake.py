@@ -45,6 +45,7 @@ _PERMANENT = (FileNotFoundError, PermissionError, FileExistsError, IsADirectoryE
 
 class Lake:
     _direct: _DirectS3 | None = None  # S3's save-path requests through obstore (see _direct_s3), else None
+
     def __init__(
         self,
         url: str,
@@ -507,11 +508,15 @@ class _DirectS3:
     """Whole-object PUT (plain, or exclusive with ``If-None-Match: *``) and GET of one bucket through obstore, its
     errors turned into the ones the s3fs path raises, so that ``Lake._retry`` and the messages treat both alike:
     FileNotFoundError (no such key or bucket), PermissionError (refused: the store's own message), FileExistsError
-    (exclusive create of a taken name), and ConnectionError for the rest (no answer, a reset, 5xx: retried). Its
-    own retries are off: ``Lake._retry`` decides how long to wait, and says so."""
+    (exclusive create of a taken name: 412 only), ValueError (a path S3 cannot hold), and ConnectionError for the
+    rest (no answer, a reset, 5xx, 409: retried). Its own retries are off: ``Lake._retry`` decides how long to
+    wait, and says so. One PUT a file, never multipart (all or nothing, as a single PUT is). A request may take
+    60 s, a body of 1 MiB or more 10 minutes (obstore's timeout runs to the end of the body: a 64 MiB file on a
+    slow uplink)."""
 
-    def __init__(self, store: Any, bucket: str) -> None:
+    def __init__(self, store: Any, large: Any, bucket: str) -> None:
         self.store = store
+        self.large = large
         self.bucket = bucket
 
     def _key(self, path: str) -> str:
@@ -520,36 +525,56 @@ class _DirectS3:
     def put(self, path: str, data: bytes, *, create: bool = False) -> None:
         import obstore
 
+        store = self.large if len(data) >= LARGE_BODY else self.store
         try:
-            obstore.put(self.store, self._key(path), data, mode="create" if create else "overwrite")
+            obstore.put(store, self._key(path), data, mode="create" if create else "overwrite", use_multipart=False)
         except Exception as exc:  # noqa: BLE001 (translated below)
-            raise _translate(exc, path) from None
+            raise _translate(exc, path, create=create) from None
 
     def get(self, path: str) -> bytes:
         import obstore
 
         try:
-            return bytes(obstore.get(self.store, self._key(path)).bytes())
+            return bytes(obstore.get(self.large, self._key(path)).bytes())
         except Exception as exc:  # noqa: BLE001 (translated below)
             raise _translate(exc, path) from None
 
 
-def _translate(exc: Exception, path: str) -> Exception:
+LARGE_BODY = 1 << 20
+# S3 error codes that say the credentials are refused (403s, and a 400 for an expired session token)
+_REFUSED = frozenset(
+    {
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "InvalidToken",
+        "TokenRefreshRequired",
+    }
+)
+
+
+def _translate(exc: Exception, path: str, *, create: bool = False) -> Exception:
     from obstore import exceptions as errors
 
     text = str(exc)
     message = re.search(r"<Code>([^<]*)</Code>\s*<Message>([^<]*)</Message>", text)
+    status = re.search(r"status code: (\d{3})", text)
+    code = message.group(1) if message else ""
     said = message.group(2) if message else text.splitlines()[0][:300]
     if isinstance(exc, FileNotFoundError | errors.NotFoundError):
-        bucket = message is not None and message.group(1) == "NoSuchBucket"
+        bucket = code == "NoSuchBucket"
         return FileNotFoundError(f"{said} ({'bucket of ' if bucket else ''}{path})")
     if isinstance(exc, errors.AlreadyExistsError | errors.PreconditionError):
-        return FileExistsError(f"{path} exists")
-    if isinstance(exc, errors.PermissionDeniedError | errors.UnauthenticatedError):
+        if create and status is not None and status.group(1) == "412":
+            return FileExistsError(f"{path} exists")
+        # 409 (ConditionalRequestConflict: another write of the name in progress; OperationAborted): AWS says retry
+        return ConnectionError(f"{said} ({path})")
+    if isinstance(exc, errors.PermissionDeniedError | errors.UnauthenticatedError) or code in _REFUSED:
         return PermissionError(said)
-    if message is not None and message.group(1) in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-        return PermissionError(said)
-    return ConnectionError(f"{said}" if message else _describe(exc))
+    if isinstance(exc, errors.InvalidPathError):
+        return ValueError(f"{path} is not a valid S3 key: {said}")
+    return ConnectionError(said if message else _describe(exc))
 
 
 # storage_options that both clients read the same way (anything else: s3fs alone, as before)
@@ -615,21 +640,24 @@ def _direct_s3(url: str, options: Mapping[str, Any]) -> _DirectS3 | None:
             settings["endpoint"] = endpoint
         if token is not None:
             settings["session_token"] = token
-        store = S3Store(
-            bucket,
-            **settings,
-            virtual_hosted_style_request=style != "path",
-            client_options={
-                "allow_http": bool(endpoint and endpoint.startswith("http://")),
-                "timeout": "60s",
-                "connect_timeout": "10s",
-            },
-            retry_config={"max_retries": 0, "retry_timeout": datetime.timedelta(seconds=60)},
-        )
+        stores = [
+            S3Store(
+                bucket,
+                **settings,
+                virtual_hosted_style_request=style != "path",
+                client_options={
+                    "allow_http": bool(endpoint and endpoint.startswith("http://")),
+                    "timeout": timeout,
+                    "connect_timeout": "10s",
+                },
+                retry_config={"max_retries": 0, "retry_timeout": datetime.timedelta(seconds=60)},
+            )
+            for timeout in ("60s", "600s")
+        ]
     except Exception as exc:  # noqa: BLE001 (s3fs then: it says what is wrong with the settings)
         log.debug("S3 requests through s3fs only: obstore refused the settings: %s", exc)
         return None
-    return _DirectS3(store, bucket)
+    return _DirectS3(stores[0], stores[1], bucket)
 
 
 EXPECT_CONTINUE_FROM = 1 << 20  # bytes: a PUT body at least this large asks the server first

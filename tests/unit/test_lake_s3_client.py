@@ -76,3 +76,61 @@ def test_the_bucket_is_the_lakes_and_keys_are_below_it():
     direct = Lake("s3://bucket/some/prefix", DEV, connections=64)._direct
     assert direct is not None and direct.bucket == "bucket"
     assert direct._key("bucket/some/prefix/_kingest/x.json") == "some/prefix/_kingest/x.json"
+
+
+def _s3_error(status: str, code: str, message: str) -> str:
+    return (
+        f"Error performing PUT http://s3/bucket/k in 1ms - Server returned non-2xx status code: {status}: "
+        f"<?xml version='1.0'?><Error><Code>{code}</Code><Message>{message}</Message></Error>"
+    )
+
+
+@pytest.mark.parametrize(
+    ("error", "create", "expected", "says"),
+    [
+        # exclusive create of a taken name: 412 only
+        ("AlreadyExistsError", True, FileExistsError, "exists"),
+        # 409 while another write of the name is in progress (AWS: "retry"), and 409 OperationAborted: retried
+        ("AlreadyExistsError:409", True, ConnectionError, "conflicting"),
+        ("AlreadyExistsError:409", False, ConnectionError, "conflicting"),
+        ("PermissionDeniedError", False, PermissionError, "signature"),
+        ("GenericError:ExpiredToken", False, PermissionError, "token has expired"),
+        ("InvalidPathError", False, ValueError, "not a valid S3 key"),
+        ("GenericError", False, ConnectionError, "error sending request"),
+        ("GenericError:500", False, ConnectionError, "internal error"),
+    ],
+)
+def test_obstore_errors_become_the_ones_the_retries_know(error, create, expected, says):
+    """What Lake._retry does with them: FileExistsError is a taken name, PermissionError and ValueError are
+    raised at once, ConnectionError is retried (an OSError: see lake._is_transient)."""
+    from obstore import exceptions
+
+    from kingest.lake import _PERMANENT, _is_transient, _translate
+
+    kind, _, detail = error.partition(":")
+    text = {
+        "": "HTTP error: error sending request",
+        "409": _s3_error("409 Conflict", "ConditionalRequestConflict", "A conflicting operation"),
+        "ExpiredToken": _s3_error("400 Bad Request", "ExpiredToken", "The provided token has expired."),
+        "500": _s3_error("500 Internal Server Error", "InternalError", "We encountered an internal error."),
+    }[detail]
+    if kind == "AlreadyExistsError" and not detail:
+        text = _s3_error("412 Precondition Failed", "PreconditionFailed", "At least one of the pre-conditions")
+    if kind == "PermissionDeniedError":
+        text = _s3_error("403 Forbidden", "SignatureDoesNotMatch", "The request signature we calculated")
+    translated = _translate(getattr(exceptions, kind)(text), "bucket/k", create=create)
+    assert type(translated) is expected
+    assert says in str(translated).lower() or says in str(translated)
+    retried = not isinstance(translated, _PERMANENT) and _is_transient(translated)  # as Lake._retry decides
+    assert retried == (expected is ConnectionError)
+
+
+def test_a_writer_forgets_its_pending_records_of_a_partition_it_no_longer_holds():
+    from kingest.manifest import ManifestStore
+
+    store = ManifestStore(Lake("memory://forget-test"), "p")
+    for partition in (0, 1):
+        for version in (1, 2):
+            store.write_pending("t", partition, "w", [f"f{partition}{version}"], version=version)
+    store.forget("t", 0)
+    assert sorted(store._written) == [store._pending_rel("t", 1, v, "w") for v in (1, 2)]
