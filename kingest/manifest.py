@@ -352,6 +352,14 @@ class ManifestStore:
         self.lake.put(rel, json.dumps(body).encode())
         self._written[rel] = list(paths)
 
+    def forget(self, topic: str, partition: int) -> None:
+        """This writer no longer holds the partition (revoked, lost, fenced): drop what it remembers of its own
+        pending records there (the records stay in the lake, for whoever recovers them next), so that memory
+        does not grow with rebalances."""
+        folder = f"{self._folder(PENDING, topic, partition)}/"
+        for rel in [r for r in list(self._written) if r.startswith(folder)]:
+            self._written.pop(rel, None)
+
     def _settled_records(self, state: PartitionState) -> tuple[list[str], list[str]]:
         """The pending records that ``state`` settles, and the files they announced that ``state`` does not name.
 

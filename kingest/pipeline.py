@@ -180,9 +180,6 @@ class Pipeline:
         self.manifests = self.offsets.manifests if isinstance(self.offsets, ManifestOffsets) else None
         self.loaded: dict[TopicPartition, PartitionState] = {}  # exactly-once: manifest state at assignment
         self.owned: dict[TopicPartition, PartitionState] = {}  # exactly-once: partitions claimed in the manifest
-        # exactly-once: what we owned of the partitions the last rebalance revoked, until the next assignment
-        # (kafka-python's first rebalance often revokes and hands the same partitions back at once)
-        self._held: dict[TopicPartition, PartitionState] = {}
         # exactly-once: partitions another writer claimed after us, and since when. We stop touching them; if the
         # group still gives them to us a session timeout later, that writer was the zombie (or is gone), and we
         # take them back (see _retry_fenced).
@@ -691,6 +688,8 @@ class Pipeline:
         self.stats.fenced += 1
         self.fenced[tp] = time.monotonic()
         self.owned.pop(tp, None)
+        if self.manifests is not None:
+            self.manifests.forget(*tp)
         self.batcher.drop([tp])
         self.source.pause([tp])
 
@@ -720,20 +719,12 @@ class Pipeline:
             if self.manifests is not None:
                 # The partitions' manifests are read, and claimed, side by side (a wide topic on S3).
                 manifests = self.manifests
-                held, self._held = self._held, {}
-                loaded = self._lanes.map(lambda tp: manifests.load(*tp, since=held.get(tp)), tps)
+                loaded = self._lanes.map(lambda tp: manifests.load(*tp), tps)
                 claim = []
                 for tp, state in zip(tps, loaded, strict=True):
                     # The manifest, not the consumer group, says where to resume.
                     self.loaded[tp] = state
                     self._seek_to(tp, state)
-                    was = held.get(tp)
-                    if was is not None and state.version == was.version and state.owner == self.writer:
-                        # Handed back with nothing committed since our last commit or claim: still ours, as it
-                        # was before the revoke (any other writer's next commit needs a version after ours).
-                        # Claiming again would only cost requests.
-                        self.owned[tp] = state
-                        continue
                     # Claim at once when there is something to consume: the claim fences the previous owner,
                     # so a zombie of it (frozen past its session timeout, holding records it fetched) can
                     # commit nothing more. An idle partition is claimed at its first commit instead (see
@@ -846,11 +837,11 @@ class Pipeline:
         finally:
             self.batcher.drop(tps)
             for tp in tps:
-                owned = self.owned.pop(tp, None)
-                if owned is not None and tp not in self.fenced:
-                    self._held[tp] = owned
+                self.owned.pop(tp, None)
                 self.loaded.pop(tp, None)
                 self.expected.pop(tp, None)
+                if self.manifests is not None:
+                    self.manifests.forget(*tp)
 
     def _on_lost(self, tps: list[TopicPartition]) -> None:
         """The group moved on without us (we were too slow or frozen): another member already owns these
@@ -867,6 +858,8 @@ class Pipeline:
             self.owned.pop(tp, None)
             self.loaded.pop(tp, None)
             self.expected.pop(tp, None)
+            if self.manifests is not None:
+                self.manifests.forget(*tp)
 
     def _raise_callback_error(self) -> None:
         if self._callback_error is not None:

@@ -161,33 +161,34 @@ def test_claims_at_assignment_only_when_there_is_something_to_consume():
     assert store.load(TOPIC, 1).version == 0  # idle: nothing written
 
 
-def test_a_partition_handed_back_with_nothing_committed_since_is_not_claimed_again():
-    """kafka-python's first rebalance often revokes every partition and hands the same ones back: an owner whose
-    last version is still the latest keeps the partition without a new claim (one listing instead of a load, a
-    claim and a recovery: ~680 requests on a 32-partition topic on S3). Once another writer committed, it
-    claims as usual, and the records are committed once either way."""
+def test_an_owner_handed_its_partition_back_claims_again_and_a_zombie_assigned_in_between_is_fenced():
+    """Writer A owns the partition; the group revokes it and gives it to Z, which (the partition idle) does not
+    claim, then pauses; records arrive and the group hands the partition back to A. A must claim again: had it
+    written on without a claim (to spare requests), Z, resuming, would take A's write for a previous owner's last
+    commit, claim on top and fence A, the rightful owner, for a session timeout (an independent review's case)."""
     url = f"memory://fencing-{uuid.uuid4().hex[:12]}"
-    lake = Lake(url)
-    store = ManifestStore(lake, "orders")
-    log = [records(0, 30)]
-    pipeline = Pipeline(make_config(url, max_records=10), source=MemorySource({TOPIC: log}, {}), lake=lake)
-    source = pipeline.source
-    source.open(pipeline._on_assigned, pipeline._on_revoked, pipeline._on_lost)
+    log = records(0, 10)
+    topics = {TOPIC: [log]}
     tp = (TOPIC, 0)
-    assert store.load(*tp).version == 1  # the claim at assignment
+    a = Pipeline(make_config(url, max_records=10), source=MemorySource(topics, {}), lake=Lake(url))
+    z = Pipeline(make_config(url, max_records=10), source=MemorySource(topics, {}), lake=Lake(url))
+    store = ManifestStore(Lake(url), "orders")
 
-    pipeline._on_revoked([tp])
-    pipeline._on_assigned([tp])
-    assert store.load(*tp).version == 1  # handed straight back: no second claim
-    assert pipeline.owned[tp].version == 1 and pipeline.loaded[tp].version == 1
+    def step(p: Pipeline) -> None:  # one poll, and a flush of what is due, saved before returning
+        for t, polled in p.source.poll(0).items():
+            if polled and t not in p.fenced:
+                p.batcher.add(t, polled)
+        p._flush(p.batcher.due(everything=True), wait=True)
 
-    pipeline._flush([tp], wait=True)  # nothing buffered yet: a no-op
-    pipeline._on_revoked([tp])
-    other = store.claim(TOPIC, 0, "someone-else")  # meanwhile another writer took it
-    store.commit(other, operation="write", owner="someone-else", next_offset=0)
-    pipeline._on_assigned([tp])
-    state = store.load(*tp)
-    assert [state.version, state.owner] == [4, pipeline.writer]  # claimed on top of the other writer's versions
-    pipeline.until_caught_up = True
-    pipeline.run()
-    assert committed_offsets(lake, store) == list(range(30))
+    a.source.open(a._on_assigned, a._on_revoked, a._on_lost)
+    step(a)  # A claims (v1) and writes 0..9 (v2)
+    a._on_revoked([tp])
+    z.source.open(z._on_assigned, z._on_revoked, z._on_lost)  # idle for Z: no claim
+    log.extend(records(10, 10))
+    a._on_assigned([tp])  # handed back to A
+    step(a)
+    step(z)  # Z, a zombie now, resumes with what it polled
+    log.extend(records(20, 10))
+    step(a)
+    assert tp not in a.fenced and tp in z.fenced
+    assert store.load(*tp).next_offset == 30 and committed_offsets(Lake(url), store) == list(range(30))
