@@ -262,6 +262,22 @@ def _listen_on_free_port(lo: int = 20000, hi: int = 30000) -> socket.socket:
     raise RuntimeError("no free port found")
 
 
+def _free_with_grpc_port() -> int:
+    """A free port whose weed gRPC port (+ 10000) is free too, both below Linux's ephemeral range (32768 and up,
+    where this machine's own client connections take ports: one of them once sat on a gRPC port the test had
+    not checked, and devservices rightly named that port instead)."""
+    for _ in range(200):
+        with _listen_on_free_port(12000, 22000) as s:
+            port = s.getsockname()[1]
+            try:
+                with socket.socket() as grpc:
+                    grpc.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port found")
+
+
 def _devservices(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, str(DEVSERVICES), *args],
@@ -300,8 +316,7 @@ def test_up_s3_grpc_port_taken(tmp_path: Path) -> None:
     names = ["KINGEST_S3_PORT", "KINGEST_S3_MASTER_PORT", "KINGEST_S3_VOLUME_PORT", "KINGEST_S3_FILER_PORT"]
     env = {"KINGEST_DEV_DIR": str(tmp_path)}
     for name in names:  # free ports for the others, so only the one we occupy is in the way
-        with _listen_on_free_port() as s:
-            env[name] = str(s.getsockname()[1])
+        env[name] = str(_free_with_grpc_port())
     with _listen_on_free_port(30000, 40000) as taken:
         port = taken.getsockname()[1]
         env["KINGEST_S3_ADMIN_PORT"] = str(port - 10000)
