@@ -69,9 +69,10 @@ class Lake:
                 f"lake.storage_options.client_kwargs.verify: no file at {verify}",
                 "Set it to the CA certificate (PEM) that signed the S3 endpoint's certificate, readable by this user.",
             )
-        if self.url.split("://", 1)[0] in ("s3", "s3a"):
+        s3 = self.url.split("://", 1)[0] in ("s3", "s3a")
+        if s3:
             self._direct = _direct_s3(self.url, options)
-        if connections > 10 and self.url.split("://", 1)[0] in ("s3", "s3a"):
+        if connections > 10 and s3:
             config_kwargs = dict(options.get("config_kwargs") or {})
             config_kwargs.setdefault("max_pool_connections", connections)
             options["config_kwargs"] = config_kwargs
@@ -171,10 +172,8 @@ class Lake:
             return
         if crash_midway:
             crash.point("mid-write")
-        direct = self._direct
-        if direct is not None:
-            self._retry(f"writing {rel}", lambda: direct.put(self.full(rel), data))
-            self.fs.invalidate_cache(self.fs._strip_protocol(self.full(rel)))
+        if self._direct is not None:
+            self._retry(f"writing {rel}", lambda: self._put_direct(rel, data))
             return
         self._retry(f"writing {rel}", lambda: self.fs.pipe_file(self.full(rel), data))
 
@@ -202,8 +201,7 @@ class Lake:
             attempts += 1
             try:
                 if self._direct is not None:
-                    self._direct.put(self.full(rel), data, create=True)
-                    self.fs.invalidate_cache(self.fs._strip_protocol(self.full(rel)))
+                    self._put_direct(rel, data, create=True)
                 else:
                     self.fs.pipe_file(self.full(rel), data, mode="create")
                 return True
@@ -216,6 +214,12 @@ class Lake:
             return attempts > 1 and self.read(rel) == data
 
         return self._retry(f"creating {rel}", create_once)
+
+    def _put_direct(self, rel: str, data: bytes, *, create: bool = False) -> None:
+        """S3 through obstore (see _direct_s3); s3fs's cached listings forget the name, as its own PUT does."""
+        assert self._direct is not None
+        self._direct.put(self.full(rel), data, create=create)
+        self.fs.invalidate_cache(self.fs._strip_protocol(self.full(rel)))
 
     def _write_tmp(self, path: str, data: bytes, crash_midway: bool) -> str:
         folder, name = os.path.split(path)
@@ -646,7 +650,7 @@ def _direct_s3(url: str, options: Mapping[str, Any]) -> _DirectS3 | None:
                 **settings,
                 virtual_hosted_style_request=style != "path",
                 client_options={
-                    "allow_http": bool(endpoint and endpoint.startswith("http://")),
+                    "allow_http": endpoint is not None,  # an endpoint_url here is http:// (see above)
                     "timeout": timeout,
                     "connect_timeout": "10s",
                 },
