@@ -62,13 +62,16 @@ docs: venv ## write docs/configuration.md's table of every key from the config m
 # confluent run keeps those whose consumer matters (each semantics, the exactly-once crash points, the writer
 # frozen across a rebalance); rewind, compact, gc and partitioning are the table's side. The schema registry tests
 # (Avro, Protobuf, JSON Schema) run once: decoding starts from the records the source hands on, whatever the client;
-# so do the lake's S3 request tests (test_lake_s3.py: no Kafka in them).
+# so do the lake's S3 request tests (test_lake_s3.py: no Kafka in them) and S3 over https (test_tls.py's
+# test_s3_over_https_*: the store's certificates, whatever reads Kafka).
 CONFLUENT_SKIP := --ignore=tests/unit --ignore=tests/sim --ignore=tests/integration/test_services.py \
 	--ignore=tests/integration/test_schema_registry.py --ignore=tests/integration/test_lake_s3.py \
 	--ignore=tests/integration/test_manifest_race.py --ignore=tests/integration/test_guarantees_demo.py \
 	--ignore=tests/integration/test_verify.py --ignore=tests/integration/test_status.py \
 	--ignore=tests/integration/test_rewind.py \
 	--deselect tests/integration/test_faults.py::test_s3_stopped_and_started_during_a_run \
+	--deselect tests/integration/test_tls.py::test_s3_over_https_with_a_private_ca \
+	--deselect tests/integration/test_tls.py::test_s3_over_https_mistakes \
 	--deselect tests/integration/test_guarantees.py::test_crash_point_s3 \
 	--deselect "tests/integration/test_bad_inputs.py::test_bad_input_gets_a_clear_message_and_exit_2[S3 endpoint that does not answer]" \
 	--deselect "tests/integration/test_bad_inputs.py::test_bad_input_gets_a_clear_message_and_exit_2[wrong S3 credentials]" \

@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -136,85 +137,153 @@ def test_three_instances_survive_kill_freeze_and_late_join(
         assert report["holds"], report["violations"]
 
 
-@pytest.mark.parametrize("semantics", ["exactly-once", "at-least-once", "at-most-once"])
-def test_a_frozen_instance_is_fenced_when_it_resumes(
-    semantics, tmp_path, kafka_bootstrap, kafka_admin, topic_factory, produce
-):
+def test_a_frozen_instance_is_fenced_when_it_resumes(tmp_path, kafka_bootstrap, kafka_admin, topic_factory, produce):
     """The zombie: frozen (SIGSTOP) past its session timeout while it holds a buffer; its partitions go to
     the other instance, which writes and commits them; then it resumes (SIGCONT) and both run on. Whatever the
     group protocol does with the zombie when it wakes up (its commit refused, its partitions reported lost, or
     the group handing partitions back before its stale buffer is saved), the semantics' guarantee must hold:
-    checked on the lake, read independently and by `kingest verify`, not on what the zombie logs."""
+    checked on the lake, read independently and by `kingest verify`, not on what the zombie logs.
+
+    The three semantics play the scenario side by side (a topic, a group and a lake each), step by step in
+    lockstep: most of it is waiting for a session to expire and a group to settle, which they share."""
     partitions = 4
-    topic = topic_factory(partitions=partitions, name="zombie")
-    config_path = tmp_path / "kingest.yaml"
-    # Batches are written by age only (4 s): the zombie is frozen with a buffer it has not written yet.
-    scale_config(
-        config_path,
-        topic=topic,
-        lake=str(tmp_path / "lake"),
-        semantics=semantics,
-        bootstrap=kafka_bootstrap,
-        batch={"max_records": 100_000, "max_age": "4s"},
-    )
-    config = read_config(config_path)
-    group = f"kingest-{config['pipeline']}"
-    zombie, other = Instance("zombie", config_path, tmp_path), Instance("other", config_path, tmp_path)
-    view = LakeView(str(tmp_path / "lake"))
+    cases = {}
+    for semantics in SEMANTICS:
+        workdir = tmp_path / semantics
+        workdir.mkdir()
+        topic = topic_factory(partitions=partitions, name="zombie")
+        config_path = workdir / "kingest.yaml"
+        # Batches are written by age only (4 s): the zombie is frozen with a buffer it has not written yet.
+        scale_config(
+            config_path,
+            topic=topic,
+            lake=str(workdir / "lake"),
+            semantics=semantics,
+            bootstrap=kafka_bootstrap,
+            batch={"max_records": 100_000, "max_age": "4s"},
+        )
+        config = read_config(config_path)
+        cases[semantics] = _Zombie(
+            semantics=semantics,
+            workdir=workdir,
+            topic=topic,
+            config_path=config_path,
+            pipeline=config["pipeline"],
+            group=f"kingest-{config['pipeline']}",
+            zombie=Instance("zombie", config_path, workdir),
+            other=Instance("other", config_path, workdir),
+            view=LakeView(str(workdir / "lake")),
+        )
+    every = list(cases.values())
     try:
-        zombie.start()
-        other.start()
-        members = wait_for(stable_with(kafka_admin, group, {"zombie", "other"}), "both instances share the topic")
-        lost = sorted(members["zombie"])
-
-        produce_spread(produce, topic, 0, 200 * partitions, partitions)
+        for case in every:
+            case.zombie.start()
+            case.other.start()
+        for case in every:
+            members = wait_for(
+                stable_with(kafka_admin, case.group, {"zombie", "other"}), f"{case}: both instances share the topic"
+            )
+            case.lost = sorted(members["zombie"])
+        for case in every:
+            produce_spread(produce, case.topic, 0, 200 * partitions, partitions)
         time.sleep(1)  # fetched into the buffers, not written: the batches are 4 s from due
-        zombie.send(signal.SIGSTOP)
-        produce_spread(produce, topic, 200 * partitions, 200 * partitions, partitions)
-        ends = end_offsets(kafka_bootstrap, topic, partitions)
+        for case in every:
+            case.zombie.send(signal.SIGSTOP)
+        for case in every:
+            produce_spread(produce, case.topic, 200 * partitions, 200 * partitions, partitions)
+            case.ends = end_offsets(kafka_bootstrap, case.topic, partitions)
 
-        wait_for(stable_with(kafka_admin, group, {"other"}), "the group drops the frozen instance", timeout=60)
-        wait_for(lambda: group_offsets(kafka_admin, group, topic) == ends, "the other instance commits it all")
-        if semantics == "exactly-once":
-            for p in lost:
-                assert view.manifest_files(config["pipeline"], topic, p)[0] == ends[p]
+        for case in every:
+            wait_for(
+                stable_with(kafka_admin, case.group, {"other"}), f"{case}: the group drops the frozen instance", 60
+            )
+        for case in every:
+            wait_for(
+                lambda c=case: group_offsets(kafka_admin, c.group, c.topic) == c.ends,
+                f"{case}: the other instance commits it all",
+            )
+            if case.semantics == "exactly-once":
+                for p in case.lost:
+                    assert case.view.manifest_files(case.pipeline, case.topic, p)[0] == case.ends[p]
 
-        zombie.send(signal.SIGCONT)  # its buffer is long due: it is saved, or dropped, on its first turn
-        wait_for(stable_with(kafka_admin, group, {"zombie", "other"}), "the zombie rejoins the group", timeout=60)
-        assert zombie.alive()
+        for case in every:
+            case.zombie.send(signal.SIGCONT)  # its buffer is long due: it is saved, or dropped, on its first turn
+        for case in every:
+            wait_for(
+                stable_with(kafka_admin, case.group, {"zombie", "other"}), f"{case}: the zombie rejoins the group", 60
+            )
+            assert case.zombie.alive(), f"{case}: the zombie died"
         # Progress, not a guarantee: whatever the zombie did to the group's offsets, the two instances take every
         # partition to the end again (a commit that moved an offset back makes them re-read, never stop).
-        wait_for(lambda: group_offsets(kafka_admin, group, topic) == ends, "the group commits every record again")
-
-        assert zombie.stop() == 0
-        assert other.stop() == 0
+        for case in every:
+            wait_for(
+                lambda c=case: group_offsets(kafka_admin, c.group, c.topic) == c.ends,
+                f"{case}: the group commits every record again",
+            )
+        for case in every:
+            assert case.zombie.stop() == 0, f"{case}: the zombie did not stop cleanly"
+            assert case.other.stop() == 0, f"{case}: the other instance did not stop cleanly"
     except BaseException:
-        show_logs(zombie, other)
+        for case in every:
+            print(f"== {case}")
+            show_logs(case.zombie, case.other)
         raise
     finally:
-        zombie.kill()
-        other.kill()
+        for case in every:
+            case.zombie.kill()
+            case.other.kill()
 
-    show_logs(zombie)  # how the zombie noticed (or not): for diagnosis only, shown when an assertion below fails
-    _, report = verify(config_path, **one_off(tmp_path))
-    assert report["totals"]["expected"] == sum(ends.values())
-    assert report["holds"], report["violations"]
-    folder = LakeView(str(tmp_path / "lake")).folder_offsets()
+    for case in every:
+        print(f"== {case}")
+        show_logs(case.zombie)  # how the zombie noticed (or not): for diagnosis only, shown when an assertion fails
+    for case in every:
+        _check_zombie_lake(case, partitions)
+
+
+SEMANTICS = ("exactly-once", "at-least-once", "at-most-once")
+
+
+@dataclass
+class _Zombie:
+    """One semantics' case of test_a_frozen_instance_is_fenced_when_it_resumes."""
+
+    semantics: str
+    workdir: Path
+    topic: str
+    config_path: Path
+    pipeline: str
+    group: str
+    zombie: Instance
+    other: Instance
+    view: LakeView
+    lost: list[int] = field(default_factory=list)
+    ends: dict[int, int] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return self.semantics
+
+
+def _check_zombie_lake(case: _Zombie, partitions: int) -> None:
+    semantics, ends = case.semantics, case.ends
+    _, report = verify(case.config_path, **one_off(case.workdir))
+    assert report["totals"]["expected"] == sum(ends.values()), semantics
+    assert report["holds"], (semantics, report["violations"])
+    folder = case.view.folder_offsets()
     missing, duplicated = missing_and_duplicated(folder, ends)
     if semantics != "at-most-once":
-        assert sum(missing.values()) == 0, f"missing in the dataset folder: {missing}"
-        assert report["totals"]["missing"] == 0, report["violations"]
+        assert sum(missing.values()) == 0, f"{semantics}: missing in the dataset folder: {missing}"
+        assert report["totals"]["missing"] == 0, (semantics, report["violations"])
     if semantics != "at-least-once":
-        assert sum(duplicated.values()) == 0, f"duplicated in the dataset folder: {duplicated}"
-        assert report["totals"]["duplicated"] == 0, report["violations"]
+        assert sum(duplicated.values()) == 0, f"{semantics}: duplicated in the dataset folder: {duplicated}"
+        assert report["totals"]["duplicated"] == 0, (semantics, report["violations"])
     if semantics == "exactly-once":
         # The manifest names every offset once, and no version was written by a writer that had been fenced
         # (every write follows its writer's own latest claim).
-        assert view.manifest_offsets(config["pipeline"], topic, partitions) == {
+        assert case.view.manifest_offsets(case.pipeline, case.topic, partitions) == {
             p: list(range(end)) for p, end in ends.items()
         }
         for p in range(partitions):
-            history = view.history(config["pipeline"], topic, p)
+            history = case.view.history(case.pipeline, case.topic, p)
             assert writes_without_latest_claim(history) == [], f"partition {p}: a write by a fenced writer"
 
 
