@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -188,6 +188,7 @@ class Pipeline:
         self.targets: dict[TopicPartition, int] = {}  # --until-caught-up: log end offsets seen at assignment
         self.stats = Stats()
         self.stop_requested = False
+        self._closing = False  # run() is ending: callbacks only let go of partitions (see run)
         self._callback_error: BaseException | None = None
         # Decoding and Parquet encoding run on this thread while the main thread keeps polling (pyarrow releases
         # the GIL; kafka-python's record parsing holds it). One flush at a time is being encoded; its result is
@@ -200,6 +201,8 @@ class Pipeline:
         self._encoder_pool = ThreadPoolExecutor(self._encoders, thread_name_prefix="kingest-encode-batch")
         self._encoding: Future[_Encoded] | None = None
         self._encoding_bytes = 0
+        # Partitions whose batches in that flush are not to be saved: dropped (see _drop) after it was formed.
+        self._encoding_dropped: set[TopicPartition] = set()
         # The partitions of a flush are saved side by side (see Lanes and _save); stats are counted from them.
         self._lanes = Lanes(config.lake.max_concurrency)
         self._stats_lock = threading.Lock()
@@ -274,6 +277,9 @@ class Pipeline:
                 exc.stopped_part_way()
             raise
         finally:
+            # From here on a rebalance callback saves nothing (kafka-python's close() revokes the partitions):
+            # a run that stops cleanly saved everything above, and one that failed must save nothing after.
+            self._closing = True
             sys.setswitchinterval(switch_interval)
             self._encoder_thread.shutdown(wait=False, cancel_futures=True)
             self._encoder_pool.shutdown(wait=False, cancel_futures=True)
@@ -307,15 +313,43 @@ class Pipeline:
     # ------------------------------------------------------------------------------------------ flushing
 
     def _flush(self, tps: list[TopicPartition], wait: bool = False) -> None:
-        """Hand the due batches to the encoder thread (after saving what it finished before: saves keep flush
-        order). ``wait``: also save them before returning (stopping, revocation)."""
-        self._drain()
+        """Hand the due batches to the encoder thread, then save the flush it was encoding before, if any: the
+        encoder works on this flush while that one is saved (a wide topic's many small files take longer to
+        encode than a flush takes to poll). Saves keep flush order. What the earlier flush's outcome drops for a
+        partition (a fence, a manifest that moved on, a refused commit) is dropped from this flush too (_drop):
+        its batches of that partition follow what was dropped. ``wait``: also save this flush before returning
+        (stopping, revocation)."""
+        previous, dropped = self._take_encoding()
         batches = [part for batch in self.batcher.pop(tps) for part in self.batcher.split(batch)]
         if batches:
             self._encoding = self._encoder_thread.submit(self._encode, batches)
             self._encoding_bytes = sum(b.nbytes for b in batches)
+        if previous is not None:
+            try:
+                self._save_encoded(previous, dropped)
+            except BaseException:
+                # The run ends here. Nothing of this flush may be saved after it (a save cut short, or the
+                # bad record that stopped it, would leave a gap before it), not even by a callback on the way out.
+                self._take_encoding()
+                raise
         if wait:
             self._drain()
+
+    def _take_encoding(self) -> tuple[Future[_Encoded] | None, set[TopicPartition]]:
+        """The flush being encoded (None: none) and the partitions dropped since it was formed; no flush is being
+        encoded after this."""
+        job, dropped = self._encoding, self._encoding_dropped
+        self._encoding, self._encoding_bytes, self._encoding_dropped = None, 0, set()
+        return job, dropped
+
+    def _drop(self, tps: Iterable[TopicPartition]) -> None:
+        """Drop what is buffered for these partitions (the consumer goes back to a saved offset, or they are not
+        ours any more): in the batcher, and in the flush being encoded, formed before this. Its batches of them
+        follow what is dropped here: saving one would commit past a gap."""
+        tps = list(tps)
+        self.batcher.drop(tps)
+        if self._encoding is not None:
+            self._encoding_dropped.update(tps)
 
     def _encode(self, batches: list[Batch]) -> _Encoded:
         """Decode and encode every batch of a flush (encoder thread: no I/O, no shared state but the encoder's).
@@ -357,13 +391,17 @@ class Pipeline:
         """Save the flush the encoder thread is working on, once it is done. Nothing is decided before all of a
         flush is decoded, so a bad record stops the run before any offset past it is committed, whatever the
         semantics. ``lost``: partitions another member owns now: their batches are dropped, not saved."""
-        job, self._encoding, self._encoding_bytes = self._encoding, None, 0
-        if job is None:
-            return
+        job, dropped = self._take_encoding()
+        if job is not None:
+            self._save_encoded(job, dropped | set(lost))
+
+    def _save_encoded(self, job: Future[_Encoded], gone: Collection[TopicPartition]) -> None:
+        """Save a flush once the encoder is done with it, but for the batches of ``gone`` partitions (lost, or
+        dropped since the flush was formed); then raise its bad record, if one stopped it."""
         result = job.result()
-        encoded = [(b, f) for b, f in result.encoded if b.tp not in lost]
+        encoded = [(b, f) for b, f in result.encoded if b.tp not in gone]
         self._save(encoded)
-        rejected = [r for r in result.rejected if (r.topic, r.partition) not in lost]
+        rejected = [r for r in result.rejected if (r.topic, r.partition) not in gone]
         if rejected and self.config.records.on_error == "skip":
             self.stats.skipped += len(rejected)
             for r in rejected[:20]:
@@ -374,7 +412,7 @@ class Pipeline:
         self.stats.last_flush_seconds = time.monotonic() - result.started
         if self.on_progress is not None:
             self.on_progress(self.stats)
-        if result.bad is not None and (result.bad.topic, result.bad.partition) not in lost:
+        if result.bad is not None and (result.bad.topic, result.bad.partition) not in gone:
             raise result.bad
 
     def _save(self, encoded: list[tuple[Batch, list[EncodedFile]]]) -> None:
@@ -425,7 +463,7 @@ class Pipeline:
                 elif saved.below is not None:
                     # Never commit an offset twice: only a bug could get here, and refusing is the safe answer.
                     log.error("%s[%d]: batch starts at %d, below the manifest's %d; dropped", *tp, *saved.below)
-                    self.batcher.drop([tp])
+                    self._drop([tp])
                     self.source.seek(tp, saved.below[1])
             # Kafka's committed offsets follow the manifest, for lag tools only; they are never read back, so
             # this commit does not wait out a broker outage (the data and the manifest need no broker), and its
@@ -584,7 +622,7 @@ class Pipeline:
                 # Not assigned any more, or below the table's offset (only a bug could get here): never commit it.
                 log.error("%s[%d]: batch at %d not saved (table offset %s)", *tp, batches[0][0].first_offset, have)
                 del by_tp[tp]
-                self.batcher.drop([tp])
+                self._drop([tp])
                 if tp in self.expected:
                     self._seek_offset(tp, have)
         if not by_tp:
@@ -615,7 +653,7 @@ class Pipeline:
                         found,
                     )
                     self.expected[tp] = found
-                    self.batcher.drop([tp])
+                    self._drop([tp])
                     self._seek_offset(tp, found)
                     next_offsets.pop(tp, None)
                 files = [f for f in files if f.tp in next_offsets]
@@ -676,7 +714,7 @@ class Pipeline:
         """Drop what is buffered for these partitions and move the consumer back to ``resume`` (the first offset
         not saved) where it still holds the partition: dropping records without seeking back would let the
         next batch start past them, and its commit would skip them."""
-        self.batcher.drop(resume)
+        self._drop(resume)
         assigned = self.source.assignment()
         for tp, offset in resume.items():
             if tp in assigned:
@@ -690,7 +728,7 @@ class Pipeline:
         self.owned.pop(tp, None)
         if self.manifests is not None:
             self.manifests.forget(*tp)
-        self.batcher.drop([tp])
+        self._drop([tp])
         self.source.pause([tp])
 
     # ------------------------------------------------------------------------------------------ rebalance
@@ -699,6 +737,8 @@ class Pipeline:
         # kafka-python swallows exceptions raised in rebalance callbacks: keep them for the loop to raise.
         if tps:
             self.stats.rebalances["assigned"] += 1
+        if self._closing:
+            return
         try:
             for tp in tps:
                 self.fenced.pop(tp, None)
@@ -797,7 +837,7 @@ class Pipeline:
         resume = state.next_offset if state.next_offset is not None or at is None else at
         log.warning("%s[%d]: the manifest moved on; resuming from %s", *tp, resume)
         self.loaded[tp] = state
-        self.batcher.drop([tp])
+        self._drop([tp])
         if resume is None:
             self._seek_to(tp, state)
         else:
@@ -818,7 +858,7 @@ class Pipeline:
                 continue
             del self.fenced[tp]
             self.owned.pop(tp, None)
-            self.batcher.drop([tp])
+            self._drop([tp])
             state = self.loaded[tp] = self.manifests.load(*tp)
             self._seek_to(tp, state)
             self.source.resume([tp])
@@ -830,12 +870,14 @@ class Pipeline:
         if tps:
             self.stats.rebalances["revoked"] += 1
         try:
-            # Still the owner until this returns: save what is buffered for these partitions.
-            self._flush([tp for tp in tps if tp in self.batcher.batches], wait=True)
+            # Still the owner until this returns: save what is buffered for these partitions (unless the run is
+            # ending: then nothing is saved any more, see run).
+            if not self._closing:
+                self._flush([tp for tp in tps if tp in self.batcher.batches], wait=True)
         except BaseException as exc:
             self._callback_error = self._callback_error or exc
         finally:
-            self.batcher.drop(tps)
+            self._drop(tps)
             for tp in tps:
                 self.owned.pop(tp, None)
                 self.loaded.pop(tp, None)
@@ -850,10 +892,11 @@ class Pipeline:
         if tps:
             self.stats.rebalances["lost"] += 1
         try:
-            self._drain(lost=set(tps))  # the flush being encoded may hold partitions we still own
+            if not self._closing:
+                self._drain(lost=set(tps))  # the flush being encoded may hold partitions we still own
         except BaseException as exc:
             self._callback_error = self._callback_error or exc
-        self.batcher.drop(tps)
+        self._drop(tps)
         for tp in tps:
             self.owned.pop(tp, None)
             self.loaded.pop(tp, None)

@@ -6,6 +6,7 @@ The same behaviours are tested against the real broker and S3 server in tests/in
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import pyarrow as pa
@@ -170,6 +171,45 @@ def test_a_bad_record_stops_its_partition_when_a_flush_is_encoded_in_parallel(se
     for p, saved in offsets.items():
         if p != 1:
             assert saved == list(range(len(saved))) and group[("orders", p)] == len(saved)
+
+
+class _ClosingRevokes(MemorySource):
+    """Like kafka-python's consumer: close() calls the revoke callback for the partitions still assigned."""
+
+    def close(self) -> None:
+        if self._revoke is not None:
+            self._revoke(sorted(self.positions))
+        self._revoke = None
+
+
+@pytest.mark.parametrize("semantics", SEMANTICS)
+def test_a_bad_record_stops_the_run_and_nothing_after_it_is_saved_when_the_consumer_closes(semantics, lake_url):
+    """A flush is formed and encoded while the one before it is saved (Pipeline._flush). When that save stops at
+    a bad record, the next flush, already encoded, must never be saved: not by the run, and not by the revoke
+    that closing the consumer calls (kafka-python's close() does). Saving it would commit past the gap that the
+    bad record left (records 137..199 of a 100-record batch). The encoder is slowed so that the next flush is in
+    flight when the bad record is raised."""
+
+    def value(p, o):
+        return b"{not json" if o == 137 else json.dumps({"id": o}).encode()
+
+    group: dict = {}
+    source = _ClosingRevokes(topic(partitions=1, records=400, value=value), group, max_poll_records=100)
+    pipeline = Pipeline(make_config(lake_url, semantics, max_records=100), source=source, until_caught_up=True)
+    encode = pipeline._encode
+
+    def slow_encode(batches):
+        time.sleep(0.3)
+        return encode(batches)
+
+    pipeline._encode = slow_encode  # type: ignore[method-assign]
+    with pytest.raises(BadRecord) as caught:
+        pipeline.run()
+    assert caught.value.offset == 137
+    assert group[("orders", 0)] == 137
+    assert lake_offsets(Lake(lake_url))[0] == list(range(137))
+    if semantics == "exactly-once":
+        assert ManifestStore(Lake(lake_url), "orders").load("orders", 0).next_offset == 137
 
 
 def test_a_partitions_batches_evolve_the_schema_in_offset_order_when_encoded_in_parallel(lake_url):
