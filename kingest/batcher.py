@@ -90,6 +90,9 @@ class Batch:
     headers: list[Any] = field(default_factory=list)
     nbytes: int = 0
     started: float | None = None  # monotonic time of the first append
+    # The value columns, when a read of the whole flush's batches of the topic made them (Decoder.prepare): the
+    # decoder takes them instead of reading the values again. Never copied (init=False: not by replace() either).
+    prepared: Any = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def tp(self) -> TopicPartition:

@@ -409,8 +409,53 @@ class Decoder:
             metadata[b"kingest.schema_subjects"] = json.dumps(sorted(subjects)).encode()
         return table.replace_schema_metadata(metadata)
 
+    def prepare(self, batches: Sequence[Batch]) -> None:
+        """Read the values of several batches of one topic (a flush of a wide topic: one small batch a partition)
+        in one JSON read, and hand each batch its rows (``Batch.prepared``), when that gives each batch exactly
+        what its own read would: every value an object of the fields and types already known (or declared),
+        nothing to infer, nothing rejected. A read has a fixed cost (~0.3 ms) whatever its size. Otherwise
+        nothing is prepared, the topic's known columns stay as they were, and each batch is read on its own."""
+        if self.format != "json" or len(batches) < 2:
+            return
+        topic = batches[0].topic
+        n = sum(len(b) for b in batches)
+        values = [b"{}" if v is None else v for b in batches for v in b.values]  # a tombstone: as _json reads it
+        if self.declared is not None:
+            try:
+                table, rejected = _unwrap(
+                    _read_json(_wrap(values), pa.schema([("v", pa.struct(self.declared))]), "ignore"), n
+                )
+            except ARROW_ERRORS:
+                return
+            table = table.select(self.declared.names)
+        else:
+            with self._known_lock:
+                before = self.known.get(topic)
+            if before is None or len(before) == 0:
+                return  # a topic's first records: each batch infers in offset order (a field's first type wins)
+            try:
+                table, rejected = self._read(topic, _wrap(values), n)
+            except _PieceFailed:
+                table, rejected = None, {}
+            with self._known_lock:
+                learned = self.known.get(topic)
+                self.known[topic] = before  # whatever this read learned, the batches' own reads learn it
+            # One more field, even one only null so far (not known then, but a column of the batches that hold
+            # it), or another type: each batch's own read would differ.
+            if table is None or learned is None or not learned.equals(before) or table.schema.names != before.names:
+                return
+        if rejected or table.num_rows != n:
+            return
+        start = 0
+        for batch in batches:
+            batch.prepared = table.slice(start, len(batch))
+            start += len(batch)
+
     def _json(self, batch: Batch) -> tuple[pa.Table, dict[int, str]]:
         """The value columns of the good records (in order) and the reasons of the bad ones, by index."""
+        if batch.prepared is not None:  # (see prepare)
+            table, batch.prepared = batch.prepared, None
+            return table, {}
         raw = batch.values
         # A tombstone (null value) becomes a row whose value columns are all null.
         values = cast(list[bytes], [b"{}" if v is None else v for v in raw] if None in raw else raw)

@@ -96,6 +96,15 @@ class Encoder:
         for topic, schema in schemas.items():
             self.decoder.learn(topic, schema)
 
+    def prepare(self, batches: Sequence[Batch]) -> None:
+        """Before a flush's batches are encoded (on several threads): read each topic's values in one go where
+        that changes nothing (see Decoder.prepare). Optional: a batch not prepared is read on its own."""
+        by_topic: dict[str, list[Batch]] = {}
+        for batch in batches:
+            by_topic.setdefault(batch.topic, []).append(batch)
+        for group in by_topic.values():
+            self.decoder.prepare(group)
+
     def decode(self, batch: Batch) -> Decoded:
         """The batch as an Arrow table of its good records, and the records that cannot be decoded."""
         return self.decoder.decode(batch)

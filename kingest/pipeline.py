@@ -365,6 +365,7 @@ class Pipeline:
         by_tp: dict[TopicPartition, list[Batch]] = {}
         for batch in batches:
             by_tp.setdefault(batch.tp, []).append(batch)
+        self.encoder.prepare(batches)  # a topic's small batches read in one go, where that changes nothing
         if self._encoders > 1 and len(by_tp) > 1:
             results = list(self._encoder_pool.map(self._encode_partition, by_tp.values()))
         else:

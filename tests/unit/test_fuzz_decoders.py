@@ -47,11 +47,11 @@ raw_values = st.one_of(
 schemas = st.dictionaries(st.sampled_from(["a", "b", "c", "d"]), st.sampled_from(SCHEMA_TYPES), min_size=1)
 
 
-def make_batch(values: list[bytes | None], first: int = 0) -> Batch:
+def make_batch(values: list[bytes | None], first: int = 0, partition: int = 0) -> Batch:
     n = len(values)
     return Batch(
         "t",
-        0,
+        partition,
         offsets=list(range(first, first + 3 * n, 3)),
         timestamps=[1_700_000_000_000] * n,
         keys=[None] * n,
@@ -134,3 +134,73 @@ def test_json_objects_of_consistent_types_round_trip(records: list[dict[str, Any
             assert row.get(key) == sent.get(key)
         if sent.get("f") is not None:
             assert math.isclose(row["f"], sent["f"], rel_tol=0, abs_tol=0) or row["f"] == sent["f"]
+
+
+def rows(table: Any) -> list[str]:
+    """The table's values, column by column, as Arrow prints them: NaN equals NaN there (not in Table.equals),
+    and a date Python cannot hold prints too."""
+    return [column.to_string(window=10**6, container_window=10**6) for column in table.columns]
+
+
+def decode_flush(encoder: Encoder, flush: list[list[bytes | None]], prepare: bool) -> list[Any]:
+    """Each batch of a flush (one a partition) decoded, after Encoder.prepare or not: its table or its rejects."""
+    batches = [make_batch(values, partition=p) for p, values in enumerate(flush)]
+    if prepare:
+        encoder.prepare(batches)
+    out = []
+    for batch in batches:
+        decoded = encoder.decode(batch)
+        out.append((decoded.table, [(r.offset, r.reason) for r in decoded.rejected]))
+    return out
+
+
+@FUZZ
+@given(
+    st.lists(st.lists(raw_values, max_size=6), min_size=1, max_size=3),
+    st.lists(st.lists(consistent_records.map(lambda rs: [json.dumps(r).encode() for r in rs]) | st.lists(raw_values,
+             max_size=5)), min_size=2, max_size=4),
+    st.none() | schemas,
+)  # fmt: skip
+def test_a_flush_prepared_in_one_read_decodes_as_each_batch_on_its_own(
+    history: list[list[bytes | None]], flushes: list[list[list[bytes]]], schema: dict[str, str] | None
+) -> None:
+    """Encoder.prepare reads a flush's batches of a topic in one JSON read where that changes nothing: every
+    batch's table, its bad records and the topic's columns learned are those of the batches read one by one, in
+    the same order (as kingest did before), flush after flush, whatever the values."""
+    flushes = [[list(values) for values in flush] for flush in flushes]
+    one_by_one = Encoder("json", schema=schema, on_error="dead-letter")
+    prepared = Encoder("json", schema=schema, on_error="dead-letter")
+    for values in history:  # the topic's columns so far
+        one_by_one.decode(make_batch(values))
+        prepared.decode(make_batch(values))
+    for flush in flushes:
+        expected = decode_flush(one_by_one, flush, prepare=False)
+        got = decode_flush(prepared, flush, prepare=True)
+        for (want_table, want_bad), (got_table, got_bad) in zip(expected, got, strict=True):
+            assert got_bad == want_bad
+            assert got_table.schema.equals(want_table.schema, check_metadata=True)
+            assert rows(got_table) == rows(want_table)
+        assert prepared.decoder.known == one_by_one.decoder.known
+
+
+def test_a_flush_of_known_columns_is_read_once() -> None:
+    """The case prepare is for: a wide topic's flush, one small batch a partition, of the columns known."""
+    encoder = Encoder("json")
+    encoder.decode(make_batch([b'{"a": 1, "b": "x"}']))
+    batches = [make_batch([b'{"a": %d, "b": "y"}' % i for i in range(3)], partition=p) for p in range(4)]
+    encoder.prepare(batches)
+    assert all(b.prepared is not None and b.prepared.num_rows == 3 for b in batches)
+    tables = [encoder.decode(b).table for b in batches]
+    assert all(b.prepared is None for b in batches)  # taken, not kept
+    assert [t.column("a").to_pylist() for t in tables] == [[0, 1, 2]] * 4
+    known = encoder.decoder.known["t"]
+    # What one batch's own read would see differently leaves every batch to its own read, and the topic's known
+    # columns as they were: a new field; a field null so far (a column of that batch only, not yet known); a
+    # type that widens (int to float).
+    for odd in (b'{"a": 1, "b": "y", "c": true}', b'{"a": 1, "b": "y", "z": null}', b'{"a": 1.5, "b": "y"}'):
+        batches = [make_batch([b'{"a": 1, "b": "y"}'], partition=p) for p in range(3)]
+        batches[1] = make_batch([odd], partition=1)
+        encoder.prepare(batches)
+        assert all(b.prepared is None for b in batches), odd
+        assert encoder.decoder.known["t"].equals(known), odd
+    assert encoder.decode(batches[0]).table.column_names == encoder.decode(batches[2]).table.column_names
