@@ -410,16 +410,19 @@ class Decoder:
         return table.replace_schema_metadata(metadata)
 
     def prepare(self, batches: Sequence[Batch]) -> None:
-        """Read the values of several batches of one topic (a flush of a wide topic: one small batch a partition)
-        in one JSON read, and hand each batch its rows (``Batch.prepared``), when that gives each batch exactly
-        what its own read would: every value an object of the fields and types already known (or declared),
-        nothing to infer, nothing rejected. A read has a fixed cost (~0.3 ms) whatever its size. Otherwise
-        nothing is prepared, the topic's known columns stay as they were, and each batch is read on its own."""
+        """Read the values of several small batches of one topic (a flush of a wide topic: one small batch a
+        partition) in one JSON read, and hand each batch its rows (``Batch.prepared``), when that gives each batch
+        exactly what its own read would: every value an object of the fields and types already known (or
+        declared), read as those types (never the fallback read that infers every type again: it would take
+        values another batch's own read keeps or rejects differently), nothing new, nothing rejected. A read has
+        a fixed cost (~0.3 ms) whatever its size. Otherwise nothing is prepared, the topic's known columns stay
+        as they were, and each batch is read on its own."""
         if self.format != "json" or len(batches) < 2:
             return
-        topic = batches[0].topic
-        n = sum(len(b) for b in batches)
         values = [b"{}" if v is None else v for b in batches for v in b.values]  # a tombstone: as _json reads it
+        if sum(len(v) for v in values) > PREPARE_MAX_BYTES:
+            return  # large batches: the fixed cost is nothing to them, and their reads run side by side
+        topic, n = batches[0].topic, len(values)
         if self.declared is not None:
             try:
                 table, rejected = _unwrap(
@@ -434,9 +437,11 @@ class Decoder:
             if before is None or len(before) == 0:
                 return  # a topic's first records: each batch infers in offset order (a field's first type wins)
             try:
-                table, rejected = self._read(topic, _wrap(values), n)
-            except _PieceFailed:
-                table, rejected = None, {}
+                # _read's first read (the known columns as their types), and only that one.
+                table, rejected = _unwrap(_read_json_untimed(_wrap(values), pa.schema([("v", pa.struct(before))])), n)
+                table = self._remember(topic, table)
+            except ARROW_ERRORS:
+                table = None
             with self._known_lock:
                 learned = self.known.get(topic)
                 self.known[topic] = before  # whatever this read learned, the batches' own reads learn it
@@ -678,6 +683,10 @@ def dead_letter_table(batch: Batch, rejected: Sequence[Rejected]) -> pa.Table:
 
 
 # ------------------------------------------------------------------------------------------ json helpers
+
+
+# Decoder.prepare reads a flush's batches of a topic in one read up to this many bytes of values in all.
+PREPARE_MAX_BYTES = 4 << 20
 
 
 def _wrap(values: Sequence[bytes]) -> bytes:
