@@ -367,6 +367,12 @@ class DeltaTableStore:
         """The table's columns as Arrow types (Delta's own mapping: timestamps in microseconds)."""
         return _arrow_schema(self._table_loaded())
 
+    def record_schema(self, partition_by: Sequence[str]) -> pa.Schema:
+        """The columns the records fill: the table's, but for the partition columns lake.partition_by computes
+        from kafka_timestamp (``date``, ``hour``: see _with_time_columns), which no record holds."""
+        schema = self.schema()
+        return pa.schema([f for f in schema if f.name not in partition_by or f.name not in ("date", "hour")])
+
     # ------------------------------------------------------------------------------------------ creating
 
     def ensure_table(self, schema: pa.Schema | None, partition_by: Sequence[str] = DEFAULT_PARTITION_BY) -> None:

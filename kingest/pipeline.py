@@ -230,7 +230,7 @@ class Pipeline:
             # Each topic starts from the columns the lake has: a record whose field changed type since an earlier
             # run is a bad record, as it would be within one run (and the lake stays readable as one dataset).
             if self.table is not None:
-                schema = self.table.schema() if self._table_ready else None
+                schema = self.table.record_schema(self.config.lake.partition_by) if self._table_ready else None
                 self.encoder.learn({t: schema for t in self.config.kafka.topics} if schema is not None else {})
             else:
                 self.encoder.learn(lake_schemas(self.lake, self.config.kafka.topics, self.manifests))

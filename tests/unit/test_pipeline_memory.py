@@ -421,3 +421,30 @@ def test_exactly_once_runs_start_from_the_schema_of_a_committed_file(lake_url):
     newest = lake_schemas(lake, ["orders"])["orders"]  # without the manifest: the newest file by its offsets
     assert newest.field("id").type == pa.string()
     assert lake_schemas(lake, ["other"]) == {}
+
+
+@pytest.mark.parametrize("semantics", ["exactly-once", "at-least-once"])
+def test_a_run_on_a_delta_table_partitioned_by_date_it_made(semantics, tmp_path):
+    """lake.partition_by [date, hour] are the table's columns, computed from kafka_timestamp: a later run learns
+    the table's columns without them (it once took them for record fields, and refused every record as one
+    whose field collides with a partition column)."""
+    import deltalake
+
+    url = str(tmp_path / "table")
+    cfg = config_module.parse(
+        f"""
+pipeline: orders
+kafka: {{bootstrap_servers: "unused:9092", topics: [orders]}}
+lake: {{path: "{url}", format: delta, partition_by: [date, hour]}}
+batch: {{max_records: 50}}
+semantics: {semantics}
+"""
+    )
+    group: dict = {}
+    first = Pipeline(cfg, source=MemorySource(topic(partitions=1, records=100), group), until_caught_up=True).run()
+    assert first.written == 100
+    second = Pipeline(cfg, source=MemorySource(topic(partitions=1, records=250), group), until_caught_up=True).run()
+    assert second.written == 150 and not second.errors
+    table = deltalake.DeltaTable(url).to_pyarrow_table()
+    assert sorted(table.column("kafka_offset").to_pylist()) == list(range(250))
+    assert set(table.column("date").to_pylist()) == {"2023-11-14"}
