@@ -417,40 +417,31 @@ class Decoder:
         values another batch's own read keeps or rejects differently), nothing new, nothing rejected. A read has
         a fixed cost (~0.3 ms) whatever its size. Otherwise nothing is prepared, the topic's known columns stay
         as they were, and each batch is read on its own."""
-        if self.format != "json" or len(batches) < 2:
+        if self.format != "json" or len(batches) < 2 or sum(b.nbytes for b in batches) > PREPARE_MAX_BYTES:
+            return  # (large batches: the fixed cost is nothing to them, and their reads run side by side)
+        topic = batches[0].topic
+        with self._known_lock:
+            before = self.known.get(topic)
+        if self.declared is None and not before:
+            return  # a topic's first records: each batch infers in offset order (a field's first type wins)
+        values = _as_objects([v for b in batches for v in b.values])
+        try:
+            table, rejected = self._read(topic, _wrap(values), len(values), again=False)
+        except _PieceFailed:
             return
-        values = [b"{}" if v is None else v for b in batches for v in b.values]  # a tombstone: as _json reads it
-        if sum(len(v) for v in values) > PREPARE_MAX_BYTES:
-            return  # large batches: the fixed cost is nothing to them, and their reads run side by side
-        topic, n = batches[0].topic, len(values)
-        if self.declared is not None:
-            try:
-                table, rejected = _unwrap(
-                    _read_json(_wrap(values), pa.schema([("v", pa.struct(self.declared))]), "ignore"), n
-                )
-            except ARROW_ERRORS:
-                return
-            table = table.select(self.declared.names)
-        else:
-            with self._known_lock:
-                before = self.known.get(topic)
-            if before is None or len(before) == 0:
-                return  # a topic's first records: each batch infers in offset order (a field's first type wins)
-            try:
-                # _read's first read (the known columns as their types), and only that one.
-                table, rejected = _unwrap(_read_json_untimed(_wrap(values), pa.schema([("v", pa.struct(before))])), n)
-                table = self._remember(topic, table)
-            except ARROW_ERRORS:
-                table = None
-            with self._known_lock:
-                learned = self.known.get(topic)
-                self.known[topic] = before  # whatever this read learned, the batches' own reads learn it
+        finally:
+            if self.declared is None:
+                with self._known_lock:
+                    learned = self.known.get(topic)
+                    self.known[topic] = before  # whatever this read learned, the batches' own reads learn it
+        if rejected:
+            return
+        if self.declared is None:
+            assert before is not None and learned is not None
             # One more field, even one only null so far (not known then, but a column of the batches that hold
             # it), or another type: each batch's own read would differ.
-            if table is None or learned is None or not learned.equals(before) or table.schema.names != before.names:
+            if not learned.equals(before) or table.schema.names != before.names:
                 return
-        if rejected or table.num_rows != n:
-            return
         start = 0
         for batch in batches:
             batch.prepared = table.slice(start, len(batch))
@@ -461,9 +452,7 @@ class Decoder:
         if batch.prepared is not None:  # (see prepare)
             table, batch.prepared = batch.prepared, None
             return table, {}
-        raw = batch.values
-        # A tombstone (null value) becomes a row whose value columns are all null.
-        values = cast(list[bytes], [b"{}" if v is None else v for v in raw] if None in raw else raw)
+        values = _as_objects(batch.values)
         bad: dict[int, str] = {}
         try:
             table, bad = self._read(batch.topic, _wrap(values), len(values))
@@ -578,15 +567,17 @@ class Decoder:
         except _PieceFailed as again:
             return str(again)
 
-    def _read(self, topic: str, data: bytes, n: int) -> tuple[pa.Table, dict[int, str]]:
-        """Read ``n`` wrapped values: their value columns (one row each) and the rows rejected by coercion."""
+    def _read(self, topic: str, data: bytes, n: int, again: bool = True) -> tuple[pa.Table, dict[int, str]]:
+        """Read ``n`` wrapped values: their value columns (one row each) and the rows rejected by coercion. First
+        as the declared or known types; when that fails, again inferring every type (``again=False``: fail)."""
         if self.declared is not None:
             try:
                 # The fast path: every value already of its declared JSON type.
                 table, rejected = _unwrap(_read_json(data, pa.schema([("v", pa.struct(self.declared))]), "ignore"), n)
                 return table.select(self.declared.names), rejected
-            except ARROW_ERRORS:
-                pass
+            except ARROW_ERRORS as exc:
+                if not again:
+                    raise _PieceFailed(_arrow_reason(exc)) from None
             try:
                 table, rejected = _unwrap(_read_json_untimed(data, None), n)
             except ARROW_ERRORS as exc:
@@ -597,7 +588,7 @@ class Decoder:
             try:
                 read = _read_json_untimed(data, pa.schema([("v", pa.struct(known))]) if known else None)
             except ARROW_ERRORS:
-                if not known:
+                if not known or not again:
                     raise
                 read = _read_json_untimed(data, None)  # on its own: a column may widen (int to float)
             table, rejected = _unwrap(read, n)
@@ -687,6 +678,11 @@ def dead_letter_table(batch: Batch, rejected: Sequence[Rejected]) -> pa.Table:
 
 # Decoder.prepare reads a flush's batches of a topic in one read up to this many bytes of values in all.
 PREPARE_MAX_BYTES = 4 << 20
+
+
+def _as_objects(values: list[bytes | None]) -> list[bytes]:
+    """A tombstone (null value) read as ``{}``: a row whose value columns are all null."""
+    return cast(list[bytes], [b"{}" if v is None else v for v in values] if None in values else values)
 
 
 def _wrap(values: Sequence[bytes]) -> bytes:

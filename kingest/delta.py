@@ -73,6 +73,8 @@ log = logging.getLogger("kingest.delta")
 APP_PREFIX = "kingest"
 METADATA_COLUMNS = ("kafka_topic", "kafka_partition", "kafka_offset")  # every kingest table has these, not null
 DEFAULT_PARTITION_BY = ("kafka_topic", "kafka_partition")
+# lake.partition_by's columns that the table computes from kafka_timestamp at staging (_with_time_columns).
+TIME_COLUMNS = ("date", "hour")
 RELOAD_EVERY = 100  # commits through one DeltaTable object before a fresh load (its commits slow down with age)
 COMMIT_ATTEMPTS = 5  # commits lost to a metadata change or contention, retried with the same files
 FENCE_PROPERTY = "kingest.gc.fence"  # table property: how many gc fences (see DeltaTableStore.gc_fence)
@@ -371,7 +373,7 @@ class DeltaTableStore:
         """The columns the records fill: the table's, but for the partition columns lake.partition_by computes
         from kafka_timestamp (``date``, ``hour``: see _with_time_columns), which no record holds."""
         schema = self.schema()
-        return pa.schema([f for f in schema if f.name not in partition_by or f.name not in ("date", "hour")])
+        return pa.schema([f for f in schema if f.name not in partition_by or f.name not in TIME_COLUMNS])
 
     # ------------------------------------------------------------------------------------------ creating
 
@@ -381,7 +383,7 @@ class DeltaTableStore:
         fail and load it. An existing table must have the kafka columns and be partitioned by ``partition_by``."""
         if schema is not None:
             missing = [c for c in METADATA_COLUMNS if c not in schema.names]
-            unknown = [c for c in partition_by if c not in schema.names and c not in ("date", "hour")]
+            unknown = [c for c in partition_by if c not in schema.names and c not in TIME_COLUMNS]
             if missing or unknown:
                 raise ValueError(f"schema lacks {missing + unknown}")
         if not self.exists():
@@ -389,7 +391,7 @@ class DeltaTableStore:
                 from .decode import METADATA_FIELDS
 
                 schema = pa.schema(METADATA_FIELDS)
-            for column in ("date", "hour"):  # lake.partition_by's, computed at staging (_with_time_columns)
+            for column in TIME_COLUMNS:
                 if column in partition_by:  # a string, whatever a record field of that name held
                     if column in schema.names:
                         schema = schema.remove(schema.get_field_index(column))
