@@ -171,20 +171,30 @@ _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 def parse_size(value: object) -> int:
     """``64MiB`` -> 67108864. Plain integers are bytes."""
+    size = _size(value)
+    if size <= 0:
+        raise ValueError("must be positive")
+    return size
+
+
+def parse_size_or_zero(value: object) -> int:
+    """As parse_size, and 0 (a size that turns something off)."""
+    size = _size(value)
+    if size < 0:
+        raise ValueError("must be 0 or more")
+    return size
+
+
+def _size(value: object) -> int:
     if isinstance(value, bool):
         raise ValueError("a size, not a boolean")
     if isinstance(value, int):
-        if value <= 0:
-            raise ValueError("must be positive")
         return value
     match = _SIZE.match(str(value))
     if not match:
         raise ValueError("a size such as 64MiB, 500KB or 1048576 (bytes)")
     number, unit = match.groups()
-    size = int(float(number) * _SIZE_UNITS[(unit or "b").lower()])
-    if size <= 0:
-        raise ValueError("must be positive")
-    return size
+    return int(float(number) * _SIZE_UNITS[(unit or "b").lower()])
 
 
 def parse_duration(value: object) -> float:
@@ -629,6 +639,15 @@ class LakeConfig:
     )
     compression: Compression = setting(
         "Parquet compression: `zstd`, `snappy`, `gzip`, `lz4`, `brotli` or `none`.", Compression, default="zstd"
+    )
+    compress_min_bytes: int = setting(
+        "A file whose records take less than this in memory is written uncompressed (`0`: every file is "
+        "compressed). Compressing a small file costs more than it saves: zstd doubles the CPU of writing a file of "
+        "63 records (~0.35 ms more) to make it 6 KB smaller, and an object store's request takes its latency, "
+        "10-50 ms, whether 13 KB or 7 KB. Wide topics flush many such files; `kingest compact` merges them into "
+        "large, compressed ones.",
+        parse_size_or_zero,
+        default="64KiB",
     )
     partition_by: tuple[PartitionBy, ...] = setting(
         "`[date]` or `[date, hour]`: folders `date=YYYY-MM-DD[/hour=HH]` from the record timestamp (UTC), in place "

@@ -66,6 +66,7 @@ from .errors import LakeUnavailable, ManifestConflict, RewindConflict, RunError,
 from .lake import Lake
 from .layout import file_name
 from .manifest import new_writer_id
+from .parquet import file_codec
 from .types import TopicPartition
 
 log = logging.getLogger("kingest.delta")
@@ -266,6 +267,7 @@ class DeltaTableStore:
         *,
         writer: str | None = None,
         compression: str = "zstd",
+        compress_min_bytes: int = 0,
         stage_max_age: float = STAGE_MAX_AGE,
     ) -> None:
         self.options = delta_storage_options(url, storage_options)
@@ -273,7 +275,8 @@ class DeltaTableStore:
         self.url = self.lake.root if self.lake.local else self.lake.url
         self.pipeline = pipeline
         self.writer = writer or new_writer_id()
-        self.compression = None if compression == "none" else compression
+        self.compression = compression
+        self.compress_min_bytes = compress_min_bytes
         self.stage_max_age = stage_max_age
         self._tag = self.writer.rsplit("-", 1)[-1]
         self._serial = itertools.count()
@@ -574,7 +577,7 @@ class DeltaTableStore:
         name = file_name(tp[0], tp[1], first, last, f"{self._tag}-{serial}")
         path = f"{folder}/{name}" if folder else name
         sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, compression=self.compression)
+        pq.write_table(table, sink, compression=file_codec(table, self.compression, self.compress_min_bytes))
         data = sink.getvalue().to_pybytes()
         (put or self.lake.put)(path, data)
         add = AddAction(

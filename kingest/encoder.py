@@ -63,6 +63,7 @@ class Encoder:
         *,
         schema: Mapping[str, str] | None = None,
         compression: str = "zstd",
+        compress_min_bytes: int = 0,
         partition_by: Sequence[str] = (),
         lineage: Mapping[str, str] | None = None,
         file_tag: str | None = None,
@@ -82,7 +83,11 @@ class Encoder:
             key_format=key_format,
         )
         self.files = ParquetFiles(
-            compression=compression, partition_by=partition_by, lineage=lineage, file_tag=file_tag
+            compression=compression,
+            compress_min_bytes=compress_min_bytes,
+            partition_by=partition_by,
+            lineage=lineage,
+            file_tag=file_tag,
         )
 
     @property
@@ -166,6 +171,7 @@ def rewriting_encoder(config: Config, owner: str, **lineage: str) -> Encoder:
     return Encoder(
         config.records.format,
         compression=config.lake.compression,
+        compress_min_bytes=config.lake.compress_min_bytes,
         lineage={
             "kingest.pipeline": config.pipeline,
             "kingest.semantics": config.semantics,

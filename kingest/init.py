@@ -61,6 +61,7 @@ lake:
   #   secret: ${{AWS_SECRET_ACCESS_KEY}}
   # format: parquet              # parquet | delta (a Delta Lake table: pip install 'kingest[delta]')
   # compression: zstd            # zstd | snappy | gzip | lz4 | brotli | none
+  # compress_min_bytes: 64KiB    # a smaller file is written uncompressed (0: every file is compressed)
   # partition_by: [date]         # [date] or [date, hour] folders, from the record timestamp (UTC)
   # max_concurrency: 64          # partitions of a flush saved side by side (wide topics, S3)
 

@@ -154,6 +154,7 @@ def open_table(config: Config, writer: str | None = None) -> DeltaTableStore:
         config.pipeline,
         writer=writer,
         compression=str(config.lake.compression),
+        compress_min_bytes=config.lake.compress_min_bytes,
     )
 
 

@@ -1,8 +1,9 @@
 """Arrow tables of decoded records as Parquet files, named and placed per kingest/layout.py.
 
 One file per output partition of a batch (``lake.partition_by``: none, date, or date and hour of the record
-timestamps), zstd by default, one row group unless huge. Every file carries its Arrow schema and its lineage
-(topic, partition, offsets, rows, pipeline, semantics, kind) in the Parquet footer's key-value metadata.
+timestamps), zstd by default (a small file uncompressed: see file_codec), one row group unless huge. Every file
+carries its Arrow schema and its lineage (topic, partition, offsets, rows, pipeline, semantics, kind) in the
+Parquet footer's key-value metadata.
 """
 
 from __future__ import annotations
@@ -21,6 +22,15 @@ from .deadletter import DEAD_LETTER_KIND
 from .layout import dead_letter_folder, file_name, partition_folder, time_folder
 
 ROW_GROUP_ROWS = 1_000_000  # one row group per file unless the batch is huge
+
+
+def file_codec(table: pa.Table, compression: str, min_bytes: int) -> str | None:
+    """The codec of a file of ``table`` (``lake.compression``, ``lake.compress_min_bytes``): none for a table of
+    fewer than ``min_bytes`` bytes in memory (the rows it holds, a slice counting its own), whose pages are a few
+    hundred bytes each: a codec's fixed cost a page (zstd: ~10 us, two pages a column) then outweighs what it saves."""
+    if compression == "none" or table.nbytes < min_bytes:
+        return None
+    return compression
 
 
 @dataclass(frozen=True)
@@ -59,11 +69,13 @@ class ParquetFiles:
         self,
         *,
         compression: str = "zstd",
+        compress_min_bytes: int = 0,
         partition_by: Sequence[str] = (),
         lineage: Mapping[str, str] | None = None,
         file_tag: str | None = None,
     ) -> None:
-        self.compression = None if compression == "none" else compression
+        self.compression = compression
+        self.compress_min_bytes = compress_min_bytes
         self.partition_by = tuple(partition_by)
         self.lineage = dict(lineage or {})
         self.file_tag = file_tag
@@ -123,7 +135,8 @@ class ParquetFiles:
         # Arrow's own buffer, not io.BytesIO: pyarrow writes a Python file object holding the GIL, once per page,
         # and this thread would then wait for the polling thread at every write (3x slower while it polls).
         sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, compression=self.compression, row_group_size=ROW_GROUP_ROWS)
+        codec = file_codec(table, self.compression, self.compress_min_bytes)
+        pq.write_table(table, sink, compression=codec, row_group_size=ROW_GROUP_ROWS)
         return EncodedFile(
             path=f"{folder}/{file_name(topic, partition, first, last, self._tag())}",
             data=sink.getvalue().to_pybytes(),

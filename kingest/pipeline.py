@@ -169,6 +169,7 @@ class Pipeline:
             config.records.format,
             schema=config.records.schema,
             compression=config.lake.compression,
+            compress_min_bytes=config.lake.compress_min_bytes,
             partition_by=config.lake.partition_by,
             lineage={"kingest.pipeline": config.pipeline, "kingest.semantics": config.semantics},
             # A store that names its files commits them by name: names carry the writer's tag (never reused).

@@ -97,6 +97,17 @@ def test_environment_values_keep_yaml_typing_and_are_never_echoed(monkeypatch: p
     assert "soon-ish" not in message
 
 
+def test_compress_min_bytes_takes_a_size_or_zero():
+    base = "pipeline: p\nkafka: {bootstrap_servers: h:1, topics: [t]}\n"
+    assert config.parse(base + "lake: {path: x}\n").lake.compress_min_bytes == 64 * 1024
+    assert config.parse(base + "lake: {path: x, compress_min_bytes: 0}\n").lake.compress_min_bytes == 0
+    assert config.parse(base + "lake: {path: x, compress_min_bytes: 1MiB}\n").lake.compress_min_bytes == 2**20
+    message = error(base + "lake: {path: x, compress_min_bytes: -1}\n")
+    assert "`lake.compress_min_bytes` = -1" in message and "must be 0 or more" in message
+    message = error(base + "lake: {path: x, compress_min_bytes: small}\n")
+    assert "`lake.compress_min_bytes` = 'small'" in message and "a size such as 64MiB" in message
+
+
 @pytest.mark.parametrize(
     "lake",
     [
@@ -146,7 +157,7 @@ def test_documented_defaults_are_the_real_ones():
             value = getattr(getattr(loaded, section), f.name)
             if isinstance(value, bool):
                 assert shown == f"`{str(value).lower()}`", f.name
-            elif isinstance(value, int) and section != "batch":
+            elif isinstance(value, int) and section != "batch" and f.name != "compress_min_bytes":  # sizes: below
                 assert shown == f"`{value}`", f.name
             elif isinstance(value, str) and f.name != "group_id":
                 assert shown == f"`{value}`", f.name
@@ -154,6 +165,7 @@ def test_documented_defaults_are_the_real_ones():
                 assert shown.startswith("(none"), f.name
     assert rows["batch.max_records"].strip() == f"`{BatchConfig.max_records}`"
     assert config.parse_size(rows["batch.max_bytes"].strip("` ")) == BatchConfig.max_bytes
+    assert config.parse_size(rows["lake.compress_min_bytes"].strip("` ")) == LakeConfig.compress_min_bytes == 65536
     assert config.parse_duration(rows["batch.max_age"].strip("` ")) == BatchConfig.max_age
     assert rows["semantics"].strip() == f"`{loaded.semantics}`"
 

@@ -156,6 +156,20 @@ def test_one_commit_carries_every_partition_and_the_files_land_in_hive_folders(t
     assert DeltaTable(str(table)).count() == 6
 
 
+def test_a_staged_file_smaller_than_compress_min_bytes_is_uncompressed_and_the_table_reads_it(table):
+    store = new_store(table, compression="zstd", compress_min_bytes=64 * 1024)
+    [small] = store.stage(TP0, batch(TP0, 0, 10))
+    [large] = store.stage(TP1, batch(TP1, 0, 20_000))
+    store.commit([small, large], {TP0: 10, TP1: 20_000}, {TP0: None, TP1: None})
+
+    def codecs(path: str) -> set[str]:
+        metadata = pa.parquet.read_metadata(table / path)
+        return {metadata.row_group(0).column(c).compression for c in range(metadata.num_columns)}
+
+    assert codecs(small.path) == {"UNCOMPRESSED"} and codecs(large.path) == {"ZSTD"}
+    assert DeltaTable(str(table)).count() == 20_010
+
+
 def test_a_fresh_table_object_every_reload_every_commits(table, monkeypatch):
     monkeypatch.setattr(delta, "RELOAD_EVERY", 2)
     store = new_store(table)

@@ -15,6 +15,7 @@ import pytest
 
 from kingest.batcher import Batch
 from kingest.encoder import Encoder
+from kingest.parquet import file_codec
 
 UTC = dt.UTC
 
@@ -291,6 +292,44 @@ def test_each_file_records_its_schema_and_lineage_in_the_parquet_footer():
     assert table.schema.field("kafka_timestamp").type == pa.timestamp("ms", tz="UTC")
     assert table.schema.field("a").type == pa.int64() and table.schema.field("b").type == pa.string()
     assert table.column("kafka_offset").to_pylist() == [40, 42]
+
+
+def codecs(data: bytes) -> set[str]:
+    """The codecs of a Parquet file's column chunks."""
+    metadata = pq.ParquetFile(io.BytesIO(data)).metadata
+    return {
+        metadata.row_group(g).column(c).compression
+        for g in range(metadata.num_row_groups)
+        for c in range(metadata.num_columns)
+    }
+
+
+def test_a_file_smaller_than_compress_min_bytes_is_written_uncompressed():
+    """lake.compress_min_bytes: a small file is written without a codec (its pages are too small to gain from
+    one); a large one with lake.compression; 0 compresses every file. Either way the file reads back the same."""
+    small = make_batch([b'{"a": 1, "b": "x"}', b'{"a": 2, "b": "y"}'])
+    large = make_batch([json.dumps({"a": i, "b": f"text {i % 7}" * 20}).encode() for i in range(1000)])
+    encoder = Encoder("json", compression="zstd", compress_min_bytes=64 * 1024)
+    [small_file] = encoder.encode_batch(small).files
+    [large_file] = encoder.encode_batch(large).files
+    assert codecs(small_file.data) == {"UNCOMPRESSED"}
+    assert codecs(large_file.data) == {"ZSTD"}
+    assert read_file(small_file.data)[0].column("a").to_pylist() == [1, 2]
+    assert read_file(large_file.data)[0].column("a").to_pylist() == list(range(1000))
+
+    [every] = Encoder("json", compression="snappy", compress_min_bytes=0).encode_batch(small).files
+    assert codecs(every.data) == {"SNAPPY"}
+    [none] = Encoder("json", compression="none", compress_min_bytes=64 * 1024).encode_batch(large).files
+    assert codecs(none.data) == {"UNCOMPRESSED"}
+
+
+def test_a_slice_of_a_large_table_counts_its_own_rows_for_compress_min_bytes():
+    """A flush's batches can be slices of one read of the flush (Decoder.prepare): a batch's size is its own rows,
+    not the buffers of the whole read."""
+    whole = pa.table({"a": list(range(100_000)), "b": ["some text"] * 100_000})
+    assert file_codec(whole, "zstd", 64 * 1024) == "zstd"
+    assert file_codec(whole.slice(500, 60), "zstd", 64 * 1024) is None
+    assert file_codec(whole.slice(500, 60), "zstd", 0) == "zstd"
 
 
 def test_on_error_fail_settles_the_records_before_the_bad_one_and_names_it():

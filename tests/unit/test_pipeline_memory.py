@@ -234,6 +234,27 @@ def test_a_partitions_batches_evolve_the_schema_in_offset_order_when_encoded_in_
         assert second.field("coupon").type == pa.string() and second.field("amount").type == pa.float64()
 
 
+@pytest.mark.parametrize(("setting", "expected"), [("", {"UNCOMPRESSED"}), ("compress_min_bytes: 0", {"ZSTD"})])
+def test_small_files_are_written_uncompressed_unless_compress_min_bytes_is_0(setting, expected, lake_url):
+    data, group = topic(partitions=2, records=200), {}
+    config = make_config(lake_url, "exactly-once", max_records=50)
+    if setting:
+        config = config_module.parse(
+            f"pipeline: orders\nkafka: {{bootstrap_servers: 'unused:9092', topics: [orders]}}\n"
+            f"lake: {{path: '{lake_url}', {setting}}}\nbatch: {{max_records: 50}}\nsemantics: exactly-once\n"
+        )
+    Pipeline(config, source=MemorySource(data, group), until_caught_up=True).run()
+    lake = Lake(lake_url)
+    files = [p for p in lake.find("topic=orders") if p.endswith(".parquet")]
+    assert len(files) == 8
+    codecs = set()
+    for path in files:
+        metadata = pq.read_metadata(lake.full(path), filesystem=lake.fs)
+        codecs |= {metadata.row_group(0).column(c).compression for c in range(metadata.num_columns)}
+    assert codecs == expected
+    assert lake_offsets(lake) == {0: list(range(200)), 1: list(range(200))}
+
+
 def test_age_flush_fires_without_new_records(lake_url):
     data = topic(partitions=1, records=5)
     source = MemorySource(data, {})
