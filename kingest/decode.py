@@ -805,13 +805,23 @@ def _untimed(schema: pa.Schema) -> pa.Schema:
 
 
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` in the columns and types of ``schema`` (a permissive unification of it with others: nulls and
+    missing fields become typed nulls, ints widen to floats)."""
     if len(schema) == 0:
         return no_columns(table.num_rows)
     columns = [
-        table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+        _widen(table.column(f.name), f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
         for f in schema
     ]
     return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _widen(column: pa.ChunkedArray, to: pa.DataType) -> pa.ChunkedArray:
+    """An int widened to a float takes the nearest float, as the JSON reader does with 9007199254740993 in a float
+    column: one read of a batch and a read of it in pieces (the slow path, then _concat) agree, and neither fails."""
+    if column.type == to:
+        return column
+    return pc.cast(column, options=pc.CastOptions(to, allow_float_truncate=True))
 
 
 def _compact(value: bytes) -> bytes:

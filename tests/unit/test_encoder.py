@@ -145,6 +145,22 @@ def test_inferred_ints_widen_to_floats_and_other_changes_of_type_are_bad_records
     }
 
 
+def test_an_int_beyond_2_53_widens_to_the_nearest_float_whether_a_batch_is_read_whole_or_in_pieces():
+    """The JSON reader puts 9007199254740993 in a float column as 9007199254740992.0. A batch read in pieces (one
+    bad record sends it down the slow path, and _concat widens the pieces' columns) must give the same rows, not
+    a crash (an ArrowInvalid from the cast once escaped records.on_error)."""
+    values = [b'{"t": 9007199254740993}', b"{}", b'{"t": 1.5, "s": [1]}']
+    whole, _ = rows(Encoder("json"), values)
+    pieces, bad = rows(Encoder("json", on_error="skip"), [b'{"kafka_offset": 1}', *values], first=98)
+    assert bad == {98: "type conflict: field kafka_offset collides with kingest's metadata column of that name"}
+    expected = [
+        {"kafka_offset": 100, "t": 9007199254740992.0, "s": None},
+        {"kafka_offset": 102, "t": None, "s": None},
+        {"kafka_offset": 104, "t": 1.5, "s": [1]},
+    ]
+    assert whole == expected and pieces == expected
+
+
 def test_inferred_type_conflicts_inside_a_batch_first_seen_wins():
     values = [b'{"x": 1}'] * 3 + [b'{"x": "one"}'] * 3 + [b'{"x": 2}']
     got, bad = rows(Encoder("json"), values)
