@@ -178,10 +178,13 @@ def parse_size(value: object) -> int:
 
 
 def parse_size_or_zero(value: object) -> int:
-    """As parse_size, and 0 (a size that turns something off)."""
+    """As parse_size, and 0 (a size that turns something off; not a fraction of a byte that rounds to it)."""
     size = _size(value)
     if size < 0:
         raise ValueError("must be 0 or more")
+    match = _SIZE.match(str(value))
+    if size == 0 and match and float(match.group(1)) != 0:
+        raise ValueError("less than a byte: use 0 to turn it off, or a size such as 64KiB")
     return size
 
 
@@ -645,7 +648,7 @@ class LakeConfig:
         "compressed). Compressing a small file costs more than it saves: zstd doubles the CPU of writing a file of "
         "63 records (~0.35 ms more) to make it 6 KB smaller, and an object store's request takes its latency, "
         "10-50 ms, whether 13 KB or 7 KB. Wide topics flush many such files; `kingest compact` merges them into "
-        "large, compressed ones.",
+        "larger ones, compressed from this size on (a Delta table's compaction is delta-rs's own, compressed).",
         parse_size_or_zero,
         default="64KiB",
     )

@@ -28,7 +28,7 @@ def file_codec(table: pa.Table, compression: str, min_bytes: int) -> str | None:
     """The codec of a file of ``table`` (``lake.compression``, ``lake.compress_min_bytes``): none for a table of
     fewer than ``min_bytes`` bytes in memory (the rows it holds, a slice counting its own), whose pages are a few
     hundred bytes each: a codec's fixed cost a page (zstd: ~10 us, two pages a column) then outweighs what it saves."""
-    if compression == "none" or table.nbytes < min_bytes:
+    if compression == "none" or (min_bytes and table.nbytes < min_bytes):
         return None
     return compression
 

@@ -104,6 +104,8 @@ def test_compress_min_bytes_takes_a_size_or_zero():
     assert config.parse(base + "lake: {path: x, compress_min_bytes: 1MiB}\n").lake.compress_min_bytes == 2**20
     message = error(base + "lake: {path: x, compress_min_bytes: -1}\n")
     assert "`lake.compress_min_bytes` = -1" in message and "must be 0 or more" in message
+    message = error(base + "lake: {path: x, compress_min_bytes: 0.4}\n")
+    assert "`lake.compress_min_bytes` = 0.4" in message and "less than a byte" in message
     message = error(base + "lake: {path: x, compress_min_bytes: small}\n")
     assert "`lake.compress_min_bytes` = 'small'" in message and "a size such as 64MiB" in message
 
