@@ -7,6 +7,7 @@ process writes its pid to ``<path>.paused`` and waits, as a process frozen by a 
 SIGSTOP would, until ``<path>`` exists (a test then makes other writers move on meanwhile, and releases it).
 In-process tests use ``at(point, action)``. The points, in the order a batch meets them:
 
+- ``after-assign``  partitions were assigned; their log end offsets and manifests not read yet;
 - ``after-poll``    records were polled, nothing of them written or committed;
 - ``after-claim``   exactly-once: a ``claim`` version was committed for a partition; recovery of the files of
                     earlier writers has not run yet;
@@ -29,7 +30,7 @@ from contextlib import contextmanager
 
 from .errors import ConfigError
 
-POINTS = ("after-poll", "after-claim", "after-commit", "mid-write", "after-write", "mid-manifest")
+POINTS = ("after-assign", "after-poll", "after-claim", "after-commit", "mid-write", "after-write", "mid-manifest")
 ENV = "KINGEST_CRASH_AT"
 PAUSE_ENV = "KINGEST_PAUSE_AT"
 PAUSE_FILE_ENV = "KINGEST_PAUSE_FILE"

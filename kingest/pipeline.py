@@ -25,7 +25,15 @@ from . import crash
 from .batcher import Batch, Batcher
 from .config import Config
 from .encoder import EncodedBatch, EncodedFile, Encoder, Rejected, writer_schemas
-from .errors import BadRecord, CommitFailed, KingestError, ManifestConflict, SetupError, StateError
+from .errors import (
+    BadRecord,
+    CommitFailed,
+    KingestError,
+    ManifestConflict,
+    SetupError,
+    SourceUnavailable,
+    StateError,
+)
 from .lake import Lake
 from .lanes import Lanes
 from .manifest import PartitionState, new_writer_id
@@ -187,6 +195,7 @@ class Pipeline:
         self.fenced: dict[TopicPartition, float] = {}
         self.fence_retry = config.kafka.session_timeout_ms / 1000
         self.targets: dict[TopicPartition, int] = {}  # --until-caught-up: log end offsets seen at assignment
+        self._end_unknown: set[TopicPartition] = set()  # ... and those the broker did not give then (see _caught_up)
         self.stats = Stats()
         self.stop_requested = False
         self._closing = False  # run() is ending: callbacks only let go of partitions (see run)
@@ -294,6 +303,12 @@ class Pipeline:
 
     def _caught_up(self) -> bool:
         assigned = self.source.assignment()
+        # Targets the assignment could not read (see _end_offsets), once the callbacks are done with them.
+        missing = [tp for tp in assigned if tp not in self.targets and tp in self._end_unknown]
+        if missing:
+            found = self._end_offsets(missing)
+            self.targets.update(found)
+            self._end_unknown.difference_update(found)
         # A fenced partition is not caught up: it is taken back, or leaves with the next rebalance.
         if not assigned or any(tp not in self.targets or tp in self.fenced for tp in assigned):
             return False
@@ -756,8 +771,10 @@ class Pipeline:
                 for tp, offset in self.table.positions(tps).items():
                     self.expected[tp] = offset
                     self._seek_offset(tp, offset)
+            if tps:
+                crash.point("after-assign")
             wanted = tps and (self.manifests is not None or self.until_caught_up)
-            ends = self.source.end_offsets(tps) if wanted else {}
+            ends = self._end_offsets(tps) if wanted else {}
             if self.manifests is not None:
                 # The partitions' manifests are read, and claimed, side by side (a wide topic on S3).
                 manifests = self.manifests
@@ -774,18 +791,34 @@ class Pipeline:
                     # of it that the manifest lacks. (One that resumes and commits records produced since is
                     # not fenced: its commits are valid, and our claim goes on top of them, or backs off until
                     # the next rebalance if the zombie claimed first.)
+                    # A log end the broker did not give (see _end_offsets): claimed at once, as a partition
+                    # with something to consume (a claim is always safe; it costs a manifest version).
+                    end = ends.get(tp)
                     start = state.next_offset
                     if start is None:
-                        start = 0 if self.config.kafka.auto_offset_reset == "earliest" else ends[tp]
-                    if ends[tp] > start:
+                        start = 0 if self.config.kafka.auto_offset_reset == "earliest" else end
+                    if end is None or start is None or end > start:
                         claim.append(tp)
                 for tp, claimed in zip(claim, self._lanes.map(self._claim_in_lake, claim), strict=True):
                     self._settle_claim(tp, claimed)
             if self.until_caught_up:
-                self.targets.update({tp: ends[tp] for tp in tps if tp not in self.targets})
+                self.targets.update({tp: ends[tp] for tp in tps if tp not in self.targets and tp in ends})
+                self._end_unknown.update(tp for tp in tps if tp not in self.targets)
         except BaseException as exc:
             self._callback_error = self._callback_error or exc
             self.fenced.update(dict.fromkeys(tps, time.monotonic()))
+
+    def _end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """The log end offsets of newly assigned partitions, or none while the broker does not give them within
+        the request timeout (a broker stalled again and again): a run goes on without them rather than stop.
+        exactly-once then claims the partitions at once; --until-caught-up asks again from the loop (_caught_up),
+        and a partition without its target is not caught up."""
+        try:
+            return self.source.end_offsets(tps)
+        except SourceUnavailable as exc:
+            log.warning("%s; going on without them (asked again for --until-caught-up)", exc)
+            self.stats.errors[type(exc).__name__] += 1
+            return {}
 
     def _seek_to(self, tp: TopicPartition, state: PartitionState) -> None:
         if state.next_offset is not None:

@@ -490,27 +490,46 @@ class ConfluentSource:
         self._start[tp] = offset
 
     def seek_to_beginning(self, tp: TopicPartition) -> None:
-        self.seek(tp, self._watermarks(tp)[0])
+        self.seek(tp, self._bound(tp, end=False))
 
     def seek_to_end(self, tp: TopicPartition) -> None:
-        self.seek(tp, self._watermarks(tp)[1])
+        self.seek(tp, self._bound(tp, end=True))
+
+    def _bound(self, tp: TopicPartition, end: bool) -> int:
+        """The log start (or end) offset; while the broker does not give it (stalled past the request timeout, as
+        a partition is assigned), the logical offset, which librdkafka resolves itself when it fetches: a seek
+        waits for the broker rather than stop the run (position() asks again)."""
+        try:
+            return self._watermarks(tp)[1 if end else 0]
+        except SourceUnavailable as exc:
+            log.warning(
+                "%s; seeking to the log %s, which the consumer finds when it fetches", exc, "end" if end else "start"
+            )
+            return int(self.ck.OFFSET_END if end else self.ck.OFFSET_BEGINNING)
 
     def seek_to_committed(self, tps: Iterable[TopicPartition]) -> None:
         """Nothing to do: the assign callback hands librdkafka the partitions without a position, and it starts
         each from the group's committed offset (or the reset policy)."""
 
     def position(self, tp: TopicPartition) -> int:
-        """The offset of the next record to consume. librdkafka knows it once a record of the partition was
-        consumed (and then moves it past transaction markers, as kafka-python does); before, it is the start
-        offset: the one a seek asked for, else the group's committed offset, else where auto_offset_reset
-        leads."""
+        """The offset of the next record to consume (-1: not known yet). librdkafka knows it once a record of the
+        partition was consumed (and then moves it past transaction markers, as kafka-python does); before, it is
+        the start offset: the one a seek asked for, else the group's committed offset, else where
+        auto_offset_reset leads."""
         if self._assigning is not None:
-            return self._assigning[tp] if tp in self._assigning else self._committed_start(tp)
+            if tp in self._assigning:
+                return max(-1, self._assigning[tp])  # a logical offset (see _bound): not known yet
+            return self._committed_start(tp)
         held = self.consumer.position([self.ck.TopicPartition(tp[0], tp[1])])[0].offset
         if held >= 0:
             return int(held)
         if tp not in self._start:
             self._start[tp] = self._committed_start(tp)
+        elif self._start[tp] < 0:  # a logical offset (see _bound): asked again, -1 while not known
+            try:
+                self._start[tp] = self._watermarks(tp)[1 if self._start[tp] == self.ck.OFFSET_END else 0]
+            except SourceUnavailable:
+                return -1
         return self._start[tp]
 
     def _committed_start(self, tp: TopicPartition) -> int:

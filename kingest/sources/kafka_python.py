@@ -229,7 +229,9 @@ class KafkaSource:
         from kafka import errors as kafka_errors
 
         try:
-            return int(self.consumer.position(_tp(tp)))
+            # None when the broker did not give it in time (a reset to the log start or end still pending: a
+            # broker stalled as the partition was assigned)
+            held = self.consumer.position(_tp(tp))
         except kafka_errors.KafkaError as exc:
             if not getattr(exc, "retriable", False):
                 raise SourceUnavailable(
@@ -239,10 +241,17 @@ class KafkaSource:
             # this consumer holds is still the right one, and a run must wait out an outage, not stop.
             self.retries += 1
             held = self.consumer.position(_tp(tp), timeout_ms=0)
-            return -1 if held is None else int(held)
+        return -1 if held is None else int(held)
 
     def end_offsets(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
-        got = self.consumer.end_offsets([_tp(tp) for tp in tps])
+        from kafka import errors as kafka_errors
+
+        tps = list(tps)
+        try:
+            got = self.consumer.end_offsets([_tp(tp) for tp in tps])
+        except kafka_errors.KafkaError as exc:  # no answer within request_timeout_ms (a broker stalled)
+            where = ", ".join(f"{t}[{p}]" for t, p in tps)
+            raise SourceUnavailable(f"reading the log offsets of {where} failed: {_kafka_reason(exc)}") from None
         return {(tp.topic, tp.partition): int(o) for tp, o in got.items()}
 
     def assignment(self) -> set[TopicPartition]:

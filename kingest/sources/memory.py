@@ -77,7 +77,7 @@ class MemorySource:
         self.positions[tp] = log_[0].offset if log_ else 0
 
     def seek_to_end(self, tp: TopicPartition) -> None:
-        self.positions[tp] = self.end_offsets([tp])[tp]
+        self.positions[tp] = self._end(tp)
 
     def seek_to_committed(self, tps: Iterable[TopicPartition]) -> None:
         for tp in tps:
@@ -87,7 +87,11 @@ class MemorySource:
         return self.positions[tp]
 
     def end_offsets(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
-        return {tp: (self.topics[tp[0]][tp[1]][-1].offset + 1 if self.topics[tp[0]][tp[1]] else 0) for tp in tps}
+        return {tp: self._end(tp) for tp in tps}
+
+    def _end(self, tp: TopicPartition) -> int:
+        log_ = self.topics[tp[0]][tp[1]]
+        return log_[-1].offset + 1 if log_ else 0
 
     def assignment(self) -> set[TopicPartition]:
         return set(self.positions)
@@ -99,7 +103,7 @@ class MemorySource:
         self.paused.difference_update(tps)
 
     def lag(self, tp: TopicPartition) -> int | None:
-        return max(0, self.end_offsets([tp])[tp] - self.positions[tp])
+        return max(0, self._end(tp) - self.positions[tp])
 
     def close(self) -> None:
         self._revoke = None

@@ -243,6 +243,78 @@ def test_broker_stopped_and_started_during_a_run(private_kafka: PrivateService, 
     assert duplicates(at_most) == {} and missing(at_most, expected) == {}
 
 
+def test_a_broker_frozen_when_partitions_are_assigned_does_not_stop_the_run(
+    private_kafka: PrivateService, tmp_path: Path
+) -> None:
+    """A broker that freezes just as a run is assigned its partitions, for longer than the request timeout: the
+    run cannot read their log end offsets (exactly-once wants them to decide on a claim, --until-caught-up for
+    its targets). It must go on (exactly-once: claim at once; ask for the targets again) and, once the broker is
+    back, stop caught up with every offset in its lake: exit 0, not "reading the log offsets ... failed". Both
+    runs are held at the `after-assign` point while the broker is frozen, so the freeze lands there."""
+    bootstrap = private_kafka.bootstrap
+    topic = create_topic(bootstrap)
+    produce(bootstrap, topic, 50, start=0)
+    runs: dict[str, tuple[subprocess.Popen[str], Path, str]] = {}
+    for semantics in ("at-least-once", "exactly-once"):
+        lake = str(tmp_path / f"lake-{semantics}")
+        config = write_config(
+            tmp_path / f"{semantics}.yaml",
+            pipeline=f"assign-freeze-{semantics}-{uuid.uuid4().hex[:6]}",
+            kafka={
+                "bootstrap_servers": bootstrap,
+                "topics": [topic],
+                "request_timeout_ms": 3000,
+                "session_timeout_ms": SESSION_TIMEOUT_MS,
+                "heartbeat_interval_ms": 1000,
+            },
+            records={"format": "json"},
+            lake={"path": lake},
+            semantics=semantics,
+        )
+        hold = tmp_path / f"hold-{semantics}"
+        env = {**os.environ, "KINGEST_PAUSE_AT": "after-assign", "KINGEST_PAUSE_FILE": str(hold)}
+        env.pop("KINGEST_CRASH_AT", None)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "kingest", "run", "-c", str(config), "--until-caught-up"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        runs[semantics] = (process, hold, lake)
+    try:
+        deadline = time.monotonic() + 90
+        for semantics, (process, hold, _) in runs.items():
+            while not Path(f"{hold}.paused").exists():
+                assert process.poll() is None, f"{semantics} exited before its assignment:\n{process.stdout.read()}"  # type: ignore[union-attr]
+                assert time.monotonic() < deadline, f"{semantics} was never assigned its partitions"
+                time.sleep(0.05)
+        private_kafka.freeze()
+        try:
+            for _, hold, _ in runs.values():
+                hold.touch()
+            # Frozen for two request timeouts (each run's first ask of the log end offsets fails), and less than
+            # the session timeout (no rebalance).
+            time.sleep(7)
+        finally:
+            private_kafka.thaw()
+        outputs = {}
+        for semantics, (process, _, _) in runs.items():
+            outputs[semantics], _ = process.communicate(timeout=120)
+            assert process.returncode == 0, f"{semantics} exited {process.returncode}:\n{outputs[semantics]}"
+    finally:
+        for process, _, _ in runs.values():
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    for semantics, (_, _, lake) in runs.items():
+        # The failed ask happened (else the test proved nothing), and the run went on.
+        assert "reading the log offsets" in outputs[semantics] and "going on without them" in outputs[semantics]
+        found = folder_offsets(lake)
+        assert missing(found, dense({p: 50 for p in range(PARTITIONS)})) == {}, semantics
+        assert duplicates(found) == {}, semantics
+
+
 # --------------------------------------------------------------------------------------------- S3 down
 
 

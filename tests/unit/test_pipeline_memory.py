@@ -16,7 +16,7 @@ import pytest
 
 from kingest import config as config_module
 from kingest.batcher import Batch, Record
-from kingest.errors import BadRecord
+from kingest.errors import BadRecord, SourceUnavailable
 from kingest.lake import Lake
 from kingest.manifest import ManifestStore
 from kingest.pipeline import Pipeline
@@ -86,6 +86,36 @@ def test_every_offset_lands_once_and_offsets_are_committed(semantics, where, lak
     again = Pipeline(make_config(url, semantics), source=MemorySource(data, group), until_caught_up=True).run()
     assert again.written == 0
     assert lake.find() == files_before  # nothing written: no data file, no manifest version
+    assert group == {("orders", p): 1000 for p in range(3)}
+
+
+class StalledEnds(MemorySource):
+    """A broker that gives no log end offsets for the first ``failures`` asks (a broker stalled past the request
+    timeout each time, as the confluent source reports it: SourceUnavailable)."""
+
+    def __init__(self, *args, failures: int, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.failures = failures
+        self.asked = 0
+
+    def end_offsets(self, tps):
+        self.asked += 1
+        if self.asked <= self.failures:
+            raise SourceUnavailable("reading the log offsets of orders[0] failed: Local: Unknown partition")
+        return super().end_offsets(tps)
+
+
+@pytest.mark.parametrize("semantics", ["at-least-once", "exactly-once"])
+def test_a_run_goes_on_when_the_log_end_offsets_are_not_given_at_assignment(semantics, lake_url):
+    """A run whose assignment cannot read the partitions' log end offsets (which exactly-once wants to decide on
+    a claim, and --until-caught-up for its targets) goes on: it claims at once, asks for its targets again, and
+    stops once caught up, every offset in the lake once."""
+    data, group = topic(), {}
+    source = StalledEnds(data, group, failures=2)
+    stats = Pipeline(make_config(lake_url, semantics), source=source, until_caught_up=True).run()
+    assert source.asked == 3 and stats.errors["SourceUnavailable"] == 2
+    assert stats.written == 3000
+    assert lake_offsets(Lake(lake_url)) == {p: list(range(1000)) for p in range(3)}
     assert group == {("orders", p): 1000 for p in range(3)}
 
 
