@@ -7,7 +7,8 @@ process writes its pid to ``<path>.paused`` and waits, as a process frozen by a 
 SIGSTOP would, until ``<path>`` exists (a test then makes other writers move on meanwhile, and releases it).
 In-process tests use ``at(point, action)``. The points, in the order a batch meets them:
 
-- ``after-assign``  partitions were assigned; their log end offsets and manifests not read yet;
+- ``after-assign``  partitions were assigned; their manifests and log end offsets not read yet (a Delta table's
+                    offsets are);
 - ``after-poll``    records were polled, nothing of them written or committed;
 - ``after-claim``   exactly-once: a ``claim`` version was committed for a partition; recovery of the files of
                     earlier writers has not run yet;

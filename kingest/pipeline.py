@@ -49,6 +49,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("kingest.pipeline")
 
 SWITCH_INTERVAL = 0.0005  # seconds: how long a thread holds the GIL while another waits for it (see run)
+# --until-caught-up: how often the loop asks again for log end offsets the assignment could not read
+ENDS_RETRY_SECONDS = 5.0
 
 
 @dataclass
@@ -196,6 +198,7 @@ class Pipeline:
         self.fence_retry = config.kafka.session_timeout_ms / 1000
         self.targets: dict[TopicPartition, int] = {}  # --until-caught-up: log end offsets seen at assignment
         self._end_unknown: set[TopicPartition] = set()  # ... and those the broker did not give then (see _caught_up)
+        self._ends_asked = 0.0  # when _caught_up last asked for them (monotonic)
         self.stats = Stats()
         self.stop_requested = False
         self._closing = False  # run() is ending: callbacks only let go of partitions (see run)
@@ -303,9 +306,11 @@ class Pipeline:
 
     def _caught_up(self) -> bool:
         assigned = self.source.assignment()
-        # Targets the assignment could not read (see _end_offsets), once the callbacks are done with them.
+        # Targets the assignment could not read (see _end_offsets): asked again, every ENDS_RETRY_SECONDS at most
+        # (an ask may take a request timeout, and the loop polls no partition meanwhile).
         missing = [tp for tp in assigned if tp not in self.targets and tp in self._end_unknown]
-        if missing:
+        if missing and time.monotonic() - self._ends_asked >= ENDS_RETRY_SECONDS:
+            self._ends_asked = time.monotonic()
             found = self._end_offsets(missing)
             self.targets.update(found)
             self._end_unknown.difference_update(found)
@@ -773,12 +778,17 @@ class Pipeline:
                     self._seek_offset(tp, offset)
             if tps:
                 crash.point("after-assign")
+            loaded: list[PartitionState] = []
+            if self.manifests is not None:
+                # The partitions' manifests are read, and claimed, side by side (a wide topic on S3). Read before
+                # the log end offsets, which may take a request timeout: a writer assigned a partition after us
+                # while we waited (our session expired) claims it after this read, and our claim then fails
+                # (we are the zombie) instead of going on top of its claim.
+                manifests = self.manifests
+                loaded = self._lanes.map(lambda tp: manifests.load(*tp), tps)
             wanted = tps and (self.manifests is not None or self.until_caught_up)
             ends = self._end_offsets(tps) if wanted else {}
             if self.manifests is not None:
-                # The partitions' manifests are read, and claimed, side by side (a wide topic on S3).
-                manifests = self.manifests
-                loaded = self._lanes.map(lambda tp: manifests.load(*tp), tps)
                 claim = []
                 for tp, state in zip(tps, loaded, strict=True):
                     # The manifest, not the consumer group, says where to resume.
@@ -812,7 +822,8 @@ class Pipeline:
         """The log end offsets of newly assigned partitions, or none while the broker does not give them within
         the request timeout (a broker stalled again and again): a run goes on without them rather than stop.
         exactly-once then claims the partitions at once; --until-caught-up asks again from the loop (_caught_up),
-        and a partition without its target is not caught up."""
+        and a partition without its target is not caught up. An error that asking again cannot mend (refused,
+        say) is not a SourceUnavailable: it stops the run."""
         try:
             return self.source.end_offsets(tps)
         except SourceUnavailable as exc:

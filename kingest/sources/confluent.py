@@ -146,6 +146,7 @@ class ConfluentSource:
         self._brokers_up: int | None = None  # from the statistics callback
         self._assigning: dict[TopicPartition, int] | None = None  # while the assign callback runs: seeks asked
         self._start: dict[TopicPartition, int] = {}  # where each assigned partition starts (see position)
+        self._stalled = False  # the broker gave no log offsets in this assign callback (see _watermarks)
         self._paused: set[TopicPartition] = set()
         self._closing = False
         self._probe: Any = None  # a client of its own for _broker_answers, made on first use
@@ -176,6 +177,7 @@ class ConfluentSource:
         def assign(consumer: Any, partitions: list[Any]) -> None:
             tps = sorted((p.topic, p.partition) for p in partitions)
             self._assigning = {}
+            self._stalled = False
             try:
                 if not self._closing:
                     on_assigned(tps)
@@ -549,6 +551,10 @@ class ConfluentSource:
         read_committed it is the last stable offset (no record of an open transaction is counted), as
         kafka-python's end_offsets."""
         ck = self.ck
+        if self._assigning is not None and self._stalled:
+            # The broker gave no log offsets earlier in this assign callback: a request timeout for each
+            # partition would keep the callback past max.poll.interval.ms (see _bound).
+            raise SourceUnavailable(f"reading the log offsets of {tp[0]}[{tp[1]}] skipped: the broker did not answer")
         deadline = time.monotonic() + self._timeout()
         while True:
             try:
@@ -571,13 +577,20 @@ class ConfluentSource:
                         ck.KafkaError._UNKNOWN_PARTITION,
                         ck.KafkaError.UNKNOWN_TOPIC_OR_PART,
                         ck.KafkaError.REQUEST_TIMED_OUT,
+                        ck.KafkaError._TIMED_OUT,  # no answer within the request timeout: a broker stalled
                         ck.KafkaError._TRANSPORT,
+                        ck.KafkaError._ALL_BROKERS_DOWN,
                     )
                 )
                 if retriable and time.monotonic() < deadline:
                     time.sleep(0.2)
                     continue
-                raise SourceUnavailable(f"reading the log offsets of {tp[0]}[{tp[1]}] failed: {_reason(exc)}") from None
+                message = f"reading the log offsets of {tp[0]}[{tp[1]}] failed: {_reason(exc)}"
+                if not retriable:  # refused, say: asking again would not mend it
+                    raise SetupError(message) from None
+                if self._assigning is not None:
+                    self._stalled = True
+                raise SourceUnavailable(message) from None
 
     def _timeout(self) -> float:
         return self.config.request_timeout_ms / 1000

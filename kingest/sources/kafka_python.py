@@ -249,9 +249,12 @@ class KafkaSource:
         tps = list(tps)
         try:
             got = self.consumer.end_offsets([_tp(tp) for tp in tps])
-        except kafka_errors.KafkaError as exc:  # no answer within request_timeout_ms (a broker stalled)
+        except kafka_errors.KafkaError as exc:
             where = ", ".join(f"{t}[{p}]" for t, p in tps)
-            raise SourceUnavailable(f"reading the log offsets of {where} failed: {_kafka_reason(exc)}") from None
+            message = f"reading the log offsets of {where} failed: {_kafka_reason(exc)}"
+            if getattr(exc, "retriable", False):  # no answer within request_timeout_ms (a broker stalled)
+                raise SourceUnavailable(message) from None
+            raise SetupError(message) from None
         return {(tp.topic, tp.partition): int(o) for tp, o in got.items()}
 
     def assignment(self) -> set[TopicPartition]:

@@ -264,7 +264,8 @@ def test_a_broker_frozen_when_partitions_are_assigned_does_not_stop_the_run(
                 "bootstrap_servers": bootstrap,
                 "topics": [topic],
                 "request_timeout_ms": 3000,
-                "session_timeout_ms": SESSION_TIMEOUT_MS,
+                # well past the freeze below, and the wait for the other run to be assigned: no rebalance
+                "session_timeout_ms": 30_000,
                 "heartbeat_interval_ms": 1000,
             },
             records={"format": "json"},
@@ -274,19 +275,21 @@ def test_a_broker_frozen_when_partitions_are_assigned_does_not_stop_the_run(
         hold = tmp_path / f"hold-{semantics}"
         env = {**os.environ, "KINGEST_PAUSE_AT": "after-assign", "KINGEST_PAUSE_FILE": str(hold)}
         env.pop("KINGEST_CRASH_AT", None)
-        process = subprocess.Popen(
-            [sys.executable, "-m", "kingest", "run", "-c", str(config), "--until-caught-up"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-        )
+        with open(tmp_path / f"{semantics}.out", "w") as out:  # a file: a pipe nobody reads could fill up
+            process = subprocess.Popen(
+                [sys.executable, "-m", "kingest", "run", "-c", str(config), "--until-caught-up"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=env,
+            )
         runs[semantics] = (process, hold, lake)
     try:
         deadline = time.monotonic() + 90
         for semantics, (process, hold, _) in runs.items():
             while not Path(f"{hold}.paused").exists():
-                assert process.poll() is None, f"{semantics} exited before its assignment:\n{process.stdout.read()}"  # type: ignore[union-attr]
+                output = (tmp_path / f"{semantics}.out").read_text()
+                assert process.poll() is None, f"{semantics} exited before its assignment:\n{output}"
                 assert time.monotonic() < deadline, f"{semantics} was never assigned its partitions"
                 time.sleep(0.05)
         private_kafka.freeze()
@@ -300,13 +303,14 @@ def test_a_broker_frozen_when_partitions_are_assigned_does_not_stop_the_run(
             private_kafka.thaw()
         outputs = {}
         for semantics, (process, _, _) in runs.items():
-            outputs[semantics], _ = process.communicate(timeout=120)
+            process.wait(timeout=120)
+            outputs[semantics] = (tmp_path / f"{semantics}.out").read_text()
             assert process.returncode == 0, f"{semantics} exited {process.returncode}:\n{outputs[semantics]}"
     finally:
         for process, _, _ in runs.values():
             if process.poll() is None:
                 process.kill()
-                process.communicate()
+                process.wait()
     for semantics, (_, _, lake) in runs.items():
         # The failed ask happened (else the test proved nothing), and the run went on.
         assert "reading the log offsets" in outputs[semantics] and "going on without them" in outputs[semantics]

@@ -352,3 +352,49 @@ def test_confluent_log_offsets_ask_again_while_a_leader_moves():
     source.consumer = Consumer(failures=10**6)  # never settles: a clear error once the request timeout is spent
     with pytest.raises(SourceUnavailable, match="reading the log offsets of orders\\[0\\] failed"):
         source.end_offsets([("orders", 0)])
+
+
+def test_confluent_seeks_the_logical_offset_while_the_broker_gives_no_log_offsets():
+    """A broker stalled as partitions are assigned: a seek to the log start (a fresh exactly-once partition) is
+    handed to librdkafka as OFFSET_BEGINNING, which it resolves when it fetches, rather than stopping the run; one
+    request timeout per assign callback, not one per partition; position() is -1 until the broker answers, then
+    the log start. An error that asking again cannot mend (refused) stops the run."""
+    ck = pytest.importorskip("confluent_kafka")
+    from kingest.errors import SourceUnavailable
+    from kingest.sources.confluent import ConfluentSource
+
+    class Consumer:
+        def __init__(self, code: int | None) -> None:
+            self.code = code
+            self.asked = 0
+
+        def get_watermark_offsets(self, tp, timeout):
+            self.asked += 1
+            if self.code is not None:
+                raise ck.KafkaException(ck.KafkaError(self.code))
+            return 3, 42
+
+        def position(self, tps):
+            return [ck.TopicPartition(tps[0].topic, tps[0].partition, ck.OFFSET_INVALID)]
+
+    source = ConfluentSource(parse("  client: confluent\n  request_timeout_ms: 300\n").kafka)
+    consumer = source.consumer = Consumer(ck.KafkaError._TIMED_OUT)
+    source._assigning, source._stalled = {}, False  # inside the assign callback (see ConfluentSource.open)
+    with pytest.raises(SourceUnavailable):
+        source.end_offsets([("orders", 0), ("orders", 1)])
+    asked = consumer.asked
+    source.seek_to_beginning(("orders", 0))
+    source.seek_to_end(("orders", 1))
+    assert consumer.asked == asked  # the callback asks no more once the broker did not answer
+    assert source._assigning == {("orders", 0): ck.OFFSET_BEGINNING, ("orders", 1): ck.OFFSET_END}
+    assert source.position(("orders", 0)) == -1
+    asked, source._assigning = source._assigning, None
+    source._start.update(asked)  # what the callback hands to assign() (see ConfluentSource.open)
+    assert source.position(("orders", 0)) == -1  # still no answer: not known yet
+    consumer.code = None
+    assert (source.position(("orders", 0)), source.position(("orders", 1))) == (3, 42)
+
+    consumer.code = ck.KafkaError.TOPIC_AUTHORIZATION_FAILED
+    with pytest.raises(SetupError, match="reading the log offsets of orders\\[0\\] failed") as refused:
+        source.end_offsets([("orders", 0)])
+    assert not isinstance(refused.value, SourceUnavailable)
