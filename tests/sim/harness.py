@@ -61,7 +61,7 @@ from kingest import gc as gc_module
 from kingest import manifest as manifest_module
 from kingest.batcher import Batch, Record, TopicPartition
 from kingest.encoder import EncodedBatch, EncodedFile
-from kingest.errors import CommitFailed, KingestError, ManifestConflict
+from kingest.errors import CommitFailed, KingestError, ManifestConflict, SourceUnavailable
 from kingest.lake import Lake
 from kingest.layout import file_name
 from kingest.manifest import ManifestStore, PartitionState
@@ -349,7 +349,15 @@ class SimSource:
         return self.positions[tp]
 
     def end_offsets(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
-        return {tp: self.world.end[tp] for tp in tps}
+        """A step of its own (the ask may take a request timeout: others move meanwhile), and at times no answer
+        in time (SourceUnavailable: exactly-once then claims the partitions at once)."""
+        tps = list(tps)
+        world = self.world
+        self.actor.hook("end-offsets", " ".join(str(p) for _, p in tps))
+        if world.rng.random() < world.p_ends_fail:
+            world.event(self.actor.name, "end-offsets", "no answer in time")
+            raise SourceUnavailable("the broker did not give the log end offsets in time")
+        return {tp: world.end[tp] for tp in tps}
 
     def assignment(self) -> set[TopicPartition]:
         return set(self.assigned)
@@ -741,6 +749,7 @@ class World:
         self.collections = 0
         self.compactions = 0
         self.p_commit_fail = p_commit_fail  # a Kafka commit gets no answer in time
+        self.p_ends_fail = p_commit_fail  # ... and so does an ask for the log end offsets at assignment
         self.commit_refusals = commit_refusals  # a Kafka commit for a partition the group moved is refused
         self.concurrent_saves = concurrent_saves  # a flush's partitions saved side by side (SimLanes)
         self.collectors_enabled = collectors  # `kingest gc` runs now and then (Collector)
@@ -1122,6 +1131,7 @@ class World:
         """No more faults: every paused actor resumes, every task and queued callback runs to its end."""
         self.event("scheduler", "settle", "no more faults")
         self.p_commit_fail = 0.0
+        self.p_ends_fail = 0.0
         for actor in self.actors:
             actor.frozen_until = 0
         for _ in range(10_000):
