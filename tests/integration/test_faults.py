@@ -39,6 +39,7 @@ from .support import (
     folder_offsets,
     kingest,
     missing,
+    process_env,
     run_until_caught_up,
     write_config,
 )
@@ -86,9 +87,10 @@ def produce(bootstrap: str, topic: str, per_partition: int, start: int) -> None:
 
 
 class Run:
-    """A `kingest run` process (no --until-caught-up: it runs until SIGTERM), stderr kept in a file."""
+    """A `kingest run` process (without --until-caught-up in ``args``: it runs until SIGTERM), stderr kept in a
+    file; ``env`` adds to the environment (a pause point), without this process's test hooks."""
 
-    def __init__(self, config: Path, *args: str) -> None:
+    def __init__(self, config: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.config = config
         self.err_path = config.with_suffix(".stderr")
         self.out_path = config.with_suffix(".stdout")
@@ -97,7 +99,7 @@ class Run:
                 [sys.executable, "-m", "kingest", "run", "-c", str(config), "--metrics-port", "0", *args],
                 stdout=out,
                 stderr=err,
-                env={k: v for k, v in os.environ.items() if k != "KINGEST_CRASH_AT"},
+                env=process_env(env),
             )
 
     @property
@@ -254,7 +256,7 @@ def test_a_broker_frozen_when_partitions_are_assigned_does_not_stop_the_run(
     bootstrap = private_kafka.bootstrap
     topic = create_topic(bootstrap)
     produce(bootstrap, topic, 50, start=0)
-    runs: dict[str, tuple[subprocess.Popen[str], Path, str]] = {}
+    runs: dict[str, tuple[Run, Path, str]] = {}
     for semantics in ("at-least-once", "exactly-once"):
         lake = str(tmp_path / f"lake-{semantics}")
         config = write_config(
@@ -273,25 +275,12 @@ def test_a_broker_frozen_when_partitions_are_assigned_does_not_stop_the_run(
             semantics=semantics,
         )
         hold = tmp_path / f"hold-{semantics}"
-        env = {**os.environ, "KINGEST_PAUSE_AT": "after-assign", "KINGEST_PAUSE_FILE": str(hold)}
-        env.pop("KINGEST_CRASH_AT", None)
-        with open(tmp_path / f"{semantics}.out", "w") as out:  # a file: a pipe nobody reads could fill up
-            process = subprocess.Popen(
-                [sys.executable, "-m", "kingest", "run", "-c", str(config), "--until-caught-up"],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                text=True,
-                env=env,
-            )
-        runs[semantics] = (process, hold, lake)
+        env = {"KINGEST_PAUSE_AT": "after-assign", "KINGEST_PAUSE_FILE": str(hold)}
+        runs[semantics] = (Run(config, "--until-caught-up", env=env), hold, lake)
+    every = [run for run, _, _ in runs.values()]
     try:
-        deadline = time.monotonic() + 90
-        for semantics, (process, hold, _) in runs.items():
-            while not Path(f"{hold}.paused").exists():
-                output = (tmp_path / f"{semantics}.out").read_text()
-                assert process.poll() is None, f"{semantics} exited before its assignment:\n{output}"
-                assert time.monotonic() < deadline, f"{semantics} was never assigned its partitions"
-                time.sleep(0.05)
+        paused = [Path(f"{hold}.paused") for _, hold, _ in runs.values()]
+        wait_until(lambda: all(p.exists() for p in paused), 90, "both runs are assigned their partitions", every)
         private_kafka.freeze()
         try:
             for _, hold, _ in runs.values():
@@ -301,19 +290,15 @@ def test_a_broker_frozen_when_partitions_are_assigned_does_not_stop_the_run(
             time.sleep(7)
         finally:
             private_kafka.thaw()
-        outputs = {}
-        for semantics, (process, _, _) in runs.items():
-            process.wait(timeout=120)
-            outputs[semantics] = (tmp_path / f"{semantics}.out").read_text()
-            assert process.returncode == 0, f"{semantics} exited {process.returncode}:\n{outputs[semantics]}"
+        for semantics, (run, _, _) in runs.items():
+            code = run.process.wait(timeout=120)
+            assert code == 0, f"{semantics} exited {code}:\n{run.stderr[-3000:]}"
     finally:
-        for process, _, _ in runs.values():
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    for semantics, (_, _, lake) in runs.items():
+        for run in every:
+            run.kill()
+    for semantics, (run, _, lake) in runs.items():
         # The failed ask happened (else the test proved nothing), and the run went on.
-        assert "reading the log offsets" in outputs[semantics] and "going on without them" in outputs[semantics]
+        assert "reading the log offsets" in run.stderr and "going on without them" in run.stderr
         found = folder_offsets(lake)
         assert missing(found, dense({p: 50 for p in range(PARTITIONS)})) == {}, semantics
         assert duplicates(found) == {}, semantics
