@@ -53,6 +53,7 @@ _PRIMITIVE: dict[str, pa.DataType] = {
     "string": pa.string(),
 }
 _INDEX = "kingest_bulk_index"
+_HEADER = "kingest_bulk_header"
 _SENTINEL = "kingest_bulk_sentinel"
 _MARK = b"\x8e\x15kq\xd2\x03\x9b\x7f"  # after each framed record: a shift in the block shows here
 _SYNC = b"kingest-bulk-avr"  # the container's sync marker (16 bytes)
@@ -96,30 +97,48 @@ class AvroSchema:
         else:
             self.schema = pa.schema([pa.field("value", self.type)])
         self._convert = _converter(expanded, self.type)
-        self.bulk = _bulk_schema(self.json, expanded)
+        self._expanded = expanded
+        self.bulk = _bulk_schema(self.json, expanded)  # the header of a bulk read (None: the bulk reader cannot)
+        self._bulk_headers: dict[int, bytes | None] = {0: self.bulk}  # by the bytes before each payload
 
     def decode(self, payloads: Sequence[bytes]) -> tuple[pa.Table, dict[int, str]]:
         """The decoded rows of the good payloads (in order) and the reasons of the bad ones, by index."""
-        if not payloads:
+        return self.decode_array(pa.array(payloads, pa.large_binary()))
+
+    def decode_array(self, values: pa.Array, skip: int = 0) -> tuple[pa.Table, dict[int, str]]:
+        """``decode`` for values in an Arrow binary array (no nulls), each starting with ``skip`` bytes that are
+        not Avro and are the same in all (the Confluent wire format's byte 0 and schema id, grouped by id)."""
+        if not len(values):
             return self.schema.empty_table() if len(self.schema) else no_columns(0), {}
         if self.bulk is not None:
-            table = self._bulk(payloads)
+            table = self._bulk(values, skip)
             if table is not None:
                 return table, {}
-        return self._fastavro(payloads)
+        return self._fastavro([value[skip:] for value in values.to_pylist()])
 
     # ------------------------------------------------------------------------------------------------ bulk
 
-    def _bulk(self, payloads: Sequence[bytes]) -> pa.Table | None:
+    def _bulk_header(self, skip: int) -> bytes | None:
+        """The container header of the bulk read of values that start with ``skip`` bytes (read as a field)."""
+        if skip not in self._bulk_headers:
+            self._bulk_headers[skip] = _bulk_schema(self.json, self._expanded, skip)
+        return self._bulk_headers[skip]
+
+    def _bulk(self, values: pa.Array, skip: int) -> pa.Table | None:
+        """One read of all the values by polars' columnar reader, or None when it cannot be trusted (then
+        fastavro decodes them one by one). The values are framed in Arrow compute (no Python code per record)
+        as one container block of records ``index, header, payload, mark``: a payload shorter or longer than
+        its record shifts the read, which then fails or finds an index or a mark out of place."""
         import polars as pl
 
-        n = len(payloads)
-        parts: list[bytes] = [b""] * (3 * n)
-        parts[0::3] = _indices(n)
-        parts[1::3] = payloads
-        parts[2::3] = [_MARK] * n
-        body = b"".join(parts)
-        data = b"".join([self.bulk or b"", _long(n), _long(len(body)), body, _SYNC])
+        header = self._bulk_header(skip)
+        if header is None:
+            return None
+        n = len(values)
+        framed = pc.binary_join_element_wise(_index_array(n), values.cast(pa.large_binary()), _MARK_SCALAR, _NOTHING)
+        offsets = memoryview(framed.buffers()[1]).cast("q")
+        body = memoryview(framed.buffers()[2])[offsets[framed.offset] : offsets[framed.offset + n]]
+        data = b"".join([header, _long(n), _long(len(body)), body, _SYNC])
         try:
             table = pl.read_avro(io.BytesIO(data)).to_arrow()
         except BaseException as exc:  # polars raises, or panics (PanicException is a BaseException)
@@ -130,9 +149,9 @@ class AvroSchema:
             return None
         index = table.column(_INDEX)
         marks = table.column(_SENTINEL)
-        if not pc.all(pc.equal(index, pa.array(range(n), pa.int64()))).as_py():
+        if not pc.all(pc.equal(index, _range_array(n))).as_py():
             return None
-        if not pc.all(pc.equal(marks.cast(pa.binary()), pa.scalar(_MARK, pa.binary()))).as_py():
+        if not pc.all(pc.equal(marks.cast(pa.binary()), _MARK_SCALAR.cast(pa.binary()))).as_py():
             return None
         try:
             if self.is_record:
@@ -333,37 +352,33 @@ def _matches(branch: Any) -> Callable[[Any], bool]:
 # ----------------------------------------------------------------------------------------- the bulk reader
 
 
-def _bulk_schema(original: Any, expanded: Any) -> bytes | None:
-    """The container header whose schema frames each record between an index and a sentinel, or None when the
-    bulk reader cannot take this schema."""
+def _bulk_schema(original: Any, expanded: Any, skip: int = 0) -> bytes | None:
+    """The container header whose schema frames each record between an index (and the ``skip`` bytes before
+    the payload, as a fixed field) and a sentinel, or None when the bulk reader cannot take this schema."""
     if not _bulk_ok(expanded, top=True):
         return None
     # Avro's int and long are the same zig-zag varint: read as a long, a corrupt int (beyond 32 bits, which
     # polars would truncate) fails the cast to int32 after the read instead.
     original = _ints_as_longs(original)
+    before: list[dict[str, Any]] = [{"name": _INDEX, "type": "long"}]
+    if skip:
+        before.append({"name": _HEADER, "type": {"type": "fixed", "name": "kingest_bulk_wire", "size": skip}})
+    after = [{"name": _SENTINEL, "type": {"type": "fixed", "name": "kingest_bulk_mark", "size": len(_MARK)}}]
+    if _named_anywhere(original, "kingest_bulk_mark") or _named_anywhere(original, "kingest_bulk_wire"):
+        return None
     if isinstance(original, dict) and original.get("type") == "record":
         names = {f["name"] for f in original["fields"]}
-        if _INDEX in names or _SENTINEL in names:
+        if names & {_INDEX, _HEADER, _SENTINEL}:
             return None
         framed = dict(original)
-        framed["fields"] = [
-            {"name": _INDEX, "type": "long"},
-            *original["fields"],
-            {"name": _SENTINEL, "type": {"type": "fixed", "name": "kingest_bulk_mark", "size": len(_MARK)}},
-        ]
-        if _named_anywhere(original, "kingest_bulk_mark"):
-            return None
+        framed["fields"] = [*before, *original["fields"], *after]
     else:
         if _is_enum(expanded):  # polars reads enums only as a record's fields
             return None
         framed = {
             "type": "record",
             "name": "kingest_bulk_value",
-            "fields": [
-                {"name": _INDEX, "type": "long"},
-                {"name": "value", "type": original},
-                {"name": _SENTINEL, "type": {"type": "fixed", "name": "kingest_bulk_mark", "size": len(_MARK)}},
-            ],
+            "fields": [*before, {"name": "value", "type": original}, *after],
         }
     meta = {"avro.schema": json.dumps(framed).encode(), "avro.codec": b"null"}
     header = [b"Obj\x01", _long(len(meta))]
@@ -430,17 +445,32 @@ def _named_anywhere(schema: Any, name: str) -> bool:
     return f'"{name}"' in json.dumps(schema)
 
 
-_INDICES: list[bytes] = []
+_MARK_SCALAR = pa.scalar(_MARK, pa.large_binary())
+_NOTHING = pa.scalar(b"", pa.large_binary())
+_INDICES: list[pa.Array] = [pa.array([], pa.large_binary()), pa.array([], pa.int64())]
 _indices_lock = threading.Lock()
 
 
-def _indices(n: int) -> list[bytes]:
-    """The Avro longs 0..n-1 (kept: a batch's records are framed by their index)."""
-    if len(_INDICES) < n:
-        with _indices_lock:  # encoders run on several threads: extend once, in order
-            if len(_INDICES) < n:
-                _INDICES.extend([_long(i) for i in range(len(_INDICES), max(n, 2 * len(_INDICES)))])
-    return _INDICES[:n]
+def _index_array(n: int) -> pa.Array:
+    """The Avro longs 0..n-1, as an Arrow binary array (kept: a batch's records are framed by their index)."""
+    return _indices(n)[0].slice(0, n)
+
+
+def _range_array(n: int) -> pa.Array:
+    """0..n-1 as an int64 array (kept, with the longs)."""
+    return _indices(n)[1].slice(0, n)
+
+
+def _indices(n: int) -> list[pa.Array]:
+    if len(_INDICES[1]) < n:
+        with _indices_lock:  # encoders run on several threads: grow once
+            if len(_INDICES[1]) < n:
+                size = max(n, 2 * len(_INDICES[1]), 1024)
+                _INDICES[:] = [
+                    pa.array([_long(i) for i in range(size)], pa.large_binary()),
+                    pa.array(range(size), pa.int64()),
+                ]
+    return list(_INDICES)
 
 
 def _long(n: int) -> bytes:

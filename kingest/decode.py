@@ -218,21 +218,8 @@ class Decoder:
     def _framed(self, values: Sequence[bytes | None]) -> tuple[dict[int, list[int]], list[int], dict[int, str]]:
         """The records in the Confluent wire format (byte 0, a 4-byte big-endian schema id, the payload), grouped
         by schema id; the tombstones (null values); and the records not in that format, with why."""
-        groups: dict[int, list[int]] = {}
-        tombstones: list[int] = []
-        bad: dict[int, str] = {}
-        for i, value in enumerate(values):
-            if value is None:
-                tombstones.append(i)
-            elif len(value) < 5 or value[0] != 0:
-                first = f"first byte 0x{value[0]:02x}" if value else "an empty value"
-                bad[i] = (
-                    "not in the Confluent wire format (byte 0, then a 4-byte schema id): "
-                    f"{first}, {len(value)} bytes; was it written without the registry's serializer?"
-                )
-            else:
-                groups.setdefault(int.from_bytes(value[1:5], "big"), []).append(i)
-        return groups, tombstones, bad
+        groups, tombstones, bad = _wire_groups(pa.array(values, pa.large_binary()))
+        return {schema_id: list(rows) for schema_id, rows in groups.items()}, tombstones, bad
 
     def _registered(self, schema_id: int, kind: str) -> RegisteredSchema | str:
         """The registry's schema ``schema_id``, or why a record that names it is bad."""
@@ -263,23 +250,29 @@ class Decoder:
 
     def _avro(self, batch: Batch) -> tuple[pa.Table, dict[int, str]]:
         """Avro values: grouped by writer schema, each group decoded in bulk (avro.py), the groups' columns
-        unified with the topic's so far (new fields nullable), back in offset order."""
-        values = batch.values
+        unified with the topic's so far (new fields nullable), back in offset order. The values go into Arrow
+        once and stay there: no Python code per record."""
+        values = pa.array(batch.values, pa.large_binary())
+        n = len(values)
+        groups: dict[int, Sequence[int]]
         if self.schema_file is not None:
-            tombstones = [i for i, v in enumerate(values) if v is None]
-            groups = {-1: [i for i, v in enumerate(values) if v is not None]} if len(tombstones) < len(values) else {}
+            tombstones = pc.indices_nonzero(values.is_null()).to_pylist() if values.null_count else []
+            if not tombstones:
+                groups = {-1: range(n)}
+            else:
+                groups = {-1: pc.indices_nonzero(values.is_valid()).to_pylist()} if len(tombstones) < n else {}
             bad: dict[int, str] = {}
         else:
-            groups, tombstones, bad = self._framed(values)
-        parts: list[tuple[str, list[int], pa.Table, dict[int, str]]] = []
+            groups, tombstones, bad = _wire_groups(values)
+        parts: list[tuple[str, Sequence[int], pa.Table, dict[int, str]]] = []
         ids: list[int] = []
         for schema_id, rows in groups.items():
             schema = self.schema_file if schema_id == -1 else self._avro_schema(schema_id)
             if isinstance(schema, str) or schema is None:
                 bad.update(dict.fromkeys(rows, str(schema)))
                 continue
-            skip = 0 if schema_id == -1 else 5
-            table, rejected = schema.decode([cast(bytes, values[i])[skip:] for i in rows])
+            group = values if len(rows) == n else values.take(pa.array(rows, pa.int64()))
+            table, rejected = schema.decode_array(group, skip=0 if schema_id == -1 else 5)
             parts.append((schema.name, rows, table, rejected))
             if schema_id != -1:
                 ids.append(schema_id)
@@ -307,7 +300,7 @@ class Decoder:
         group decoded by its generated class, then unified and put back in offset order as Avro's are."""
         values = batch.values
         groups, tombstones, bad = self._framed(values)
-        parts: list[tuple[str, list[int], pa.Table, dict[int, str]]] = []
+        parts: list[tuple[str, Sequence[int], pa.Table, dict[int, str]]] = []
         ids: list[int] = []
         for schema_id, rows in groups.items():
             schema = self._protobuf_schema(schema_id)
@@ -334,7 +327,7 @@ class Decoder:
     def _assemble(
         self,
         topic: str,
-        parts: list[tuple[str, list[int], pa.Table, dict[int, str]]],
+        parts: list[tuple[str, Sequence[int], pa.Table, dict[int, str]]],
         tombstones: list[int],
         bad: dict[int, str],
         ids: list[int],
@@ -346,7 +339,7 @@ class Decoder:
         order: list[int] = []
         for name, rows, table, rejected in parts:
             bad.update({rows[j]: reason for j, reason in rejected.items()})
-            good = [rows[j] for j in range(len(rows)) if j not in rejected]
+            good = [rows[j] for j in range(len(rows)) if j not in rejected] if rejected else rows
             try:
                 table = self._remember(topic, table)
             except ARROW_ERRORS as exc:
@@ -354,7 +347,7 @@ class Decoder:
                 bad.update(dict.fromkeys(good, reason))
                 continue
             pieces.append(table)
-            order += good
+            order.extend(good)
         if tombstones:  # a tombstone is a row whose value columns are all null, as with json
             pieces.append(no_columns(len(tombstones)))
             order += tombstones
@@ -651,6 +644,39 @@ def _json_schema_type(prop: Any) -> pa.DataType | None:
     return {"integer": pa.int64(), "number": pa.float64(), "string": pa.string(), "boolean": pa.bool_()}.get(
         kind if isinstance(kind, str) else ""
     )
+
+
+_WIRE_MAGIC = pa.scalar(b"\x00", pa.large_binary())
+
+
+def _wire_groups(values: pa.Array) -> tuple[dict[int, Sequence[int]], list[int], dict[int, str]]:
+    """``Decoder._framed`` on an Arrow binary array, in Arrow compute: the rows of each schema id (``range`` when
+    it is all of them), the tombstones, and the values not in the Confluent wire format, with why."""
+    n = len(values)
+    heads = pc.binary_slice(values, 0, 5)
+    long_enough = pc.greater_equal(pc.binary_length(values), 5)
+    framed = pc.and_(long_enough, pc.equal(pc.binary_slice(values, 0, 1), _WIRE_MAGIC))
+    tombstones = pc.indices_nonzero(values.is_null()).to_pylist() if values.null_count else []
+    bad: dict[int, str] = {}
+    unframed = pc.invert(pc.fill_null(framed, True))
+    if pc.any(unframed).as_py():
+        for i in pc.indices_nonzero(unframed).to_pylist():
+            value = values[i].as_py()
+            first = f"first byte 0x{value[0]:02x}" if value else "an empty value"
+            bad[i] = (
+                "not in the Confluent wire format (byte 0, then a 4-byte schema id): "
+                f"{first}, {len(value)} bytes; was it written without the registry's serializer?"
+            )
+    good = pc.fill_null(framed, False)
+    distinct = pc.unique(heads.filter(good)).to_pylist()
+    groups: dict[int, Sequence[int]] = {}
+    if len(distinct) == 1 and not tombstones and not bad:
+        groups[int.from_bytes(distinct[0][1:5], "big")] = range(n)
+    else:
+        for head in distinct:
+            rows = pc.indices_nonzero(pc.and_(good, pc.equal(heads, pa.scalar(head, pa.large_binary()))))
+            groups[int.from_bytes(head[1:5], "big")] = rows.to_pylist()
+    return groups, tombstones, bad
 
 
 def dead_letter_table(batch: Batch, rejected: Sequence[Rejected]) -> pa.Table:

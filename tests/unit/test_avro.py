@@ -11,7 +11,7 @@ import io
 import json
 import struct
 import uuid
-from typing import Any
+from typing import Any, cast
 
 import fastavro
 import pyarrow as pa
@@ -241,6 +241,35 @@ def test_records_of_several_schema_ids_become_one_table_in_offset_order_new_fiel
     footer = pq.read_schema(pa.BufferReader(file.data)).metadata
     assert json.loads(footer[b"kingest.schema_ids"]) == [1, 2]
     assert json.loads(footer[b"kingest.schema_subjects"]) == ["t-value"]
+
+
+def test_wire_format_batches_are_read_in_bulk_with_their_headers_and_match_fastavro(monkeypatch):
+    registry = FakeRegistry({3: RICH})
+    values: list[bytes | None] = [wire(3, avro(RICH, rich(i))) for i in range(50)]
+    slow_table, slow_bad = decode(Encoder("avro", registry=registry), values)  # type: ignore[arg-type]
+
+    def refused(self: AvroSchema, payloads: Any) -> Any:
+        raise AssertionError("a clean batch in the wire format fell back to fastavro")
+
+    monkeypatch.setattr(AvroSchema, "_fastavro", refused)
+    table, bad = decode(Encoder("avro", registry=registry), values)  # type: ignore[arg-type]
+    assert bad == {} == slow_bad
+    assert table.equals(slow_table) and value_rows(table)[7]["customer"] == {"name": "c7"}
+
+
+def test_a_wire_format_payload_a_byte_short_or_long_never_shifts_its_neighbours():
+    schema_json = record([{"name": "a", "type": "long"}, {"name": "b", "type": "string"}])
+    encoder = Encoder("avro", registry=FakeRegistry({5: schema_json}), on_error="skip")  # type: ignore[arg-type]
+    values: list[bytes | None] = [wire(5, avro(schema_json, {"a": i, "b": f"x{i}"})) for i in range(8)]
+    values[2] = cast(bytes, values[2])[:-1]  # truncated
+    values[4] = cast(bytes, values[4]) + b"\x02"  # a byte too many: read alone, it is ignored
+    values[6] = b""  # empty
+    table, bad = decode(encoder, values)
+    assert set(bad) == {104, 112}
+    assert "not valid Avro for schema id 5" in bad[104] and "an empty value, 0 bytes" in bad[112]
+    assert value_rows(table) == [
+        {"kafka_offset": 100 + 2 * i, "a": i, "b": f"x{i}"} for i in range(8) if i not in (2, 6)
+    ]
 
 
 def test_bad_wire_format_unknown_ids_other_schema_types_and_incompatible_changes_are_bad_records():
