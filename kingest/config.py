@@ -676,7 +676,8 @@ class BatchConfig:
         "A partition's batch is written when it holds this many records.", _int(1), default=100_000
     )
     max_bytes: int = setting(
-        "... or when all buffers together hold this many bytes (then every batch is written).",
+        "... or when all buffers together hold this many bytes (then every batch is written). Avro and Protobuf "
+        "records count double: decoded, they take about twice the memory of their bytes.",
         parse_size,
         default="64MiB",
     )

@@ -5,6 +5,7 @@ The same behaviours are tested against the real broker and S3 server in tests/in
 
 from __future__ import annotations
 
+import io
 import json
 import time
 import uuid
@@ -326,6 +327,38 @@ def test_max_bytes_bounds_all_buffers_together(lake_url):
     ).run()
     assert len(source.commits) > 3  # flushed by size long before the end
     assert lake_offsets(Lake(lake_url)) == {p: list(range(100)) for p in range(3)}
+
+
+def test_avro_records_count_double_against_max_bytes(tmp_path):
+    """Decoded, compact records take about twice the memory of their bytes: for the same batch.max_bytes, an Avro
+    topic is flushed after half the bytes a topic read as raw bytes is (the memory bound holds for both)."""
+    import fastavro
+
+    schema = {"type": "record", "name": "Order", "fields": [{"name": "pad", "type": "string"}]}
+    (tmp_path / "order.avsc").write_text(json.dumps(schema))
+
+    def value(p: int, o: int) -> bytes:
+        out = io.BytesIO()
+        fastavro.schemaless_writer(out, fastavro.parse_schema(schema), {"pad": f"{o:04d}" + "x" * 996})
+        return out.getvalue()
+
+    commits = {}
+    for fmt in ("raw", "avro"):
+        config = config_module.parse(
+            f"""
+pipeline: orders
+kafka: {{bootstrap_servers: "unused:9092", topics: [orders]}}
+records: {{format: {fmt}{", schema_file: " + str(tmp_path / "order.avsc") if fmt == "avro" else ""}}}
+lake: {{path: "{tmp_path / fmt}"}}
+batch: {{max_records: 10000, max_bytes: 40KB, max_age: 1h}}
+semantics: at-least-once
+"""
+        )
+        source = MemorySource(topic(partitions=1, records=200, value=value), {}, max_poll_records=5)
+        Pipeline(config, source=source, until_caught_up=True).run()
+        commits[fmt] = len(source.commits)
+        assert lake_offsets(Lake(str(tmp_path / fmt))) == {0: list(range(200))}
+    assert 1.7 <= commits["avro"] / commits["raw"] <= 2.3, commits
 
 
 def test_exactly_once_resumes_from_the_manifest_not_the_group(lake_url):
