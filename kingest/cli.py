@@ -17,7 +17,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from typer.exceptions import TyperException
 
-from . import __version__, use_jemalloc
+from . import __version__, use_jemalloc, use_one_polars_thread
 from .config import Semantics
 from .errors import KingestError
 from .output import SCRUB, install_scrubbing, report_error, report_unexpected, setup_logging
@@ -71,6 +71,7 @@ def main_options(
     """kingest: Kafka to Parquet, with at-most-once, at-least-once or exactly-once delivery."""
     install_scrubbing()  # from here on nothing written to stdout/stderr can carry a secret (see output.py)
     use_jemalloc()  # before any command imports pyarrow
+    use_one_polars_thread()  # ... or polars
 
 
 def fail(error: KingestError) -> None:
