@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import bisect
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any, NamedTuple
@@ -176,13 +176,17 @@ class Batcher:
 
     A batch is due when it holds ``max_records`` records, or when its oldest record is ``max_age`` old
     (checked on every loop turn, so it fires even when no new records arrive). ``max_bytes`` bounds the
-    memory of all buffers together: when the sum reaches it, every non-empty batch is due.
+    memory of all buffers together: when the sum reaches it, every non-empty batch is due. ``weight``: what a
+    byte of a topic's records counts against it (1 by default; see Pipeline._weight).
     """
 
-    def __init__(self, max_records: int, max_bytes: int, max_age: float) -> None:
+    def __init__(
+        self, max_records: int, max_bytes: int, max_age: float, weight: Callable[[str], float] | None = None
+    ) -> None:
         self.max_records = max_records
         self.max_bytes = max_bytes
         self.max_age = max_age
+        self.weight = weight or (lambda topic: 1.0)
         self.batches: dict[TopicPartition, Batch] = {}
 
     def add(self, tp: TopicPartition, records: Sequence[Any] | Columns) -> None:
@@ -195,10 +199,18 @@ class Batcher:
     def nbytes(self) -> int:
         return sum(b.nbytes for b in self.batches.values())
 
+    @property
+    def load(self) -> float:
+        """What the buffers count against ``max_bytes``: their bytes, weighed by topic."""
+        return self.weighed(self.batches.values())
+
+    def weighed(self, batches: Iterable[Batch]) -> float:
+        return sum(b.nbytes * self.weight(b.topic) for b in batches)
+
     def due(self, now: float | None = None, everything: bool = False) -> list[TopicPartition]:
         now = time.monotonic() if now is None else now
         nonempty = [tp for tp, b in self.batches.items() if len(b)]
-        if everything or self.nbytes >= self.max_bytes:
+        if everything or self.load >= self.max_bytes:
             return nonempty
         return [
             tp

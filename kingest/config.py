@@ -676,8 +676,9 @@ class BatchConfig:
         "A partition's batch is written when it holds this many records.", _int(1), default=100_000
     )
     max_bytes: int = setting(
-        "... or when all buffers together hold this many bytes (then every batch is written). Avro and Protobuf "
-        "records count double: decoded, they take about twice the memory of their bytes.",
+        "... or when all buffers together hold this many bytes (then every batch is written). A topic whose "
+        "records take more memory decoded than JSON's do (compact Avro or Protobuf: about twice) counts its bytes "
+        "as much more, as measured on its batches.",
         parse_size,
         default="64MiB",
     )

@@ -40,6 +40,9 @@ __all__ = [
 ]
 
 
+EXPANSION_MIN_RECORDS = 100  # fewer records: the columns' fixed costs would weigh too much
+
+
 @dataclass(frozen=True)
 class EncodedBatch:
     """What a batch becomes under the pipeline's ``records.on_error``.
@@ -82,6 +85,9 @@ class Encoder:
             schema_file=schema_file,
             key_format=key_format,
         )
+        # Per topic: its Arrow columns' bytes over its records' bytes, as last measured on a batch of at least
+        # EXPANSION_MIN_RECORDS (the pipeline weighs a topic's bytes against batch.max_bytes by it).
+        self.expansion: dict[str, float] = {}
         self.files = ParquetFiles(
             compression=compression,
             compress_min_bytes=compress_min_bytes,
@@ -119,6 +125,8 @@ class Encoder:
         fail (files for the records before the first bad one, and the error), skip (files for the good ones),
         dead-letter (files for the good ones, plus one dead-letter file holding the bad ones)."""
         decoded = self.decoder.decode(batch)
+        if len(batch) >= EXPANSION_MIN_RECORDS and batch.nbytes:
+            self.expansion[batch.topic] = decoded.table.nbytes / batch.nbytes
         rejected = decoded.rejected
         if rejected and self.on_error == "fail":
             first = rejected[0]

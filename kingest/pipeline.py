@@ -53,12 +53,14 @@ SWITCH_INTERVAL = 0.0005  # seconds: how long a thread holds the GIL while anoth
 ENDS_RETRY_SECONDS = 5.0
 
 
-# What a record's bytes weigh against batch.max_bytes, by records.format: the memory bound (1.5 x batch.max_bytes
-# + 200 MB) comes from flushes whose records take less memory decoded than as bytes, as JSON's do (the bench's
-# records: 511 B a record, 338 B as Arrow columns). Avro and Protobuf are compact: the same records take 240 B as
-# Avro and 336 B decoded, and a flush of as many bytes held twice the rows (measured: Avro peaks at 368 MB against
-# JSON's 267 with 64MiB). Counted double, a flush holds about the rows of a JSON flush of the same max_bytes.
-DECODED_WEIGHT = {"avro": 2, "protobuf": 2}
+# What a record's bytes weigh against batch.max_bytes (Pipeline._weight). The memory bound (1.5 x batch.max_bytes +
+# 200 MB) was measured with JSON records, whose columns take less memory than their bytes (the bench's records:
+# 511 B counted a record, 338 B as Arrow columns: 0.66). Compact records take more: the same records as Avro are
+# counted 240 B and decode to 336 B (1.40), and a flush of as many bytes held twice the rows (an Avro run peaked
+# at 368 MB against JSON's 267). So a topic's bytes weigh its columns' bytes over JSON's share, at least 1: as
+# last measured on one of its batches (Encoder.expansion), else FIRST_WEIGHT by format.
+JSON_EXPANSION = 0.66
+FIRST_WEIGHT = {"avro": 2.0, "protobuf": 2.0}
 
 
 @dataclass
@@ -180,10 +182,11 @@ class Pipeline:
         self.expected: dict[TopicPartition, int | None] = {}
         batch = config.batch
         # Half of max_bytes triggers a flush: while that half is being encoded the next half fills, and the loop
-        # waits for the encoder only when the two together reach max_bytes (see run). A binary format's records
-        # count double (DECODED_WEIGHT): decoded, they take more memory than their bytes.
-        self.max_bytes = max(1, batch.max_bytes // DECODED_WEIGHT.get(config.records.format, 1))
-        self.batcher = Batcher(batch.max_records, max(1, self.max_bytes // 2), batch.max_age)
+        # waits for the encoder only when the two together reach max_bytes (see run). Bytes are weighed by topic
+        # (_weight): records whose columns take more memory than JSON's count more.
+        self.max_bytes = batch.max_bytes
+        self._first_weight = FIRST_WEIGHT.get(config.records.format, 1.0)
+        self.batcher = Batcher(batch.max_records, max(1, batch.max_bytes // 2), batch.max_age, self._weight)
         self.encoder = Encoder(
             config.records.format,
             schema=config.records.schema,
@@ -222,7 +225,7 @@ class Pipeline:
         self._encoders = max(1, min(self.source.encoders, os.cpu_count() or 1))
         self._encoder_pool = ThreadPoolExecutor(self._encoders, thread_name_prefix="kingest-encode-batch")
         self._encoding: Future[_Encoded] | None = None
-        self._encoding_bytes = 0
+        self._encoding_bytes = 0.0
         # Partitions whose batches in that flush are not to be saved: dropped (see _drop) after it was formed.
         self._encoding_dropped: set[TopicPartition] = set()
         # The partitions of a flush are saved side by side (see Lanes and _save); stats are counted from them.
@@ -283,7 +286,7 @@ class Pipeline:
                             self.batcher.add(tp, records)
                             self.stats.consumed += len(records)
                 if self._encoding is not None and (
-                    not polled or self._encoding.done() or self.batcher.nbytes + self._encoding_bytes >= self.max_bytes
+                    not polled or self._encoding.done() or self.batcher.load + self._encoding_bytes >= self.max_bytes
                 ):
                     # Save what the encoder finished; wait for it when idle (nothing to overlap with), and rather
                     # than hold more than max_bytes.
@@ -312,6 +315,11 @@ class Pipeline:
     def request_stop(self) -> None:
         """Finish the current turn, write and commit what is buffered, then return from run()."""
         self.stop_requested = True
+
+    def _weight(self, topic: str) -> float:
+        """What a byte of this topic's records counts against batch.max_bytes (see JSON_EXPANSION)."""
+        measured = self.encoder.expansion.get(topic)
+        return self._first_weight if measured is None else max(1.0, measured / JSON_EXPANSION)
 
     def _caught_up(self) -> bool:
         assigned = self.source.assignment()
@@ -353,7 +361,7 @@ class Pipeline:
         batches = [part for batch in self.batcher.pop(tps) for part in self.batcher.split(batch)]
         if batches:
             self._encoding = self._encoder_thread.submit(self._encode, batches)
-            self._encoding_bytes = sum(b.nbytes for b in batches)
+            self._encoding_bytes = self.batcher.weighed(batches)
         if previous is not None:
             try:
                 self._save_encoded(previous, dropped)
@@ -369,7 +377,7 @@ class Pipeline:
         """The flush being encoded (None: none) and the partitions dropped since it was formed; no flush is being
         encoded after this."""
         job, dropped = self._encoding, self._encoding_dropped
-        self._encoding, self._encoding_bytes, self._encoding_dropped = None, 0, set()
+        self._encoding, self._encoding_bytes, self._encoding_dropped = None, 0.0, set()
         return job, dropped
 
     def _drop(self, tps: Iterable[TopicPartition]) -> None:

@@ -329,36 +329,47 @@ def test_max_bytes_bounds_all_buffers_together(lake_url):
     assert lake_offsets(Lake(lake_url)) == {p: list(range(100)) for p in range(3)}
 
 
-def test_avro_records_count_double_against_max_bytes(tmp_path):
-    """Decoded, compact records take about twice the memory of their bytes: for the same batch.max_bytes, an Avro
-    topic is flushed after half the bytes a topic read as raw bytes is (the memory bound holds for both)."""
+def test_records_whose_columns_take_more_memory_than_their_bytes_count_more_against_max_bytes(tmp_path):
+    """A flush is sized by what its records take decoded, not by their bytes: Avro records of 100 small longs
+    (~100 bytes, 800 as columns) flush several times as often as the same bytes read raw, for the same
+    batch.max_bytes; JSON records like the bench's (their columns smaller than their bytes) weigh their bytes."""
     import fastavro
 
-    schema = {"type": "record", "name": "Order", "fields": [{"name": "pad", "type": "string"}]}
-    (tmp_path / "order.avsc").write_text(json.dumps(schema))
+    from kingest.pipeline import JSON_EXPANSION
+
+    schema = {"type": "record", "name": "Row", "fields": [{"name": f"f{i}", "type": "long"} for i in range(100)]}
+    (tmp_path / "row.avsc").write_text(json.dumps(schema))
+    parsed = fastavro.parse_schema(schema)
 
     def value(p: int, o: int) -> bytes:
         out = io.BytesIO()
-        fastavro.schemaless_writer(out, fastavro.parse_schema(schema), {"pad": f"{o:04d}" + "x" * 996})
+        fastavro.schemaless_writer(out, parsed, {f"f{i}": (o + i) % 60 for i in range(100)})
         return out.getvalue()
 
-    commits = {}
+    commits, weights = {}, {}
     for fmt in ("raw", "avro"):
+        schema_file = f", schema_file: {tmp_path / 'row.avsc'}" if fmt == "avro" else ""
         config = config_module.parse(
             f"""
 pipeline: orders
 kafka: {{bootstrap_servers: "unused:9092", topics: [orders]}}
-records: {{format: {fmt}{", schema_file: " + str(tmp_path / "order.avsc") if fmt == "avro" else ""}}}
+records: {{format: {fmt}{schema_file}}}
 lake: {{path: "{tmp_path / fmt}"}}
-batch: {{max_records: 10000, max_bytes: 40KB, max_age: 1h}}
+batch: {{max_records: 100000, max_bytes: 400KB, max_age: 1h}}
 semantics: at-least-once
 """
         )
-        source = MemorySource(topic(partitions=1, records=200, value=value), {}, max_poll_records=5)
-        Pipeline(config, source=source, until_caught_up=True).run()
-        commits[fmt] = len(source.commits)
-        assert lake_offsets(Lake(str(tmp_path / fmt))) == {0: list(range(200))}
-    assert 1.7 <= commits["avro"] / commits["raw"] <= 2.3, commits
+        source = MemorySource(topic(partitions=1, records=6000, value=value), {}, max_poll_records=50)
+        pipeline = Pipeline(config, source=source, until_caught_up=True)
+        pipeline.run()
+        commits[fmt], weights[fmt] = len(source.commits), pipeline._weight("orders")
+        assert lake_offsets(Lake(str(tmp_path / fmt))) == {0: list(range(6000))}
+    assert weights["raw"] == 1.0 and weights["avro"] > 3.0, weights
+    assert commits["avro"] >= 2.5 * commits["raw"], commits
+    # JSON like the bench's: its columns take less than its bytes, which weigh as they are
+    pipeline = Pipeline(make_config(str(tmp_path / "json"), "at-least-once"), source=MemorySource(topic(), {}))
+    pipeline.encoder.expansion["orders"] = JSON_EXPANSION * 0.9
+    assert pipeline._weight("orders") == 1.0
 
 
 def test_exactly_once_resumes_from_the_manifest_not_the_group(lake_url):
