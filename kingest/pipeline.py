@@ -54,12 +54,13 @@ ENDS_RETRY_SECONDS = 5.0
 
 
 # What a record's bytes weigh against batch.max_bytes (Pipeline._weight). The memory bound (1.5 x batch.max_bytes +
-# 200 MB) was measured with JSON records, whose columns take less memory than their bytes (the bench's records:
-# 511 B counted a record, 338 B as Arrow columns: 0.66). Compact records take more: the same records as Avro are
-# counted 240 B and decode to 336 B (1.40), and a flush of as many bytes held twice the rows (an Avro run peaked
-# at 368 MB against JSON's 267). So a topic's bytes weigh its columns' bytes over JSON's share, at least 1: as
-# last measured on one of its batches (Encoder.expansion), else FIRST_WEIGHT by format.
-JSON_EXPANSION = 0.66
+# 200 MB) was measured with JSON records, whose columns take less memory than the batcher counts for them (the
+# bench's records: 687 B counted a record with RECORD_OVERHEAD, their columns 0.54 of that). Compact records take
+# more: the same records as Avro are counted 415 B and their columns take 0.89 of it, so a flush of as many bytes
+# held 1.65 times JSON's columns (an Avro run peaked at 368 MB against JSON's 267). So a topic's bytes weigh its
+# columns' share over JSON's, at least 1: as last measured on one of its batches (Encoder.expansion), else
+# FIRST_WEIGHT by format.
+JSON_EXPANSION = 0.54
 FIRST_WEIGHT = {"avro": 2.0, "protobuf": 2.0}
 
 
