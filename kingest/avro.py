@@ -30,6 +30,7 @@ from __future__ import annotations
 import datetime
 import io
 import json
+import os
 import pathlib
 import re
 import threading
@@ -55,7 +56,10 @@ _PRIMITIVE: dict[str, pa.DataType] = {
 _INDEX = "kingest_bulk_index"
 _HEADER = "kingest_bulk_header"
 _SENTINEL = "kingest_bulk_sentinel"
-_MARK = b"\x8e\x15kq\xd2\x03\x9b\x7f"  # after each framed record: a shift in the block shows here
+# After each framed record, a mark drawn afresh for each read: a shift in the block shows there. A constant would
+# let a payload forge it: its own record, the mark, then the next index, header and a record of its choosing, the
+# real next record left over at the block's end (which the reader ignores), every check passed.
+_MARK_SIZE = 8
 _SYNC = b"kingest-bulk-avr"  # the container's sync marker (16 bytes)
 
 
@@ -135,7 +139,8 @@ class AvroSchema:
         if header is None:
             return None
         n = len(values)
-        framed = pc.binary_join_element_wise(_index_array(n), values.cast(pa.large_binary()), _MARK_SCALAR, _NOTHING)
+        mark = pa.scalar(os.urandom(_MARK_SIZE), pa.large_binary())
+        framed = pc.binary_join_element_wise(_index_array(n), values.cast(pa.large_binary()), mark, _NOTHING)
         offsets = memoryview(framed.buffers()[1]).cast("q")
         body = memoryview(framed.buffers()[2])[offsets[framed.offset] : offsets[framed.offset + n]]
         data = b"".join([header, _long(n), _long(len(body)), body, _SYNC])
@@ -151,7 +156,7 @@ class AvroSchema:
         marks = table.column(_SENTINEL)
         if not pc.all(pc.equal(index, _range_array(n))).as_py():
             return None
-        if not pc.all(pc.equal(marks.cast(pa.binary()), _MARK_SCALAR.cast(pa.binary()))).as_py():
+        if not pc.all(pc.equal(marks.cast(pa.large_binary()), mark)).as_py():
             return None
         try:
             if self.is_record:
@@ -363,7 +368,7 @@ def _bulk_schema(original: Any, expanded: Any, skip: int = 0) -> bytes | None:
     before: list[dict[str, Any]] = [{"name": _INDEX, "type": "long"}]
     if skip:
         before.append({"name": _HEADER, "type": {"type": "fixed", "name": "kingest_bulk_wire", "size": skip}})
-    after = [{"name": _SENTINEL, "type": {"type": "fixed", "name": "kingest_bulk_mark", "size": len(_MARK)}}]
+    after = [{"name": _SENTINEL, "type": {"type": "fixed", "name": "kingest_bulk_mark", "size": _MARK_SIZE}}]
     if _named_anywhere(original, "kingest_bulk_mark") or _named_anywhere(original, "kingest_bulk_wire"):
         return None
     if isinstance(original, dict) and original.get("type") == "record":
@@ -445,7 +450,6 @@ def _named_anywhere(schema: Any, name: str) -> bool:
     return f'"{name}"' in json.dumps(schema)
 
 
-_MARK_SCALAR = pa.scalar(_MARK, pa.large_binary())
 _NOTHING = pa.scalar(b"", pa.large_binary())
 _INDICES: list[pa.Array] = [pa.array([], pa.large_binary()), pa.array([], pa.int64())]
 _indices_lock = threading.Lock()

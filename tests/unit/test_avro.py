@@ -272,6 +272,49 @@ def test_a_wire_format_payload_a_byte_short_or_long_never_shifts_its_neighbours(
     ]
 
 
+def test_a_payload_that_forges_the_next_framed_record_never_replaces_it():
+    """The bulk read frames each record between its index and a mark; a payload that carries its own record, a mark
+    (the one kingest once used for every read), the next index and header and a record of its choosing must not
+    push the real next record out of the block: the table is what fastavro reads record by record."""
+    from kingest.avro import _long
+
+    schema_json = record([{"name": "a", "type": "long"}, {"name": "b", "type": "string"}])
+    encoder = Encoder("avro", registry=FakeRegistry({5: schema_json}))  # type: ignore[arg-type]
+    old_mark = b"\x8e\x15kq\xd2\x03\x9b\x7f"
+    forged = (
+        avro(schema_json, {"a": 0, "b": "x0"})
+        + old_mark
+        + _long(1)
+        + wire(5, avro(schema_json, {"a": 666, "b": "EVIL"}))
+    )
+    values: list[bytes | None] = [wire(5, forged), wire(5, avro(schema_json, {"a": 1, "b": "x1"}))]
+    table, bad = decode(encoder, values)
+    assert bad == {}  # fastavro ignores what follows a record, as Avro readers do
+    assert [(r["a"], r["b"]) for r in value_rows(table)] == [(0, "x0"), (1, "x1")]
+
+
+@pytest.mark.parametrize("ids", [3, 49])  # a kernel per id, and one pass for many ids
+def test_the_wire_format_groups_are_those_a_plain_loop_finds_in_order_of_first_appearance(ids):
+    import random
+
+    from kingest.decode import _wire_groups
+
+    rng = random.Random(ids)
+    values: list[bytes | None] = [
+        None if i % 97 == 0 else b"\x07abc" if i % 13 == 0 else wire(rng.randrange(1, ids + 1), b"x")
+        for i in range(3000)
+    ]
+    expected: dict[int, list[int]] = {}
+    for i, value in enumerate(values):
+        if value is not None and value[0] == 0:
+            expected.setdefault(int.from_bytes(value[1:5], "big"), []).append(i)
+    groups, tombstones, bad = _wire_groups(pa.array(values, pa.large_binary()))
+    assert [(k, list(v)) for k, v in groups.items()] == list(expected.items())
+    assert tombstones == [i for i in range(3000) if i % 97 == 0]
+    assert sorted(bad) == [i for i in range(3000) if i % 13 == 0 and i % 97]
+    assert "first byte 0x07, 4 bytes" in bad[13]
+
+
 def test_bad_wire_format_unknown_ids_other_schema_types_and_incompatible_changes_are_bad_records():
     v1 = record([{"name": "amount", "type": "double"}])
     changed = record([{"name": "amount", "type": "string"}])
