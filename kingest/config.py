@@ -677,8 +677,9 @@ class BatchConfig:
     )
     max_bytes: int = setting(
         "... or when all buffers together hold this many bytes (then every batch is written). A topic whose "
-        "records take more memory decoded than JSON's do (compact Avro or Protobuf: about twice) counts its bytes "
-        "as much more, as measured on its batches.",
+        "records take more memory decoded than typical JSON's do (compact Avro or Protobuf: about twice; JSON "
+        "whose records each hold few of the topic's many fields) counts its bytes as much more, as measured on "
+        "its batches.",
         parse_size,
         default="64MiB",
     )

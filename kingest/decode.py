@@ -647,6 +647,7 @@ def _json_schema_type(prop: Any) -> pa.DataType | None:
 
 
 _WIRE_MAGIC = pa.scalar(b"\x00", pa.large_binary())
+_FEW_IDS = 8  # up to this many schema ids in a batch, each group is found by a kernel over the whole batch
 
 
 def _wire_groups(values: pa.Array) -> tuple[dict[int, Sequence[int]], list[int], dict[int, str]]:
@@ -672,10 +673,17 @@ def _wire_groups(values: pa.Array) -> tuple[dict[int, Sequence[int]], list[int],
     groups: dict[int, Sequence[int]] = {}
     if len(distinct) == 1 and not tombstones and not bad:
         groups[int.from_bytes(distinct[0][1:5], "big")] = range(n)
-    else:
+    elif len(distinct) <= _FEW_IDS:  # a kernel over the batch per id
         for head in distinct:
             rows = pc.indices_nonzero(pc.and_(good, pc.equal(heads, pa.scalar(head, pa.large_binary()))))
             groups[int.from_bytes(head[1:5], "big")] = rows.to_pylist()
+    else:  # many ids (garbage that starts with byte 0?): one pass, not a pass per id
+        rows = pc.indices_nonzero(good).to_pylist()
+        codes = heads.filter(good).dictionary_encode().indices.to_pylist()
+        by_code: list[list[int]] = [[] for _ in distinct]
+        for row, code in zip(rows, codes, strict=True):
+            by_code[code].append(row)
+        groups = {int.from_bytes(head[1:5], "big"): members for head, members in zip(distinct, by_code, strict=True)}
     return groups, tombstones, bad
 
 
